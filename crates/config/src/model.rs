@@ -1,0 +1,447 @@
+//! The typed config model, exactly as an operator writes it in TOML.
+//!
+//! Every table rejects unknown keys so a typo is an error with a location, never a silently
+//! ignored setting. Defaults live here, next to the field they belong to, so the example config
+//! and the code cannot disagree.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::duration::serde_duration;
+
+/// One PoP's whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Free-form version label an operator or the control plane puts on this config.
+    #[serde(default)]
+    pub version: Option<String>,
+    #[serde(default)]
+    pub pop: PopConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub timeouts: ClientTimeouts,
+    #[serde(default, rename = "listener")]
+    pub listeners: Vec<ListenerConfig>,
+    #[serde(default, rename = "certificate")]
+    pub certificates: Vec<CertificateConfig>,
+    #[serde(default, rename = "site")]
+    pub sites: Vec<SiteConfig>,
+    #[serde(default, rename = "pool")]
+    pub pools: Vec<PoolConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PopConfig {
+    /// Names this PoP in metrics, logs and the `Via` header.
+    #[serde(default = "default_pop_id")]
+    pub id: String,
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Where the PoP keeps state that must survive a restart.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
+}
+
+impl Default for PopConfig {
+    fn default() -> Self {
+        Self {
+            id: default_pop_id(),
+            region: None,
+            state_dir: None,
+        }
+    }
+}
+
+fn default_pop_id() -> String {
+    "local".to_owned()
+}
+
+/// The admin listener: health, readiness, metrics, config and reload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// `None` disables the admin listener.
+    #[serde(default = "default_admin_listen")]
+    pub listen: Option<SocketAddr>,
+    /// Bearer token required on every admin request except `/healthz` and `/readyz`.
+    /// Mandatory when `listen` is not a loopback address.
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_admin_listen(),
+            token: None,
+        }
+    }
+}
+
+fn default_admin_listen() -> Option<SocketAddr> {
+    Some(SocketAddr::from(([127, 0, 0, 1], 9901)))
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `"stdout"`, `"off"`, or a file path to append JSON lines to.
+    #[serde(default = "default_access_log")]
+    pub access_log: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            access_log: default_access_log(),
+        }
+    }
+}
+
+fn default_access_log() -> String {
+    "stdout".to_owned()
+}
+
+/// Request limits, applied on every listener before routing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Total size of the request line and headers (431 / connection error beyond it).
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Longest request target accepted (414 beyond it).
+    #[serde(default = "default_max_uri_bytes")]
+    pub max_uri_bytes: usize,
+    /// Largest request body forwarded (413 beyond it); 0 means unlimited.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: default_max_header_bytes(),
+            max_uri_bytes: default_max_uri_bytes(),
+            max_body_bytes: default_max_body_bytes(),
+        }
+    }
+}
+
+fn default_max_header_bytes() -> usize {
+    64 * 1024
+}
+fn default_max_uri_bytes() -> usize {
+    8 * 1024
+}
+fn default_max_body_bytes() -> u64 {
+    100 * 1024 * 1024
+}
+
+/// Downstream (client side) timeouts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientTimeouts {
+    /// Time a client has to send a complete request head.
+    #[serde(default = "default_header_timeout", with = "serde_duration")]
+    pub header: Duration,
+    /// Time an idle keep-alive connection is kept open.
+    #[serde(default = "default_idle_timeout", with = "serde_duration")]
+    pub idle: Duration,
+    /// Time a TLS handshake may take.
+    #[serde(default = "default_handshake_timeout", with = "serde_duration")]
+    pub tls_handshake: Duration,
+    /// How long SIGTERM waits for in-flight requests before closing connections.
+    #[serde(default = "default_drain_timeout", with = "serde_duration")]
+    pub drain: Duration,
+}
+
+impl Default for ClientTimeouts {
+    fn default() -> Self {
+        Self {
+            header: default_header_timeout(),
+            idle: default_idle_timeout(),
+            tls_handshake: default_handshake_timeout(),
+            drain: default_drain_timeout(),
+        }
+    }
+}
+
+fn default_header_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_handshake_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_drain_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub address: SocketAddr,
+    /// Present for TLS listeners.
+    #[serde(default)]
+    pub tls: Option<ListenerTls>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTls {
+    /// Certificate served when SNI is absent or matches no certificate's names.
+    #[serde(default)]
+    pub default_certificate: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConfig {
+    pub name: String,
+    /// PEM file with the leaf certificate first, then intermediates.
+    pub cert: PathBuf,
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// Server names this certificate answers for. Empty means: the names in its SAN extension.
+    #[serde(default)]
+    pub names: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteConfig {
+    pub name: String,
+    /// Exact host names or `*.example.com` wildcards (one label), or `"*"` for every host.
+    pub hosts: Vec<String>,
+    /// Origin pool that serves this site.
+    pub pool: String,
+    /// Listeners this site is served on; empty means all.
+    #[serde(default)]
+    pub listeners: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BalancePolicy {
+    #[default]
+    RoundRobin,
+    LeastRequests,
+    ConsistentHash,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    #[default]
+    Http1,
+    Http2,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    pub name: String,
+    #[serde(default)]
+    pub balance: BalancePolicy,
+    /// What consistent hashing hashes: `"path"`, `"uri"` (path and query), `"host"`,
+    /// `"client_ip"` or `"header:NAME"`.
+    #[serde(default = "default_hash_key")]
+    pub hash_key: String,
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+    #[serde(default = "default_connect_timeout", with = "serde_duration")]
+    pub connect_timeout: Duration,
+    /// Time from sending the request to receiving the response head.
+    #[serde(default = "default_response_header_timeout", with = "serde_duration")]
+    pub response_header_timeout: Duration,
+    /// Deadline for the whole exchange, body included.
+    #[serde(default = "default_request_timeout", with = "serde_duration")]
+    pub request_timeout: Duration,
+    /// How long an idle upstream connection stays in the pool.
+    #[serde(default = "default_upstream_idle_timeout", with = "serde_duration")]
+    pub idle_timeout: Duration,
+    #[serde(default)]
+    pub retry: RetryConfig,
+    /// Active health checks; absent means origins are only judged passively.
+    #[serde(default)]
+    pub health_check: Option<HealthCheckConfig>,
+    #[serde(default)]
+    pub outlier: OutlierConfig,
+    /// TLS to origins (for `https://` origins): CA, client certificate for mTLS, SNI override.
+    #[serde(default)]
+    pub tls: Option<UpstreamTls>,
+    #[serde(default, rename = "origin")]
+    pub origins: Vec<OriginConfig>,
+}
+
+fn default_hash_key() -> String {
+    "uri".to_owned()
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_response_header_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_upstream_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Extra attempts after the first, for idempotent requests without a body.
+    #[serde(default = "default_retry_attempts")]
+    pub attempts: u32,
+    /// Retries may add at most this fraction of the pool's recent request rate.
+    #[serde(default = "default_budget_ratio")]
+    pub budget_ratio: f64,
+    /// Retries always allowed per second, whatever the ratio, so quiet pools can still retry.
+    #[serde(default = "default_min_retries_per_second")]
+    pub min_per_second: u32,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            attempts: default_retry_attempts(),
+            budget_ratio: default_budget_ratio(),
+            min_per_second: default_min_retries_per_second(),
+        }
+    }
+}
+
+fn default_retry_attempts() -> u32 {
+    2
+}
+fn default_budget_ratio() -> f64 {
+    0.2
+}
+fn default_min_retries_per_second() -> u32 {
+    10
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    #[serde(default = "default_health_path")]
+    pub path: String,
+    /// Status a healthy origin answers with; 0 accepts any 2xx or 3xx.
+    #[serde(default)]
+    pub expect_status: u16,
+    #[serde(default = "default_health_interval", with = "serde_duration")]
+    pub interval: Duration,
+    #[serde(default = "default_health_timeout", with = "serde_duration")]
+    pub timeout: Duration,
+    /// Consecutive successes that make an unhealthy origin healthy.
+    #[serde(default = "default_rise")]
+    pub rise: u32,
+    /// Consecutive failures that make a healthy origin unhealthy.
+    #[serde(default = "default_fall")]
+    pub fall: u32,
+    /// Host header sent with the check; defaults to the origin's authority.
+    #[serde(default)]
+    pub host: Option<String>,
+}
+
+fn default_health_path() -> String {
+    "/".to_owned()
+}
+fn default_health_interval() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_health_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_rise() -> u32 {
+    2
+}
+fn default_fall() -> u32 {
+    3
+}
+
+/// Passive outlier detection: origins failing in live traffic are ejected for a while.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierConfig {
+    /// Consecutive 5xx answers or connect failures that eject an origin; 0 disables.
+    #[serde(default = "default_consecutive_failures")]
+    pub consecutive_failures: u32,
+    /// First ejection lasts this long; each further ejection doubles it.
+    #[serde(default = "default_base_ejection", with = "serde_duration")]
+    pub base_ejection: Duration,
+    #[serde(default = "default_max_ejection", with = "serde_duration")]
+    pub max_ejection: Duration,
+}
+
+impl Default for OutlierConfig {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: default_consecutive_failures(),
+            base_ejection: default_base_ejection(),
+            max_ejection: default_max_ejection(),
+        }
+    }
+}
+
+fn default_consecutive_failures() -> u32 {
+    5
+}
+fn default_base_ejection() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_ejection() -> Duration {
+    Duration::from_secs(300)
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// PEM bundle of CAs trusted for origin certificates; defaults to the public web roots.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// Client certificate and key presented to origins (mTLS).
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
+    /// SNI and verified name; defaults to each origin URL's host.
+    #[serde(default)]
+    pub server_name: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OriginConfig {
+    /// `http://host:port` or `https://host:port`; no path.
+    pub url: String,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    #[serde(default)]
+    pub region: Option<String>,
+    #[serde(default)]
+    pub cloud: Option<String>,
+    /// Backups only receive traffic when no primary origin is healthy.
+    #[serde(default)]
+    pub backup: bool,
+}
+
+fn default_weight() -> u32 {
+    1
+}

@@ -1,0 +1,134 @@
+//! The admin listener: liveness, readiness, Prometheus metrics, the active config, reload.
+//!
+//! Loopback by default; config validation refuses a non-loopback address without a token.
+//! When a token is set every endpoint but `/healthz` and `/readyz` requires
+//! `Authorization: Bearer TOKEN` (compared in constant time).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use crate::{ApplyError, Shared};
+
+pub fn spawn(shared: Arc<Shared>, addr: SocketAddr) -> std::io::Result<SocketAddr> {
+    let std_listener = std::net::TcpListener::bind(addr)?;
+    std_listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(std_listener)?;
+    let local = listener.local_addr()?;
+    tracing::info!(address = %local, "admin listener ready");
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req| {
+                    let shared = shared.clone();
+                    async move { Ok::<_, Infallible>(route(&shared, req).await) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Ok(local)
+}
+
+type AdminResponse = Response<Full<Bytes>>;
+
+fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> AdminResponse {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, content_type)
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(Full::new(body.into()))
+        .expect("static headers are valid")
+}
+
+fn json(status: StatusCode, value: &serde_json::Value) -> AdminResponse {
+    reply(status, "application/json", format!("{value:#}\n"))
+}
+
+fn problem(status: StatusCode, title: &str, detail: &str, errors: &[String]) -> AdminResponse {
+    let body = serde_json::json!({ "type": "about:blank", "title": title, "status": status.as_u16(), "detail": detail, "errors": errors });
+    reply(status, "application/problem+json", format!("{body:#}\n"))
+}
+
+fn authorized(shared: &Shared, req: &Request<Incoming>) -> bool {
+    let snapshot = shared.snapshot.load();
+    let Some(token) = snapshot.loaded.config.admin.token.as_deref() else { return true };
+    let Some(given) = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    constant_time_eq(given.trim().as_bytes(), token.as_bytes())
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> AdminResponse {
+    let path = req.uri().path();
+    match (req.method(), path) {
+        (&Method::GET, "/healthz") => return reply(StatusCode::OK, "text/plain", "ok\n"),
+        (&Method::GET, "/readyz") => {
+            return if shared.is_ready() {
+                reply(StatusCode::OK, "text/plain", "ready\n")
+            } else {
+                reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n")
+            };
+        }
+        _ => {}
+    }
+    if !authorized(shared, &req) {
+        let mut resp = problem(StatusCode::UNAUTHORIZED, "Unauthorized", "this endpoint needs Authorization: Bearer <admin.token>", &[]);
+        resp.headers_mut().insert(header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
+        return resp;
+    }
+    match (req.method(), path) {
+        (&Method::GET, "/metrics") => {
+            for pool in &shared.snapshot.load().pools {
+                pool.refresh_gauges();
+            }
+            reply(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", shared.metrics.encode())
+        }
+        (&Method::GET, "/config") => {
+            let s = shared.snapshot.load();
+            json(
+                StatusCode::OK,
+                &serde_json::json!({
+                    "pop": shared.pop_id,
+                    "version": s.version(),
+                    "hash": s.loaded.hash,
+                    "generation": s.generation,
+                    "source": s.loaded.source,
+                    "applied_at": humantime::format_rfc3339_millis(s.applied_at).to_string(),
+                    "last_reload": shared.last_reload(),
+                }),
+            )
+        }
+        (&Method::POST, "/reload") => match shared.reload_from_file().await {
+            Ok(applied) => json(StatusCode::OK, &serde_json::to_value(&applied).unwrap_or_default()),
+            Err(e @ ApplyError::Invalid(_)) => {
+                problem(StatusCode::UNPROCESSABLE_ENTITY, "Invalid config", "the previous config keeps serving", &e.messages())
+            }
+            Err(e) => problem(StatusCode::CONFLICT, "Config refused", "the previous config keeps serving", &e.messages()),
+        },
+        (_, "/metrics" | "/config" | "/reload" | "/healthz" | "/readyz") => {
+            problem(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed", "see the admin API in the README", &[])
+        }
+        _ => problem(StatusCode::NOT_FOUND, "Not found", "admin endpoints: /healthz /readyz /metrics /config POST /reload", &[]),
+    }
+}

@@ -1,0 +1,162 @@
+//! Body wrappers on the streaming path: nothing here buffers a body.
+//!
+//! `ResponseBody` counts bytes to the client, enforces the request deadline while the body
+//! streams, and runs the request's completion (metrics, access log) exactly once, when the body
+//! ends or the client goes away. `RequestBody` counts and caps the bytes sent to the origin.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type ProxyBody = BoxBody<Bytes, BoxError>;
+
+pub fn empty() -> ProxyBody {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+}
+
+/// Called once when a response body is finished, with the bytes sent and whether it completed.
+pub trait Completion: Send + 'static {
+    fn complete(self: Box<Self>, bytes: u64, completed: bool);
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("request deadline passed while the response body was streaming")]
+pub struct DeadlineExceeded;
+
+pub struct ResponseBody {
+    inner: ProxyBody,
+    bytes: u64,
+    deadline: Option<Instant>,
+    // Created only when the inner body is pending, so fully-buffered bodies never arm a timer.
+    sleep: Option<Pin<Box<Sleep>>>,
+    completion: Option<Box<dyn Completion>>,
+}
+
+impl ResponseBody {
+    pub fn new(inner: ProxyBody, deadline: Option<Instant>, completion: Box<dyn Completion>) -> Self {
+        Self { inner, bytes: 0, deadline, sleep: None, completion: Some(completion) }
+    }
+
+    fn finish(&mut self, completed: bool) {
+        if let Some(c) = self.completion.take() {
+            c.complete(self.bytes, completed);
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.bytes += data.len() as u64;
+                }
+                if this.inner.is_end_stream() {
+                    this.finish(true);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.finish(false);
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(None) => {
+                this.finish(true);
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                if let Some(deadline) = this.deadline {
+                    let sleep = this.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                    if sleep.as_mut().poll(cx).is_ready() {
+                        this.finish(false);
+                        return Poll::Ready(Some(Err(Box::new(DeadlineExceeded))));
+                    }
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        // Hyper drops an empty body without polling it; the client went away otherwise.
+        let completed = self.inner.is_end_stream();
+        self.finish(completed);
+    }
+}
+
+use std::future::Future;
+
+#[derive(Debug, thiserror::Error)]
+#[error("request body exceeds the limit of {0} bytes")]
+pub struct BodyLimitExceeded(pub u64);
+
+/// The client's request body on its way to the origin: counted, and cut at the size limit.
+pub struct RequestBody {
+    inner: Incoming,
+    limit: u64,
+    pub bytes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    seen: u64,
+}
+
+impl RequestBody {
+    pub fn new(inner: Incoming, limit: u64) -> Self {
+        Self { inner, limit, bytes: Default::default(), seen: 0 }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.seen += data.len() as u64;
+                    this.bytes.store(this.seen, std::sync::atomic::Ordering::Relaxed);
+                    if this.limit > 0 && this.seen > this.limit {
+                        return Poll::Ready(Some(Err(Box::new(BodyLimitExceeded(this.limit)))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

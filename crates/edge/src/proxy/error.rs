@@ -1,0 +1,82 @@
+//! Why a request could not be proxied, which side is to blame, and the one place where that
+//! becomes an HTTP status and a body the client can read.
+
+use http::StatusCode;
+
+/// Who caused a failure: it decides logging level, metrics and whether retrying can help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Origin,
+    Internal,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("request has no Host header or authority")]
+    MissingHost,
+    #[error("no site is configured for host \"{0}\" on this PoP")]
+    UnknownHost(String),
+    #[error("host \"{host}\" is not served by the certificate negotiated for \"{sni}\"; open a new connection")]
+    Misdirected { host: String, sni: String },
+    #[error("request target is {len} bytes, the limit is {limit}")]
+    UriTooLong { len: usize, limit: usize },
+    #[error("request body exceeds the limit of {limit} bytes")]
+    BodyTooLarge { limit: u64 },
+    #[error("no healthy origin in pool \"{pool}\" ({detail})")]
+    NoHealthyOrigin { pool: String, detail: String },
+    #[error("could not connect to origin {origin}: {reason}")]
+    OriginConnect { origin: String, reason: String },
+    #[error("origin {origin} did not answer within {secs:.1}s")]
+    OriginTimeout { origin: String, secs: f64 },
+    #[error("origin {origin} failed: {reason}")]
+    OriginProtocol { origin: String, reason: String },
+    #[error("upgrade failed: {0}")]
+    Upgrade(String),
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::MissingHost => StatusCode::BAD_REQUEST,
+            Self::UnknownHost(_) => StatusCode::NOT_FOUND,
+            Self::Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
+            Self::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
+            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::NoHealthyOrigin { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::OriginConnect { .. } | Self::OriginProtocol { .. } | Self::Upgrade(_) => StatusCode::BAD_GATEWAY,
+            Self::OriginTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    pub fn side(&self) -> Side {
+        match self {
+            Self::MissingHost
+            | Self::UnknownHost(_)
+            | Self::Misdirected { .. }
+            | Self::UriTooLong { .. }
+            | Self::BodyTooLarge { .. } => Side::Client,
+            Self::NoHealthyOrigin { .. }
+            | Self::OriginConnect { .. }
+            | Self::OriginTimeout { .. }
+            | Self::OriginProtocol { .. }
+            | Self::Upgrade(_) => Side::Origin,
+        }
+    }
+
+    /// A bounded label for the rejected-requests metric and the access log.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::MissingHost => "missing_host",
+            Self::UnknownHost(_) => "unknown_host",
+            Self::Misdirected { .. } => "misdirected",
+            Self::UriTooLong { .. } => "uri_too_long",
+            Self::BodyTooLarge { .. } => "body_too_large",
+            Self::NoHealthyOrigin { .. } => "no_healthy_origin",
+            Self::OriginConnect { .. } => "origin_connect",
+            Self::OriginTimeout { .. } => "origin_timeout",
+            Self::OriginProtocol { .. } => "origin_protocol",
+            Self::Upgrade(_) => "upgrade_failed",
+        }
+    }
+}

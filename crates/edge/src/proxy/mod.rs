@@ -1,0 +1,396 @@
+//! The request path. `handle` runs the phases in order, each a plain function that either
+//! continues or answers:
+//!
+//! 1. admit   — limits on the request target and declared body size (414, 413);
+//! 2. route   — Host/:authority to a site (400 without a host, 404 for an unknown one,
+//!              421 when the host does not fit the TLS connection's certificate);
+//! 3. forward — choose an origin, rewrite headers, send; retry idempotent bodiless requests
+//!              on another origin within the pool's retry budget;
+//! 4. respond — strip hop-by-hop headers, add Via, stream the body back; metrics and the
+//!              access log are written when the body ends (`body::Completion`).
+
+pub mod body;
+pub mod error;
+pub mod headers;
+pub mod trace;
+mod upgrade;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use self::body::{Completion, ProxyBody, RequestBody, ResponseBody};
+use self::error::ProxyError;
+use self::trace::TraceContext;
+use crate::metrics::SiteMetrics;
+use crate::router::normalize_host;
+use crate::state::Snapshot;
+use crate::upstream::pool::Pool;
+use crate::Shared;
+
+/// What the request path knows about the client connection.
+pub struct ConnInfo {
+    pub shared: Arc<Shared>,
+    pub listener: Arc<str>,
+    pub client: SocketAddr,
+    pub tls: bool,
+    pub sni: Option<String>,
+    /// Requests on this connection whose response has not finished; the idle timer waits for 0.
+    pub in_flight: Arc<AtomicUsize>,
+}
+
+pub async fn handle(conn: Arc<ConnInfo>, req: Request<Incoming>) -> Result<Response<ResponseBody>, Infallible> {
+    let start = Instant::now();
+    let snapshot = conn.shared.snapshot.load_full();
+    conn.in_flight.fetch_add(1, Ordering::Relaxed);
+    let trace = TraceContext::from_header(req.headers().get("traceparent"));
+    let mut log = RequestLog::new(&conn, &snapshot, &req, trace, start);
+    let response = match proxy(&conn, &snapshot, req, trace, &mut log).await {
+        Ok(resp) => resp,
+        Err(err) => {
+            log.error = Some(err.reason());
+            if log.site.is_none() {
+                conn.shared.metrics.reject(err.reason());
+            }
+            match err.side() {
+                error::Side::Origin => tracing::debug!(error = %err, "request failed at the origin"),
+                _ => tracing::trace!(error = %err, "request refused"),
+            }
+            error_response(&err, &snapshot)
+        }
+    };
+    let (parts, body) = response.into_parts();
+    log.status = parts.status.as_u16();
+    let deadline = log.deadline;
+    Ok(Response::from_parts(parts, ResponseBody::new(body, deadline, Box::new(log))))
+}
+
+async fn proxy(
+    conn: &ConnInfo,
+    snapshot: &Arc<Snapshot>,
+    mut req: Request<Incoming>,
+    trace: TraceContext,
+    log: &mut RequestLog,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    // 1. admit
+    let target_len = req.uri().path_and_query().map_or(1, |pq| pq.as_str().len());
+    if target_len > snapshot.limits.max_uri_bytes {
+        return Err(ProxyError::UriTooLong { len: target_len, limit: snapshot.limits.max_uri_bytes });
+    }
+    let max_body = snapshot.limits.max_body_bytes;
+    if max_body > 0 {
+        let declared = req.body().size_hint().exact().or_else(|| content_length(req.headers()));
+        if declared.is_some_and(|len| len > max_body) {
+            return Err(ProxyError::BodyTooLarge { limit: max_body });
+        }
+    }
+
+    // 2. route
+    let raw_host = match req.uri().authority() {
+        Some(a) => a.as_str().to_owned(),
+        None => req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .filter(|h| !h.is_empty())
+            .ok_or(ProxyError::MissingHost)?
+            .to_owned(),
+    };
+    let host = normalize_host(&raw_host);
+    let site_index = snapshot
+        .routers
+        .get(&*conn.listener)
+        .and_then(|r| r.route(&host))
+        .ok_or_else(|| ProxyError::UnknownHost(host.to_string()))?;
+    if let Some(sni) = &conn.sni {
+        if !sni.eq_ignore_ascii_case(&host) && !same_certificate(&conn.shared.cert_store.load(), sni, &host) {
+            return Err(ProxyError::Misdirected { host: host.to_string(), sni: sni.clone() });
+        }
+    }
+    let site = &snapshot.sites[site_index];
+    log.site = Some(site.metrics.clone());
+    log.site_name = Some(site.name.clone());
+    let pool = site.pool.clone();
+    log.deadline = Some(log.start + pool.config.request_timeout);
+
+    // 3. forward
+    let upgrade = headers::is_upgrade_request(req.headers()) && req.version() == Version::HTTP_11;
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (parts, incoming) = req.into_parts();
+    let hash = pool.request_hash(&parts.uri, &parts.headers, &host, conn.client.ip());
+    let mut headers = parts.headers;
+    headers::remove_hop_by_hop(&mut headers, upgrade);
+    if let Ok(v) = HeaderValue::from_str(&raw_host) {
+        headers.insert(header::HOST, v);
+    }
+    headers::append_via(&mut headers, parts.version, &snapshot.via);
+    let proto = if conn.tls { "https" } else { "http" };
+    headers::set_forwarded(&mut headers, &headers::ForwardedFor { client_ip: conn.client.ip(), proto, host: &raw_host });
+    headers.insert("traceparent", trace.header_value());
+
+    let body_empty = incoming.is_end_stream();
+    let retryable = body_empty && !upgrade && is_idempotent(&parts.method);
+    let mut body = Some(if body_empty {
+        body::empty()
+    } else {
+        let counted = RequestBody::new(incoming, max_body);
+        log.request_bytes = Some(counted.bytes.clone());
+        counted.boxed()
+    });
+    let path_and_query = parts.uri.path_and_query().cloned();
+    let attempts = if retryable { 1 + pool.config.retry.attempts } else { 1 };
+    pool.retry_budget.record_request(std::time::Instant::now());
+    let mut tried: Vec<usize> = Vec::new();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let index = pool.select(hash, &tried)?;
+        tried.push(index);
+        let origin = &pool.origins[index];
+        log.origin = Some((pool.clone(), index));
+        let uri = {
+            let mut b = Uri::builder().scheme(origin.scheme.clone()).authority(origin.authority.clone());
+            if let Some(pq) = &path_and_query {
+                b = b.path_and_query(pq.clone());
+            }
+            b.build().map_err(|e| ProxyError::OriginProtocol { origin: origin.url.clone(), reason: e.to_string() })?
+        };
+        let last_attempt = attempt >= attempts;
+        let req_headers = if last_attempt { std::mem::take(&mut headers) } else { headers.clone() };
+        let req_body = if last_attempt { body.take().unwrap_or_else(body::empty) } else { body::empty() };
+        let mut upstream_req = Request::new(req_body);
+        *upstream_req.method_mut() = parts.method.clone();
+        *upstream_req.uri_mut() = uri;
+        *upstream_req.version_mut() = match pool.config.protocol {
+            outpost_config::UpstreamProtocol::Http1 => Version::HTTP_11,
+            outpost_config::UpstreamProtocol::Http2 => Version::HTTP_2,
+        };
+        *upstream_req.headers_mut() = req_headers;
+
+        let outcome = send(&pool, index, upstream_req, log).await;
+        let retry_reason = match &outcome {
+            Ok(resp) if matches!(resp.status().as_u16(), 502..=504) => Some("5xx"),
+            Ok(_) => None,
+            Err(e) if matches!(e, ProxyError::OriginConnect { .. } | ProxyError::OriginProtocol { .. }) => Some("error"),
+            Err(_) => None,
+        };
+        if retry_reason.is_none() || last_attempt {
+            let mut resp = outcome?;
+            log.upstream_done = Some(Instant::now());
+            if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                if let Some(client_upgrade) = client_upgrade {
+                    upgrade::splice(client_upgrade, hyper::upgrade::on(&mut resp));
+                    let (mut p, _) = resp.into_parts();
+                    headers::append_via(&mut p.headers, Version::HTTP_11, &snapshot.via);
+                    return Ok(Response::from_parts(p, body::empty()));
+                }
+            }
+            return Ok(respond(resp, snapshot, upgrade));
+        }
+        if !pool.retry_budget.try_withdraw(std::time::Instant::now()) {
+            pool.retries_budget_exhausted.inc();
+            return outcome.map(|resp| respond(resp, snapshot, false));
+        }
+        pool.retries_attempted.inc();
+        log.retries += 1;
+    }
+}
+
+/// One exchange with one origin, with the response-header deadline and outcome bookkeeping.
+async fn send(pool: &Arc<Pool>, index: usize, req: Request<ProxyBody>, log: &RequestLog) -> Result<Response<Incoming>, ProxyError> {
+    let origin = &pool.origins[index];
+    let sent = Instant::now();
+    let header_deadline = sent + pool.config.response_header_timeout;
+    let deadline = log.deadline.map_or(header_deadline, |d| d.min(header_deadline));
+    origin.state.in_flight.fetch_add(1, Ordering::Relaxed);
+    let result = tokio::time::timeout_at(deadline, pool.client.request(req)).await;
+    origin.state.in_flight.fetch_sub(1, Ordering::Relaxed);
+    origin.metrics.duration.observe(sent.elapsed().as_secs_f64());
+    match result {
+        Ok(Ok(resp)) => {
+            let status = resp.status().as_u16();
+            origin.metrics.count_status(status);
+            pool.record_outcome(index, status >= 500);
+            Ok(resp)
+        }
+        Ok(Err(e)) => {
+            pool.record_outcome(index, true);
+            if e.is_connect() {
+                origin.metrics.connect_error.inc();
+                Err(ProxyError::OriginConnect { origin: origin.url.clone(), reason: error_chain(&e) })
+            } else if is_body_limit(&e) {
+                Err(ProxyError::BodyTooLarge { limit: 0 })
+            } else {
+                origin.metrics.protocol_error.inc();
+                Err(ProxyError::OriginProtocol { origin: origin.url.clone(), reason: error_chain(&e) })
+            }
+        }
+        Err(_) => {
+            origin.metrics.timeout.inc();
+            pool.record_outcome(index, true);
+            Err(ProxyError::OriginTimeout { origin: origin.url.clone(), secs: (deadline - sent).as_secs_f64() })
+        }
+    }
+}
+
+fn respond(resp: Response<Incoming>, snapshot: &Snapshot, upgrade_requested: bool) -> Response<ProxyBody> {
+    let (mut parts, incoming) = resp.into_parts();
+    headers::remove_hop_by_hop(&mut parts.headers, upgrade_requested && parts.status == StatusCode::SWITCHING_PROTOCOLS);
+    headers::append_via(&mut parts.headers, parts.version, &snapshot.via);
+    parts.version = Version::HTTP_11;
+    Response::from_parts(parts, incoming.map_err(Into::into).boxed())
+}
+
+fn error_response(err: &ProxyError, snapshot: &Snapshot) -> Response<ProxyBody> {
+    let text = format!("outpost: {err}\n");
+    let mut resp = Response::new(body::full(Bytes::from(text)));
+    *resp.status_mut() = err.status();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if err.status() == StatusCode::MISDIRECTED_REQUEST {
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    headers::append_via(h, Version::HTTP_11, &snapshot.via);
+    resp
+}
+
+fn same_certificate(certs: &crate::server::tls::CertStore, sni: &str, host: &str) -> bool {
+    match (certs.lookup(sni), certs.lookup(host)) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        // No certificate names the host at all: the default certificate served it, so did SNI.
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+fn is_body_limit(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if s.is::<body::BodyLimitExceeded>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// Everything recorded about one request, finished when its response body ends.
+struct RequestLog {
+    shared: Arc<Shared>,
+    snapshot_log: Arc<crate::access_log::AccessLog>,
+    conn_in_flight: Arc<AtomicUsize>,
+    start: Instant,
+    deadline: Option<Instant>,
+    upstream_done: Option<Instant>,
+    trace: TraceContext,
+    client: SocketAddr,
+    method: Method,
+    path: Option<String>,
+    site: Option<SiteMetrics>,
+    site_name: Option<String>,
+    origin: Option<(Arc<Pool>, usize)>,
+    status: u16,
+    retries: u32,
+    error: Option<&'static str>,
+    request_bytes: Option<Arc<std::sync::atomic::AtomicU64>>,
+}
+
+impl RequestLog {
+    fn new(conn: &ConnInfo, snapshot: &Snapshot, req: &Request<Incoming>, trace: TraceContext, start: Instant) -> Self {
+        let logging = snapshot.access_log.enabled();
+        Self {
+            shared: conn.shared.clone(),
+            snapshot_log: snapshot.access_log.clone(),
+            conn_in_flight: conn.in_flight.clone(),
+            start,
+            deadline: None,
+            upstream_done: None,
+            trace,
+            client: conn.client,
+            method: req.method().clone(),
+            path: logging.then(|| req.uri().path().to_owned()),
+            site: None,
+            site_name: None,
+            origin: None,
+            status: 0,
+            retries: 0,
+            error: None,
+            request_bytes: None,
+        }
+    }
+}
+
+impl Completion for RequestLog {
+    fn complete(self: Box<Self>, bytes: u64, completed: bool) {
+        self.conn_in_flight.fetch_sub(1, Ordering::Relaxed);
+        let total = self.start.elapsed();
+        let bytes_in = self.request_bytes.as_ref().map_or(0, |b| b.load(Ordering::Relaxed));
+        if let Some(site) = &self.site {
+            site.count_status(self.status);
+            site.duration.observe(total.as_secs_f64());
+            site.response_bytes.inc_by(bytes);
+            if bytes_in > 0 {
+                site.request_bytes.inc_by(bytes_in);
+            }
+        }
+        if !self.snapshot_log.enabled() {
+            return;
+        }
+        let upstream_ms = self.upstream_done.map(|d| ms(d.duration_since(self.start)));
+        let line = serde_json::json!({
+            "time": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            "trace_id": self.trace.trace_id_hex(),
+            "pop": self.shared.pop_id,
+            "site": self.site_name.as_deref().unwrap_or("-"),
+            "method": self.method.as_str(),
+            "path": self.path.as_deref().unwrap_or(""),
+            "status": self.status,
+            "bytes_in": bytes_in,
+            "bytes_out": bytes,
+            "duration_ms": ms(total),
+            "upstream_ms": upstream_ms,
+            "upstream": self.origin.as_ref().map(|(p, i)| p.origins[*i].url.as_str()),
+            "retries": self.retries,
+            "client_ip": self.client.ip().to_string(),
+            "completed": completed,
+            "error": self.error,
+        });
+        let mut text = line.to_string();
+        text.push('\n');
+        self.snapshot_log.write(text);
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}

@@ -1,0 +1,103 @@
+//! W3C Trace Context: keep the caller's trace id, start one when absent, and name this hop as
+//! the parent of the origin's span.
+
+use http::HeaderValue;
+
+/// The trace of one request through this PoP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceContext {
+    pub trace_id: u128,
+    /// The span id this PoP uses for its hop; the origin sees it as parent-id.
+    pub span_id: u64,
+    pub sampled: bool,
+}
+
+impl TraceContext {
+    /// Continues the trace of an incoming `traceparent`, or starts a new one.
+    pub fn from_header(value: Option<&HeaderValue>) -> Self {
+        let span_id = nonzero_u64();
+        if let Some((trace_id, sampled)) = value.and_then(|v| parse(v.as_bytes())) {
+            return Self { trace_id, span_id, sampled };
+        }
+        let trace_id = loop {
+            let id = fastrand::u128(..);
+            if id != 0 {
+                break id;
+            }
+        };
+        Self { trace_id, span_id, sampled: false }
+    }
+
+    pub fn trace_id_hex(&self) -> String {
+        format!("{:032x}", self.trace_id)
+    }
+
+    /// The `traceparent` sent to the origin.
+    pub fn header_value(&self) -> HeaderValue {
+        let flags = if self.sampled { "01" } else { "00" };
+        let s = format!("00-{:032x}-{:016x}-{flags}", self.trace_id, self.span_id);
+        HeaderValue::from_str(&s).expect("hex digits and dashes are valid header bytes")
+    }
+}
+
+fn nonzero_u64() -> u64 {
+    fastrand::u64(1..)
+}
+
+/// Parses `version-traceid-parentid-flags`; an all-zero id or a malformed field is invalid
+/// and makes us start a new trace, as the spec requires.
+fn parse(bytes: &[u8]) -> Option<(u128, bool)> {
+    let s = std::str::from_utf8(bytes).ok()?.trim();
+    let mut parts = s.split('-');
+    let version = parts.next()?;
+    let trace = parts.next()?;
+    let parent = parts.next()?;
+    let flags = parts.next()?;
+    let lower_hex = |p: &str, n: usize| p.len() == n && p.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    if !lower_hex(version, 2) || version == "ff" || !lower_hex(trace, 32) || !lower_hex(parent, 16) || !lower_hex(flags, 2) {
+        return None;
+    }
+    if version == "00" && parts.next().is_some() {
+        return None;
+    }
+    let trace_id = u128::from_str_radix(trace, 16).ok()?;
+    let parent_id = u64::from_str_radix(parent, 16).ok()?;
+    if trace_id == 0 || parent_id == 0 {
+        return None;
+    }
+    let sampled = u8::from_str_radix(flags, 16).ok()? & 1 == 1;
+    Some((trace_id, sampled))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn continues_a_valid_trace_with_a_new_parent() {
+        let incoming = HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        let ctx = TraceContext::from_header(Some(&incoming));
+        assert_eq!(ctx.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert!(ctx.sampled);
+        let out = ctx.header_value();
+        let out = out.to_str().unwrap();
+        assert!(out.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+        assert!(!out.contains("00f067aa0ba902b7"), "this hop is the new parent");
+        assert!(out.ends_with("-01"));
+    }
+
+    #[test]
+    fn starts_a_trace_when_absent_or_invalid() {
+        for bad in [
+            None,
+            Some(HeaderValue::from_static("00-00000000000000000000000000000000-00f067aa0ba902b7-01")),
+            Some(HeaderValue::from_static("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01")),
+            Some(HeaderValue::from_static("garbage")),
+        ] {
+            let ctx = TraceContext::from_header(bad.as_ref());
+            assert_ne!(ctx.trace_id, 0);
+            assert!(!ctx.sampled);
+            assert_eq!(ctx.header_value().len(), 55);
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! One accept loop per configured listener and one task per client connection.
+//!
+//! Plain listeners speak HTTP/1.1 and HTTP/2 with prior knowledge (h2c), told apart by the
+//! connection preface; TLS listeners pick the protocol by ALPN. Each connection ends gracefully
+//! (in-flight requests finish) when it idles out, when its listener is removed by a reload, or
+//! when the PoP drains.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use super::idle::{Activity, IdleIo};
+use super::tls::classify_handshake_error;
+use crate::metrics::{HandshakeLabels, ListenerLabels};
+use crate::proxy::{self, ConnInfo};
+use crate::Shared;
+
+/// A bound listener and the means to stop it.
+pub struct RunningListener {
+    pub name: String,
+    pub configured: SocketAddr,
+    pub local_addr: SocketAddr,
+    pub tls: bool,
+    pub stop: CancellationToken,
+}
+
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}
+
+pub fn spawn(shared: Arc<Shared>, listener: TcpListener, name: String, stop: CancellationToken) {
+    let name: Arc<str> = name.into();
+    let tracker = shared.connections.clone();
+    tracker.clone().spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                _ = stop.cancelled() => break,
+                r = listener.accept() => r,
+            };
+            match accepted {
+                Ok((stream, client)) => {
+                    let _ = stream.set_nodelay(true);
+                    let shared = shared.clone();
+                    let name = name.clone();
+                    let stop = stop.clone();
+                    tracker.spawn(async move { serve(shared, stream, client, name, stop).await });
+                }
+                Err(e) => {
+                    // Out of file descriptors and similar: back off instead of spinning.
+                    tracing::warn!(listener = %name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    });
+}
+
+async fn serve(shared: Arc<Shared>, stream: TcpStream, client: SocketAddr, listener: Arc<str>, stop: CancellationToken) {
+    let gauge = shared.metrics.active_connections.get_or_create(&ListenerLabels { listener: listener.to_string() }).clone();
+    gauge.inc();
+    let snapshot = shared.snapshot.load_full();
+    let activity = Activity::new();
+    let io = IdleIo::new(stream, activity.clone());
+    let tls_config = snapshot.tls.get(&*listener).cloned();
+    match tls_config {
+        None => {
+            let conn = Arc::new(ConnInfo { shared: shared.clone(), listener, client, tls: false, sni: None, in_flight: Arc::default() });
+            drive(conn, io, None, activity, stop).await;
+        }
+        Some(config) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(config);
+            let handshake = tokio::time::timeout(snapshot.timeouts.tls_handshake, acceptor.accept(io)).await;
+            let result = |result| HandshakeLabels { listener: listener.to_string(), result };
+            match handshake {
+                Ok(Ok(tls)) => {
+                    shared.metrics.tls_handshakes.get_or_create(&result("success")).inc();
+                    let (_, session) = tls.get_ref();
+                    let sni = session.server_name().map(str::to_owned);
+                    let h2 = session.alpn_protocol() == Some(b"h2");
+                    let conn = Arc::new(ConnInfo { shared: shared.clone(), listener, client, tls: true, sni, in_flight: Arc::default() });
+                    drive(conn, tls, Some(h2), activity, stop).await;
+                }
+                Ok(Err(e)) => {
+                    let reason = classify_handshake_error(&e);
+                    shared.metrics.tls_handshakes.get_or_create(&result(reason)).inc();
+                    tracing::debug!(%client, reason, error = %e, "TLS handshake failed");
+                }
+                Err(_) => {
+                    shared.metrics.tls_handshakes.get_or_create(&result("timeout")).inc();
+                }
+            }
+        }
+    }
+    gauge.dec();
+}
+
+/// Serves HTTP on an established connection until it ends, idles out, or is told to stop.
+/// `alpn_h2`: Some(protocol) when ALPN decided, None to detect the h2 preface.
+async fn drive<I>(conn: Arc<ConnInfo>, io: I, alpn_h2: Option<bool>, activity: Activity, stop: CancellationToken)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let snapshot = conn.shared.snapshot.load_full();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(snapshot.timeouts.header)
+        .max_buf_size(snapshot.limits.max_header_bytes.max(8192))
+        .keep_alive(true)
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(snapshot.limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(256)
+        .max_pending_accept_reset_streams(Some(64))
+        .max_local_error_reset_streams(Some(256));
+    let builder = match alpn_h2 {
+        Some(true) => builder.http2_only(),
+        Some(false) => builder.http1_only(),
+        None => builder,
+    };
+    let idle = snapshot.timeouts.idle;
+    let draining = conn.shared.draining.clone();
+    let in_flight: Arc<AtomicUsize> = conn.in_flight.clone();
+    let service = service_fn(move |req| proxy::handle(conn.clone(), req));
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    let mut closing = false;
+    loop {
+        // While a request is in flight the connection is not idle, however quiet the socket.
+        let wake = if in_flight.load(Ordering::Relaxed) > 0 {
+            tokio::time::Instant::now() + idle
+        } else {
+            activity.last() + idle
+        };
+        let idle_check = tokio::time::sleep_until(wake);
+        tokio::select! {
+            res = connection.as_mut() => {
+                if let Err(e) = res {
+                    tracing::trace!(error = %e, "client connection ended with an error");
+                }
+                return;
+            }
+            _ = stop.cancelled(), if !closing => {
+                closing = true;
+                connection.as_mut().graceful_shutdown();
+            }
+            _ = draining.cancelled(), if !closing => {
+                closing = true;
+                connection.as_mut().graceful_shutdown();
+            }
+            _ = idle_check, if !closing => {
+                if in_flight.load(Ordering::Relaxed) == 0 && activity.last().elapsed() >= idle {
+                    closing = true;
+                    connection.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! Client-facing listeners: accepting, TLS termination, HTTP/1.1 and HTTP/2 serving, idle
+//! and drain handling.
+
+pub mod idle;
+pub mod listener;
+pub mod tls;

@@ -1,0 +1,123 @@
+//! The config snapshot the request path reads: one immutable value per config version, swapped
+//! atomically on reload. A request loads it once and finishes on it, whatever reloads happen
+//! meanwhile.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use http::HeaderValue;
+use outpost_config::{ClientTimeouts, Limits, LoadedConfig};
+use rustls::ServerConfig;
+use tokio_util::sync::CancellationToken;
+
+use crate::access_log::AccessLog;
+use crate::metrics::{Metrics, SiteMetrics};
+use crate::router::Router;
+use crate::server::tls::{self, CertStore};
+use crate::upstream::pool::Pool;
+
+pub struct Site {
+    pub name: String,
+    pub pool: Arc<Pool>,
+    pub metrics: SiteMetrics,
+}
+
+pub struct Snapshot {
+    pub loaded: LoadedConfig,
+    /// Increments with every applied config; 1 is the config the PoP started with.
+    pub generation: u64,
+    pub applied_at: std::time::SystemTime,
+    pub sites: Vec<Site>,
+    pub pools: Vec<Arc<Pool>>,
+    pub routers: HashMap<String, Router>,
+    pub tls: HashMap<String, Arc<ServerConfig>>,
+    pub certs: Arc<CertStore>,
+    pub via: HeaderValue,
+    pub limits: Limits,
+    pub timeouts: ClientTimeouts,
+    pub access_log: Arc<AccessLog>,
+    /// Stops this version's background tasks (health checks) once it is replaced.
+    pub tasks: CancellationToken,
+}
+
+impl Snapshot {
+    pub fn version(&self) -> &str {
+        self.loaded.config.version.as_deref().unwrap_or(&self.loaded.hash[..12])
+    }
+
+    /// Builds the next snapshot. Loads certificate files and builds clients; touches nothing
+    /// that serves traffic, so an error here leaves the running config untouched.
+    pub fn build(
+        loaded: LoadedConfig,
+        previous: Option<&Snapshot>,
+        metrics: &Metrics,
+        cert_store: &Arc<ArcSwap<CertStore>>,
+        epoch: Instant,
+    ) -> Result<Self, String> {
+        let cfg = &loaded.config;
+        let certs = Arc::new(CertStore::load(&cfg.certificates)?);
+
+        let mut pools = Vec::with_capacity(cfg.pools.len());
+        for p in &cfg.pools {
+            let old = previous.and_then(|s| s.pools.iter().find(|o| o.name == p.name));
+            pools.push(Arc::new(Pool::build(p, old.map(|a| a.as_ref()), metrics, epoch)?));
+        }
+
+        let mut sites = Vec::with_capacity(cfg.sites.len());
+        let mut routers: HashMap<String, Router> =
+            cfg.listeners.iter().map(|l| (l.name.clone(), Router::default())).collect();
+        for (index, s) in cfg.sites.iter().enumerate() {
+            let pool = pools
+                .iter()
+                .find(|p| p.name == s.pool)
+                .ok_or_else(|| format!("site \"{}\": unknown pool \"{}\"", s.name, s.pool))?
+                .clone();
+            sites.push(Site { name: s.name.clone(), pool, metrics: metrics.site(&s.name) });
+            for (listener, router) in routers.iter_mut() {
+                if s.listeners.is_empty() || s.listeners.iter().any(|l| l == listener) {
+                    for host in &s.hosts {
+                        router.add(host, index);
+                    }
+                }
+            }
+        }
+
+        let mut tls_configs = HashMap::new();
+        for l in &cfg.listeners {
+            if let Some(t) = &l.tls {
+                if certs.certs().is_empty() {
+                    return Err(format!("listener \"{}\" serves TLS but no certificate is configured", l.name));
+                }
+                tls_configs.insert(l.name.clone(), tls::server_config(cert_store.clone(), t.default_certificate.clone()));
+            }
+        }
+
+        let access_log = match previous {
+            Some(p) if p.access_log.spec() == cfg.log.access_log => p.access_log.clone(),
+            _ => Arc::new(
+                AccessLog::open(&cfg.log.access_log, metrics.access_log_dropped.clone())
+                    .map_err(|e| format!("log.access_log: cannot open \"{}\": {e}", cfg.log.access_log))?,
+            ),
+        };
+
+        let via = HeaderValue::from_str(&format!("outpost-{}", cfg.pop.id))
+            .map_err(|_| format!("pop.id \"{}\" is not usable in a Via header", cfg.pop.id))?;
+        Ok(Self {
+            generation: previous.map_or(1, |p| p.generation + 1),
+            applied_at: std::time::SystemTime::now(),
+            sites,
+            pools,
+            routers,
+            tls: tls_configs,
+            certs,
+            via,
+            limits: cfg.limits.clone(),
+            timeouts: cfg.timeouts.clone(),
+            access_log,
+            tasks: CancellationToken::new(),
+            loaded,
+        })
+    }
+}

@@ -1,0 +1,9 @@
+//! Everything about origins: pools, balancing, health, outlier ejection, retries, the client.
+
+pub mod balance;
+pub mod client;
+pub mod health;
+pub mod health_state;
+pub mod outlier;
+pub mod pool;
+pub mod retry_budget;

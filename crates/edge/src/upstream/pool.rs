@@ -1,0 +1,291 @@
+//! An origin pool as the request path sees it: its origins with their live state, the
+//! balancer, the retry budget and the client. Built per config version; origin state (health,
+//! ejections, in-flight counts) and the client carry over across reloads when unchanged.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::HeaderName;
+use http::uri::{Authority, Scheme};
+use outpost_config::{BalancePolicy, PoolConfig};
+use prometheus_client::metrics::counter::Counter;
+
+use super::balance::{hash_key, Balancer};
+use super::client::{ClientSettings, HttpClient};
+use super::health_state::HealthState;
+use super::outlier::{OutlierPolicy, OutlierState};
+use super::retry_budget::RetryBudget;
+use crate::metrics::{Metrics, OriginMetrics, PoolLabels, PoolOutcomeLabels};
+use crate::proxy::error::ProxyError;
+
+/// Live state of one origin that must survive a config reload.
+pub struct OriginState {
+    pub health: HealthState,
+    pub outlier: OutlierState,
+    pub in_flight: AtomicU64,
+}
+
+pub struct Origin {
+    pub url: String,
+    pub scheme: Scheme,
+    pub authority: Authority,
+    pub weight: u32,
+    pub backup: bool,
+    pub state: Arc<OriginState>,
+    pub metrics: OriginMetrics,
+}
+
+impl Origin {
+    pub fn is_available(&self, now: Instant) -> bool {
+        self.state.health.is_healthy() && !self.state.outlier.is_ejected(now)
+    }
+}
+
+/// What a consistent-hash pool hashes.
+#[derive(Debug, Clone)]
+pub enum HashKey {
+    Path,
+    Uri,
+    Host,
+    ClientIp,
+    Header(HeaderName),
+}
+
+impl HashKey {
+    fn parse(spec: &str) -> Result<Self, String> {
+        Ok(match spec {
+            "path" => Self::Path,
+            "uri" => Self::Uri,
+            "host" => Self::Host,
+            "client_ip" => Self::ClientIp,
+            other => match other.strip_prefix("header:") {
+                Some(name) => Self::Header(
+                    HeaderName::from_bytes(name.as_bytes()).map_err(|e| e.to_string())?,
+                ),
+                None => return Err(format!("unknown hash_key \"{other}\"")),
+            },
+        })
+    }
+}
+
+pub struct Pool {
+    pub name: String,
+    pub config: PoolConfig,
+    pub origins: Vec<Origin>,
+    primary: Vec<usize>,
+    backup: Vec<usize>,
+    primary_balancer: Balancer,
+    backup_balancer: Balancer,
+    hash_key: HashKey,
+    pub client_settings: ClientSettings,
+    pub client: HttpClient,
+    pub retry_budget: RetryBudget,
+    pub outlier_policy: OutlierPolicy,
+    pub epoch: Instant,
+    /// Set while no origin can take traffic, so the outage is logged once, not per request.
+    exhausted: AtomicBool,
+    no_healthy: Counter,
+    pub retries_attempted: Counter,
+    pub retries_budget_exhausted: Counter,
+}
+
+impl Pool {
+    /// Builds a pool, reusing origin state and the client from `previous` where they still apply.
+    pub fn build(
+        cfg: &PoolConfig,
+        previous: Option<&Pool>,
+        metrics: &Metrics,
+        epoch: Instant,
+    ) -> Result<Self, String> {
+        let settings = ClientSettings::of(cfg);
+        let client = match previous {
+            Some(p) if p.client_settings == settings => p.client.clone(),
+            _ => super::client::build(&settings)
+                .map_err(|e| format!("pool \"{}\": {e}", cfg.name))?,
+        };
+        let mut origins = Vec::with_capacity(cfg.origins.len());
+        for o in &cfg.origins {
+            let uri: http::Uri = o
+                .url
+                .parse()
+                .map_err(|e| format!("origin {}: {e}", o.url))?;
+            let scheme = uri.scheme().cloned().unwrap_or(Scheme::HTTP);
+            let authority = uri
+                .authority()
+                .cloned()
+                .ok_or_else(|| format!("origin {} has no host", o.url))?;
+            let state = previous
+                .and_then(|p| p.origins.iter().find(|old| old.url == o.url))
+                .map(|old| old.state.clone())
+                .unwrap_or_else(|| {
+                    Arc::new(OriginState {
+                        health: HealthState::new(true),
+                        outlier: OutlierState::new(epoch),
+                        in_flight: AtomicU64::new(0),
+                    })
+                });
+            if cfg.health_check.is_none() && !state.health.is_healthy() {
+                // Without active checks nothing would ever mark it healthy again.
+                state.health.record(true, 1, 1);
+            }
+            let metrics = metrics.origin(&cfg.name, &o.url);
+            metrics.healthy.set(i64::from(state.health.is_healthy()));
+            origins.push(Origin {
+                url: o.url.clone(),
+                scheme,
+                authority,
+                weight: o.weight.max(1),
+                backup: o.backup,
+                state,
+                metrics,
+            });
+        }
+        let primary: Vec<usize> = (0..origins.len()).filter(|&i| !origins[i].backup).collect();
+        let backup: Vec<usize> = (0..origins.len()).filter(|&i| origins[i].backup).collect();
+        let weights = |idx: &[usize]| idx.iter().map(|&i| origins[i].weight).collect::<Vec<_>>();
+        let primary_balancer = Balancer::new(cfg.balance, &weights(&primary));
+        let backup_balancer = Balancer::new(cfg.balance, &weights(&backup));
+        let outlier_policy = OutlierPolicy {
+            consecutive_failures: cfg.outlier.consecutive_failures,
+            base_ejection: cfg.outlier.base_ejection,
+            max_ejection: cfg.outlier.max_ejection,
+        };
+        let pool_labels = PoolLabels {
+            pool: cfg.name.clone(),
+        };
+        let outcome = |outcome| {
+            metrics
+                .retries
+                .get_or_create(&PoolOutcomeLabels {
+                    pool: cfg.name.clone(),
+                    outcome,
+                })
+                .clone()
+        };
+        Ok(Self {
+            name: cfg.name.clone(),
+            hash_key: HashKey::parse(&cfg.hash_key)
+                .map_err(|e| format!("pool \"{}\": {e}", cfg.name))?,
+            config: cfg.clone(),
+            origins,
+            primary,
+            backup,
+            primary_balancer,
+            backup_balancer,
+            client_settings: settings,
+            client,
+            retry_budget: RetryBudget::new(cfg.retry.budget_ratio, cfg.retry.min_per_second, epoch),
+            outlier_policy,
+            epoch,
+            exhausted: AtomicBool::new(
+                previous.is_some_and(|p| p.exhausted.load(Ordering::Relaxed)),
+            ),
+            no_healthy: metrics
+                .no_healthy_origin
+                .get_or_create(&pool_labels)
+                .clone(),
+            retries_attempted: outcome("attempted"),
+            retries_budget_exhausted: outcome("budget_exhausted"),
+        })
+    }
+
+    /// The request's hash for consistent hashing, if this pool hashes.
+    pub fn request_hash(
+        &self,
+        uri: &http::Uri,
+        headers: &http::HeaderMap,
+        host: &str,
+        client_ip: IpAddr,
+    ) -> Option<u64> {
+        if self.config.balance != BalancePolicy::ConsistentHash {
+            return None;
+        }
+        Some(match &self.hash_key {
+            HashKey::Path => hash_key(uri.path().as_bytes()),
+            HashKey::Uri => hash_key(
+                uri.path_and_query()
+                    .map_or("/", |pq| pq.as_str())
+                    .as_bytes(),
+            ),
+            HashKey::Host => hash_key(host.as_bytes()),
+            HashKey::ClientIp => match client_ip {
+                IpAddr::V4(v4) => hash_key(&v4.octets()),
+                IpAddr::V6(v6) => hash_key(&v6.octets()),
+            },
+            HashKey::Header(name) => hash_key(headers.get(name).map_or(&[][..], |v| v.as_bytes())),
+        })
+    }
+
+    /// Chooses an origin: primaries first, backups only when no primary is available.
+    /// `avoid` lists origins already tried for this request; they are used only as a last resort.
+    pub fn select(&self, hash: Option<u64>, avoid: &[usize]) -> Result<usize, ProxyError> {
+        let now = Instant::now();
+        for (set, balancer) in [
+            (&self.primary, &self.primary_balancer),
+            (&self.backup, &self.backup_balancer),
+        ] {
+            if set.is_empty() {
+                continue;
+            }
+            let fresh =
+                |i: usize| self.origins[set[i]].is_available(now) && !avoid.contains(&set[i]);
+            let load = |i: usize| self.origins[set[i]].state.in_flight.load(Ordering::Relaxed);
+            let picked = balancer.pick(&fresh, &load, hash).or_else(|| {
+                balancer.pick(&|i| self.origins[set[i]].is_available(now), &load, hash)
+            });
+            if let Some(i) = picked {
+                if self.exhausted.swap(false, Ordering::Relaxed) {
+                    tracing::info!(pool = %self.name, origin = %self.origins[set[i]].url, "pool has an available origin again");
+                }
+                return Ok(set[i]);
+            }
+        }
+        self.no_healthy.inc();
+        let unhealthy = self
+            .origins
+            .iter()
+            .filter(|o| !o.state.health.is_healthy())
+            .count();
+        let ejected = self
+            .origins
+            .iter()
+            .filter(|o| o.state.outlier.is_ejected(now))
+            .count();
+        let detail = format!(
+            "{} origins: {unhealthy} failing health checks, {ejected} ejected after errors",
+            self.origins.len()
+        );
+        if !self.exhausted.swap(true, Ordering::Relaxed) {
+            tracing::error!(pool = %self.name, %detail, "no origin of the pool can take traffic; answering 503");
+        }
+        Err(ProxyError::NoHealthyOrigin {
+            pool: self.name.clone(),
+            detail,
+        })
+    }
+
+    /// Records the outcome of one exchange with an origin for passive outlier detection.
+    pub fn record_outcome(&self, origin: usize, failed: bool) {
+        let o = &self.origins[origin];
+        let now = Instant::now();
+        if failed {
+            if let Some(ejected_for) = o.state.outlier.record_failure(now, &self.outlier_policy) {
+                o.metrics.ejections.inc();
+                o.metrics.healthy.set(0);
+                tracing::warn!(pool = %self.name, origin = %o.url, ejected_for = ?ejected_for, "origin ejected after consecutive failures");
+            }
+        } else {
+            o.state.outlier.record_success(now, &self.outlier_policy);
+        }
+    }
+
+    /// Refreshes the availability gauges (ejections expire without an event).
+    pub fn refresh_gauges(&self) {
+        let now = Instant::now();
+        for o in &self.origins {
+            o.metrics.healthy.set(i64::from(o.is_available(now)));
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! TLS termination: SNI among several certificates (exact, wildcard, default), ALPN h2,
+//! misdirected requests, handshake metrics, certificate hot reload.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use http::StatusCode;
+
+struct TlsFixture {
+    _dir: TempDir,
+    edge: outpost_edge::Edge,
+    ca: TestCa,
+    origin: Origin,
+    cert_a: std::path::PathBuf,
+    key_a: std::path::PathBuf,
+}
+
+async fn fixture() -> TlsFixture {
+    let origin = Origin::start("origin").await;
+    let dir = TempDir::new("tls");
+    let ca = TestCa::new();
+    let (cert_a, key_a) = ca.issue(&dir.0, "a", &["a.test"]);
+    let (cert_w, key_w) = ca.issue(&dir.0, "wild", &["*.w.test"]);
+    let config = format!(
+        r#"
+[pop]
+id = "tls"
+[admin]
+listen = "127.0.0.1:0"
+[log]
+access_log = "off"
+[[listener]]
+name = "https"
+address = "127.0.0.1:0"
+tls = {{ default_certificate = "a" }}
+[[certificate]]
+name = "a"
+cert = "{}"
+key = "{}"
+[[certificate]]
+name = "wild"
+cert = "{}"
+key = "{}"
+[[site]]
+name = "all"
+hosts = ["a.test", "*.w.test", "other.test"]
+pool = "p"
+[[pool]]
+name = "p"
+[[pool.origin]]
+url = "{}"
+"#,
+        cert_a.display(),
+        key_a.display(),
+        cert_w.display(),
+        key_w.display(),
+        origin.url()
+    );
+    let edge = start_edge(&dir, &config).await;
+    TlsFixture { _dir: dir, edge, ca, origin, cert_a, key_a }
+}
+
+fn leaf_names(der: &[u8]) -> Vec<String> {
+    let der = rustls_pki_types::CertificateDer::from(der.to_vec());
+    let cert = webpki::EndEntityCert::try_from(&der).unwrap();
+    cert.valid_dns_names().map(str::to_owned).collect()
+}
+
+#[tokio::test]
+async fn sni_selects_exact_wildcard_and_default_certificates() {
+    let f = fixture().await;
+    let addr = f.edge.listener_addr("https").unwrap();
+
+    let (resp, cert) = tls_get(addr, f.ca.roots(), "a.test", &[b"http/1.1"], "a.test", "/").await.unwrap();
+    assert_eq!(resp.status, StatusCode::OK);
+    assert_eq!(leaf_names(&cert), ["a.test"]);
+
+    let (resp, cert) = tls_get(addr, f.ca.roots(), "x.w.test", &[b"http/1.1"], "x.w.test", "/").await.unwrap();
+    assert_eq!(resp.status, StatusCode::OK);
+    assert_eq!(leaf_names(&cert), ["*.w.test"]);
+
+    // An SNI no certificate names gets the listener's default; the client then rejects it.
+    let err = tls_get(addr, f.ca.roots(), "other.test", &[b"http/1.1"], "other.test", "/").await.unwrap_err();
+    assert!(err.contains("certificate") || err.contains("NotValidForName"), "{err}");
+    assert_eq!(f.origin.hits(), 2);
+
+    let text = metrics(&f.edge).await;
+    assert_eq!(metric_value(&text, "outpost_tls_handshakes_total", &[("result", "success")]), Some(2.0));
+    assert!(metric_value(&text, "outpost_tls_handshakes_total", &[("result", "alert_received")]).is_some(), "{text}");
+}
+
+#[tokio::test]
+async fn alpn_h2_and_misdirected_requests() {
+    let f = fixture().await;
+    let addr = f.edge.listener_addr("https").unwrap();
+
+    let (resp, _) = tls_get(addr, f.ca.roots(), "a.test", &[b"h2", b"http/1.1"], "a.test", "/").await.unwrap();
+    assert_eq!(resp.version, http::Version::HTTP_2);
+    assert_eq!(resp.body, "origin");
+
+    // Same certificate covers both names: allowed. A host under another certificate: 421.
+    let (resp, _) = tls_get(addr, f.ca.roots(), "x.w.test", &[b"h2"], "y.w.test", "/").await.unwrap();
+    assert_eq!(resp.status, StatusCode::OK);
+    let (resp, _) = tls_get(addr, f.ca.roots(), "a.test", &[b"http/1.1"], "x.w.test", "/").await.unwrap();
+    assert_eq!(resp.status, StatusCode::MISDIRECTED_REQUEST);
+    assert!(resp.body.contains("x.w.test"), "{}", resp.body);
+}
+
+#[tokio::test]
+async fn tls_connections_use_modern_protocols_only() {
+    let f = fixture().await;
+    let addr = f.edge.listener_addr("https").unwrap();
+    // rustls cannot even speak TLS 1.1; send a raw TLS 1.0 ClientHello record and expect an alert.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut hello = vec![0x16, 0x03, 0x01, 0x00, 0x2f, 0x01, 0x00, 0x00, 0x2b, 0x03, 0x01];
+    hello.extend_from_slice(&[0u8; 32]);
+    hello.extend_from_slice(&[0x00, 0x00, 0x02, 0x00, 0x2f, 0x01, 0x00, 0x00, 0x00]);
+    s.write_all(&hello).await.unwrap();
+    let mut buf = [0u8; 7];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap_or(0);
+    assert!(n == 0 || buf[0] == 0x15, "expected a TLS alert or close, got {:?}", &buf[..n]);
+}
+
+#[tokio::test]
+async fn certificate_files_are_hot_reloaded() {
+    let f = fixture().await;
+    let addr = f.edge.listener_addr("https").unwrap();
+    let (_, before) = tls_get(addr, f.ca.roots(), "a.test", &[b"http/1.1"], "a.test", "/").await.unwrap();
+
+    // A new certificate for the same name, also valid for "new.a.test".
+    let dir = f.cert_a.parent().unwrap().to_path_buf();
+    let (cert, key) = f.ca.issue(&dir, "a-renewed", &["a.test", "new.a.test"]);
+    // Make sure the mtime moves even on coarse-grained filesystems.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    std::fs::copy(&key, &f.key_a).unwrap();
+    std::fs::copy(&cert, &f.cert_a).unwrap();
+
+    let mut renewed = false;
+    for _ in 0..100 {
+        let (_, now) = tls_get(addr, f.ca.roots(), "a.test", &[b"http/1.1"], "a.test", "/").await.unwrap();
+        if now != before {
+            assert_eq!(leaf_names(&now), ["a.test", "new.a.test"]);
+            renewed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(renewed, "the renewed certificate was never served");
+    let text = metrics(&f.edge).await;
+    assert!(metric_value(&text, "outpost_tls_certificate_reloads_total", &[("result", "success")]).unwrap_or(0.0) >= 1.0);
+}

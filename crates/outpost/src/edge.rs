@@ -1,0 +1,133 @@
+//! `outpost edge`: run a PoP from a config file or from quick-start flags.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, ValueEnum};
+use outpost_edge::Edge;
+
+#[derive(Args)]
+pub struct EdgeArgs {
+    /// The PoP's config file (TOML). Reloaded on SIGHUP or POST /reload.
+    #[arg(long, short, conflicts_with_all = ["listen", "origin"])]
+    config: Option<PathBuf>,
+    /// Quick start: address to serve plain HTTP (HTTP/1.1 and h2c) on, e.g. 127.0.0.1:8080.
+    #[arg(long, requires = "origin")]
+    listen: Option<SocketAddr>,
+    /// Quick start: the origin every host is proxied to, e.g. http://127.0.0.1:9000.
+    #[arg(long, requires = "listen")]
+    origin: Option<String>,
+    /// Quick start: admin listener address (default 127.0.0.1:9901; "off" disables it).
+    #[arg(long, default_value = "127.0.0.1:9901")]
+    admin: String,
+    /// Quick start: access log destination: stdout, off, or a file path.
+    #[arg(long, default_value = "stdout")]
+    access_log: String,
+    /// Worker threads (default: one per CPU). 1 runs everything on a single thread.
+    #[arg(long, env = "OUTPOST_WORKERS")]
+    workers: Option<usize>,
+    /// Operational log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+pub fn run(args: EdgeArgs) -> ExitCode {
+    init_tracing(args.log_format);
+    let workers = args.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let runtime = if workers <= 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build()
+    };
+    let runtime = match runtime {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("outpost edge: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(serve(args))
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("OUTPOST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn serve(args: EdgeArgs) -> ExitCode {
+    let loaded = match (&args.config, &args.listen, &args.origin) {
+        (Some(path), _, _) => outpost_config::load_file(path),
+        (None, Some(listen), Some(origin)) => {
+            let admin = match args.admin.as_str() {
+                "off" => None,
+                a => match a.parse::<SocketAddr>() {
+                    Ok(addr) => Some(addr),
+                    Err(e) => {
+                        eprintln!("outpost edge: --admin {a}: {e} (use host:port or off)");
+                        return ExitCode::from(2);
+                    }
+                },
+            };
+            let mut config = outpost_config::quick_start(*listen, origin, admin);
+            config.log.access_log = args.access_log.clone();
+            outpost_config::from_config(config, "<command line>")
+        }
+        _ => {
+            eprintln!("outpost edge: give --config FILE, or --listen ADDR --origin URL (see --help)");
+            return ExitCode::from(2);
+        }
+    };
+    let loaded = match loaded {
+        Ok(l) => l,
+        Err(errors) => {
+            eprintln!("outpost edge: invalid config:\n{errors}");
+            return ExitCode::from(2);
+        }
+    };
+    let edge = match Edge::start(loaded, args.config.clone()).await {
+        Ok(edge) => edge,
+        Err(e) => {
+            eprintln!("outpost edge: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    wait_for_signals(&edge).await;
+    if edge.drain().await {
+        tracing::info!("drained; exiting");
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+async fn wait_for_signals(edge: &Edge) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut hup), Ok(mut term), Ok(mut int)) =
+        (signal(SignalKind::hangup()), signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                // Outcome is logged and counted by the reload itself.
+                let _ = edge.reload().await;
+            }
+            _ = term.recv() => return,
+            _ = int.recv() => return,
+        }
+    }
+}

@@ -111,10 +111,7 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
         assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
-        assert_eq!(
-            parse_duration("1h2m3s4ms"),
-            Ok(Duration::from_millis(3_723_004))
-        );
+        assert_eq!(parse_duration("1h2m3s4ms"), Ok(Duration::from_millis(3_723_004)));
         assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
     }
 
@@ -128,18 +125,12 @@ mod tests {
             .unwrap_err()
             .contains("missing unit after `10`"));
         assert!(parse_duration("").unwrap_err().contains("empty"));
-        assert!(parse_duration("s")
-            .unwrap_err()
-            .contains("expected a number"));
-        assert!(parse_duration("-1s")
-            .unwrap_err()
-            .contains("expected a number"));
+        assert!(parse_duration("s").unwrap_err().contains("expected a number"));
+        assert!(parse_duration("-1s").unwrap_err().contains("expected a number"));
         assert!(parse_duration("1 s")
             .unwrap_err()
             .contains("missing unit after `1`"));
-        assert!(parse_duration("30s1m")
-            .unwrap_err()
-            .contains("out of order"));
+        assert!(parse_duration("30s1m").unwrap_err().contains("out of order"));
         assert!(parse_duration("1s1s").unwrap_err().contains("repeated"));
         assert!(parse_duration("99999999999999999999h")
             .unwrap_err()
@@ -149,41 +140,23 @@ mod tests {
     #[test]
     fn formats_canonically() {
         assert_eq!(format_duration(Duration::from_secs(10)).unwrap(), "10s");
-        assert_eq!(
-            format_duration(Duration::from_millis(250)).unwrap(),
-            "250ms"
-        );
+        assert_eq!(format_duration(Duration::from_millis(250)).unwrap(), "250ms");
         assert_eq!(format_duration(Duration::from_secs(90)).unwrap(), "1m30s");
         assert_eq!(format_duration(Duration::from_secs(7200)).unwrap(), "2h");
-        assert_eq!(
-            format_duration(Duration::from_millis(1500)).unwrap(),
-            "1s500ms"
-        );
+        assert_eq!(format_duration(Duration::from_millis(1500)).unwrap(), "1s500ms");
         assert_eq!(format_duration(Duration::ZERO).unwrap(), "0s");
         assert_eq!(format_duration(Duration::from_micros(1500)), None);
     }
 
     #[test]
     fn round_trips() {
-        for text in [
-            "250ms",
-            "10s",
-            "2m",
-            "1h",
-            "1m30s",
-            "1h2m3s4ms",
-            "0s",
-            "48h",
-        ] {
+        for text in ["250ms", "10s", "2m", "1h", "1m30s", "1h2m3s4ms", "0s", "48h"] {
             let parsed = parse_duration(text).unwrap();
             assert_eq!(format_duration(parsed).unwrap(), text);
         }
         for ms in [0, 1, 999, 1000, 59_999, 60_000, 3_600_001, 86_400_000] {
             let duration = Duration::from_millis(ms);
-            assert_eq!(
-                parse_duration(&format_duration(duration).unwrap()),
-                Ok(duration)
-            );
+            assert_eq!(parse_duration(&format_duration(duration).unwrap()), Ok(duration));
         }
     }
 

@@ -21,11 +21,7 @@ pub struct ConfigError {
 
 impl ConfigError {
     /// An error that has no position in any text (I/O failures, programmatic configs).
-    pub(crate) fn unlocated(
-        file: &str,
-        field: impl Into<String>,
-        reason: impl Into<String>,
-    ) -> Self {
+    pub(crate) fn unlocated(file: &str, field: impl Into<String>, reason: impl Into<String>) -> Self {
         Self {
             file: file.to_owned(),
             line: None,
@@ -135,18 +131,12 @@ mod tests {
             error(None, None, "admin.token").to_string(),
             "edge.toml: admin.token: invalid URL"
         );
-        assert_eq!(
-            error(Some(3), None, "").to_string(),
-            "edge.toml:3: invalid URL"
-        );
+        assert_eq!(error(Some(3), None, "").to_string(), "edge.toml:3: invalid URL");
     }
 
     #[test]
     fn errors_display_one_per_line() {
-        let errors = ConfigErrors(vec![
-            error(Some(1), Some(1), "a"),
-            error(Some(2), Some(1), "b"),
-        ]);
+        let errors = ConfigErrors(vec![error(Some(1), Some(1), "a"), error(Some(2), Some(1), "b")]);
         assert_eq!(
             errors.to_string(),
             "edge.toml:1:1: a: invalid URL\nedge.toml:2:1: b: invalid URL"

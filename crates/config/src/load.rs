@@ -35,11 +35,7 @@ pub fn load_file(path: &Path) -> Result<LoadedConfig, ConfigErrors> {
 
 /// Parses and validates config text. `file_name` is used in errors and as the source;
 /// `base_dir`, when given, is what relative paths are resolved against.
-pub fn parse_str(
-    text: &str,
-    file_name: &str,
-    base_dir: Option<&Path>,
-) -> Result<LoadedConfig, ConfigErrors> {
+pub fn parse_str(text: &str, file_name: &str, base_dir: Option<&Path>) -> Result<LoadedConfig, ConfigErrors> {
     let doc = ImDocument::parse(text).map_err(|e| {
         let offset = e.span().map_or(0, |span| span.start);
         let (line, column) = line_column(text, offset);
@@ -113,11 +109,7 @@ fn finish(config: Config, source: &str) -> Result<LoadedConfig, ConfigErrors> {
     // JSON field order is the structs' declaration order, so this encoding is canonical.
     // Validation rejected sub-millisecond durations; what can still fail is a non-UTF-8 path.
     let json = serde_json::to_vec(&config).map_err(|e| {
-        ConfigError::unlocated(
-            source,
-            "",
-            format!("cannot encode the config to hash it: {e}"),
-        )
+        ConfigError::unlocated(source, "", format!("cannot encode the config to hash it: {e}"))
     })?;
     let hash = hex::encode(Sha256::digest(&json));
     Ok(LoadedConfig {
@@ -174,11 +166,7 @@ fn one_line(message: &str) -> String {
         .join(", ")
 }
 
-fn locate_issues(
-    issues: Vec<Issue>,
-    file: &str,
-    source: Option<(&str, &ImDocument<&str>)>,
-) -> ConfigErrors {
+fn locate_issues(issues: Vec<Issue>, file: &str, source: Option<(&str, &ImDocument<&str>)>) -> ConfigErrors {
     let mut errors: Vec<ConfigError> = issues
         .into_iter()
         .map(|issue| {

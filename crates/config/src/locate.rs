@@ -45,8 +45,7 @@ impl Finder {
         let better = match &self.best {
             None => true,
             Some((best_len, best_path)) => {
-                len < *best_len
-                    || (len == *best_len && path.segments().len() > best_path.segments().len())
+                len < *best_len || (len == *best_len && path.segments().len() > best_path.segments().len())
             }
         };
         if better {
@@ -142,10 +141,7 @@ pub(crate) fn span_of(doc: &ImDocument<&str>, path: &FieldPath) -> Option<Range<
     for segment in path.segments() {
         let (next, key_span) = match segment {
             Segment::Key(name) => {
-                let Some((key, item)) = node
-                    .table_like()
-                    .and_then(|table| table.get_key_value(name))
-                else {
+                let Some((key, item)) = node.table_like().and_then(|table| table.get_key_value(name)) else {
                     break;
                 };
                 (Node::Item(item), key.span())
@@ -318,22 +314,15 @@ url = \"http://c\"
 
     #[test]
     fn guesses_path_of_syntax_errors() {
-        let text =
-            "[[pool]]\nname = \"a\"\n[[pool]]\nname = \"b\"\nhosts = [\n  \"a\"\n  \"b\"\n]\n";
+        let text = "[[pool]]\nname = \"a\"\n[[pool]]\nname = \"b\"\nhosts = [\n  \"a\"\n  \"b\"\n]\n";
         let offset = text.find("\"b\"\n]").unwrap();
-        assert_eq!(
-            path_for_syntax_error(text, offset).to_string(),
-            "pool[1].hosts"
-        );
+        assert_eq!(path_for_syntax_error(text, offset).to_string(), "pool[1].hosts");
         let text = "[admin]\ntoken = \n";
         assert_eq!(
             path_for_syntax_error(text, text.len() - 1).to_string(),
             "admin.token"
         );
         let text = "a.b = 1\n[admin\n";
-        assert_eq!(
-            path_for_syntax_error(text, text.len() - 1).to_string(),
-            "admin"
-        );
+        assert_eq!(path_for_syntax_error(text, text.len() - 1).to_string(), "admin");
     }
 }

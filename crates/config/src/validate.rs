@@ -120,20 +120,14 @@ impl Validator {
             .as_deref()
             .is_some_and(|region| region.trim().is_empty())
         {
-            self.error(
-                path.key("region"),
-                "must not be empty; leave it out instead",
-            );
+            self.error(path.key("region"), "must not be empty; leave it out instead");
         }
         if pop
             .state_dir
             .as_deref()
             .is_some_and(|dir| dir.as_os_str().is_empty())
         {
-            self.error(
-                path.key("state_dir"),
-                "must not be empty; leave it out instead",
-            );
+            self.error(path.key("state_dir"), "must not be empty; leave it out instead");
         }
     }
 
@@ -185,28 +179,19 @@ impl Validator {
                 "at least one [[listener]] is required",
             );
         }
-        let certificates: Vec<&str> = config
-            .certificates
-            .iter()
-            .map(|c| c.name.as_str())
-            .collect();
+        let certificates: Vec<&str> = config.certificates.iter().map(|c| c.name.as_str()).collect();
         let mut names = HashMap::new();
         for (i, listener) in config.listeners.iter().enumerate() {
             let path = FieldPath::root().key("listener").index(i);
             self.name(path.key("name"), &listener.name, "listener", &mut names, i);
             let earlier = config.listeners[..i].iter();
             if let Some((how, other)) = earlier
-                .filter_map(|other| {
-                    Some((address_conflict(listener.address, other.address)?, other))
-                })
+                .filter_map(|other| Some((address_conflict(listener.address, other.address)?, other)))
                 .next()
             {
                 self.error(
                     path.key("address"),
-                    format!(
-                        "address {} {how} listener \"{}\"",
-                        listener.address, other.name
-                    ),
+                    format!("address {} {how} listener \"{}\"", listener.address, other.name),
                 );
             }
             let Some(tls) = &listener.tls else { continue };
@@ -233,13 +218,7 @@ impl Validator {
         let mut names = HashMap::new();
         for (i, certificate) in config.certificates.iter().enumerate() {
             let path = FieldPath::root().key("certificate").index(i);
-            self.name(
-                path.key("name"),
-                &certificate.name,
-                "certificate",
-                &mut names,
-                i,
-            );
+            self.name(path.key("name"), &certificate.name, "certificate", &mut names, i);
             if certificate.cert.as_os_str().is_empty() {
                 self.error(
                     path.key("cert"),
@@ -333,10 +312,7 @@ impl Validator {
                         ),
                     );
                 } else if site.listeners[..j].contains(listener) {
-                    self.error(
-                        listener_path,
-                        format!("listener \"{listener}\" is listed twice"),
-                    );
+                    self.error(listener_path, format!("listener \"{listener}\" is listed twice"));
                 }
             }
         }
@@ -451,10 +427,7 @@ impl Validator {
             ("client_cert", &tls.client_cert),
             ("client_key", &tls.client_key),
         ] {
-            if file
-                .as_deref()
-                .is_some_and(|file| file.as_os_str().is_empty())
-            {
+            if file.as_deref().is_some_and(|file| file.as_os_str().is_empty()) {
                 self.error(path.key(key), "must not be empty; leave it out instead");
             }
         }
@@ -566,7 +539,8 @@ pub(crate) fn host_pattern_problem(host: &str) -> Option<String> {
     let name = host.strip_prefix("*.").unwrap_or(host);
     if name.contains('*') {
         return Some(
-            "wildcards are only allowed as a leading `*.` label (like *.example.com) or as \"*\" alone".to_owned(),
+            "wildcards are only allowed as a leading `*.` label (like *.example.com) or as \"*\" alone"
+                .to_owned(),
         );
     }
     dns_name_problem(name)
@@ -593,10 +567,7 @@ pub(crate) fn dns_name_problem(name: &str) -> Option<String> {
         if label.len() > 63 {
             return Some(format!("label \"{label}\" is longer than 63 characters"));
         }
-        if let Some(bad) = label
-            .chars()
-            .find(|c| !c.is_ascii_alphanumeric() && *c != '-')
-        {
+        if let Some(bad) = label.chars().find(|c| !c.is_ascii_alphanumeric() && *c != '-') {
             return Some(format!(
                 "'{bad}' is not allowed; use letters, digits, '-' and '.'"
             ));
@@ -614,9 +585,7 @@ fn hash_key_problem(key: &str) -> Option<String> {
         "path" | "uri" | "host" | "client_ip" => None,
         _ => match key.strip_prefix("header:") {
             Some(name) if http::HeaderName::from_bytes(name.as_bytes()).is_ok() => None,
-            Some(name) => Some(format!(
-                "invalid header name \"{name}\" in hash_key \"{key}\""
-            )),
+            Some(name) => Some(format!("invalid header name \"{name}\" in hash_key \"{key}\"")),
             None => Some(format!("unknown hash_key \"{key}\"; {ALLOWED}")),
         },
     }
@@ -629,9 +598,7 @@ fn origin_identity(url: &str) -> Result<(String, String, u16), String> {
     if url.contains('#') {
         return Err("origin URLs cannot have a fragment".to_owned());
     }
-    let uri: http::Uri = url
-        .parse()
-        .map_err(|e: http::uri::InvalidUri| e.to_string())?;
+    let uri: http::Uri = url.parse().map_err(|e: http::uri::InvalidUri| e.to_string())?;
     let Some(scheme) = uri.scheme_str() else {
         return Err("missing scheme; write http://HOST:PORT or https://HOST:PORT".to_owned());
     };
@@ -662,11 +629,7 @@ fn origin_identity(url: &str) -> Result<(String, String, u16), String> {
     if port == 0 {
         return Err("port 0 is not a valid origin port".to_owned());
     }
-    Ok((
-        scheme.to_owned(),
-        authority.host().to_ascii_lowercase(),
-        port,
-    ))
+    Ok((scheme.to_owned(), authority.host().to_ascii_lowercase(), port))
 }
 
 #[cfg(test)]
@@ -716,9 +679,7 @@ mod tests {
         assert!(origin_identity("ftp://a.com")
             .unwrap_err()
             .contains("unsupported scheme `ftp`"));
-        assert!(origin_identity("http://a.com/api")
-            .unwrap_err()
-            .contains("path"));
+        assert!(origin_identity("http://a.com/api").unwrap_err().contains("path"));
         assert!(origin_identity("http://a.com/?x=1")
             .unwrap_err()
             .contains("query"));
@@ -728,9 +689,7 @@ mod tests {
         assert!(origin_identity("http://a.com/#x")
             .unwrap_err()
             .contains("fragment"));
-        assert!(origin_identity("http://a.com:0")
-            .unwrap_err()
-            .contains("port 0"));
+        assert!(origin_identity("http://a.com:0").unwrap_err().contains("port 0"));
         assert!(origin_identity("not a url").is_err());
     }
 
@@ -739,9 +698,7 @@ mod tests {
         for ok in ["path", "uri", "host", "client_ip", "header:x-user-id"] {
             assert_eq!(hash_key_problem(ok), None, "{ok}");
         }
-        assert!(hash_key_problem("cookie")
-            .unwrap()
-            .contains("unknown hash_key"));
+        assert!(hash_key_problem("cookie").unwrap().contains("unknown hash_key"));
         assert!(hash_key_problem("header:")
             .unwrap()
             .contains("invalid header name"));
@@ -761,17 +718,8 @@ mod tests {
             address_conflict(addr("0.0.0.0:80"), addr("127.0.0.1:80")),
             Some("overlaps")
         );
-        assert_eq!(
-            address_conflict(addr("127.0.0.1:80"), addr("127.0.0.1:81")),
-            None
-        );
-        assert_eq!(
-            address_conflict(addr("127.0.0.1:0"), addr("127.0.0.1:0")),
-            None
-        );
-        assert_eq!(
-            address_conflict(addr("[::]:80"), addr("127.0.0.1:80")),
-            None
-        );
+        assert_eq!(address_conflict(addr("127.0.0.1:80"), addr("127.0.0.1:81")), None);
+        assert_eq!(address_conflict(addr("127.0.0.1:0"), addr("127.0.0.1:0")), None);
+        assert_eq!(address_conflict(addr("[::]:80"), addr("127.0.0.1:80")), None);
     }
 }

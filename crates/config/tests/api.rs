@@ -69,11 +69,7 @@ url = "http://127.0.0.1:9000"
 
 #[test]
 fn programmatic_errors_have_fields_but_no_lines() {
-    let config = quick_start(
-        addr("127.0.0.1:8080"),
-        "ftp://origin",
-        Some(addr("0.0.0.0:9901")),
-    );
+    let config = quick_start(addr("127.0.0.1:8080"), "ftp://origin", Some(addr("0.0.0.0:9901")));
     let errors = from_config(config, "<command line>").unwrap_err();
     let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
     assert_eq!(fields, ["admin.token", "pool[0].origin[0].url"]);
@@ -145,8 +141,5 @@ name = "main"
     changed.pools[0].origins[0].weight = 2;
     let changed = from_config(changed, "<test>").unwrap();
     assert_ne!(changed.hash, a.hash);
-    assert_eq!(
-        from_config(a.config.clone(), "<test>").unwrap().hash,
-        a.hash
-    );
+    assert_eq!(from_config(a.config.clone(), "<test>").unwrap().hash, a.hash);
 }

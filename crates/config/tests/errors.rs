@@ -114,16 +114,10 @@ fn bad_duration_and_address_and_enum() {
     assert_eq!(error.field, "listener[0].address");
     assert_eq!(error.line, Some(3));
 
-    let text = BASE.replace(
-        "name = \"web\"\n\n",
-        "name = \"web\"\nbalance = \"fastest\"\n\n",
-    );
+    let text = BASE.replace("name = \"web\"\n\n", "name = \"web\"\nbalance = \"fastest\"\n\n");
     let error = single_error(&text);
     assert_eq!(error.field, "pool[0].balance");
-    assert!(
-        error.reason.contains("unknown variant `fastest`"),
-        "{error}"
-    );
+    assert!(error.reason.contains("unknown variant `fastest`"), "{error}");
 }
 
 #[test]
@@ -138,8 +132,7 @@ fn syntax_error_is_located() {
 
 #[test]
 fn syntax_error_inside_a_multiline_array() {
-    let text =
-        "[[site]]\nname = \"web\"\nhosts = [\n  \"a.com\"\n  \"b.com\",\n]\npool = \"web\"\n";
+    let text = "[[site]]\nname = \"web\"\nhosts = [\n  \"a.com\"\n  \"b.com\",\n]\npool = \"web\"\n";
     let error = single_error(text);
     assert_eq!(error.line, Some(5));
     assert_eq!(error.field, "site[0].hosts");
@@ -147,8 +140,7 @@ fn syntax_error_inside_a_multiline_array() {
 
 #[test]
 fn single_table_instead_of_array_gets_a_hint() {
-    let text =
-        "[[listener]]\nname = \"main\"\naddress = \"127.0.0.1:8080\"\n[pool]\nname = \"web\"\n";
+    let text = "[[listener]]\nname = \"main\"\naddress = \"127.0.0.1:8080\"\n[pool]\nname = \"web\"\n";
     let error = single_error(text);
     assert_eq!((error.field.as_str(), error.line), ("pool", Some(4)));
     assert!(
@@ -181,10 +173,7 @@ fn unreadable_file_reports_the_path() {
     let error = &errors.0[0];
     assert_eq!(error.file, "/nonexistent/outpost/edge.toml");
     assert_eq!((error.line, error.field.as_str()), (None, ""));
-    assert!(
-        error.reason.starts_with("cannot read config file"),
-        "{error}"
-    );
+    assert!(error.reason.starts_with("cannot read config file"), "{error}");
 }
 
 #[test]
@@ -210,10 +199,7 @@ fn relative_paths_resolve_against_the_config_directory() {
         dir.join("logs/access.jsonl").display().to_string()
     );
     assert_eq!(config.certificates[0].cert, dir.join("certs/c.pem"));
-    assert_eq!(
-        config.certificates[0].key,
-        PathBuf::from("/etc/outpost/c.key")
-    );
+    assert_eq!(config.certificates[0].key, PathBuf::from("/etc/outpost/c.key"));
     let tls = config.pools[1].tls.as_ref().unwrap();
     assert_eq!(tls.ca, Some(dir.join("ca.pem")));
     assert_eq!(tls.client_cert, Some(dir.join("me.pem")));

@@ -37,14 +37,8 @@ fn tls_example_resolves_certificates_next_to_it() {
         .expect("a TLS listener");
     assert_eq!(tls.address, "127.0.0.1:8443".parse().unwrap());
     let certificate = &loaded.config.certificates[0];
-    assert_eq!(
-        certificate.cert,
-        file.parent().unwrap().join("certs/example.pem")
-    );
-    assert_eq!(
-        certificate.key,
-        file.parent().unwrap().join("certs/example.key")
-    );
+    assert_eq!(certificate.cert, file.parent().unwrap().join("certs/example.pem"));
+    assert_eq!(certificate.key, file.parent().unwrap().join("certs/example.key"));
 }
 
 /// Uncomments lines that look like TOML (`# [table]`, `# key = value`, `# # comment`), so the
@@ -71,12 +65,7 @@ fn commented_out_blocks_are_valid() {
     for file in examples() {
         let text = std::fs::read_to_string(&file).unwrap();
         let full = uncomment(&text);
-        assert_ne!(
-            full,
-            text,
-            "{} has no commented-out settings",
-            file.display()
-        );
+        assert_ne!(full, text, "{} has no commented-out settings", file.display());
         if let Err(errors) = parse_str(&full, &file.display().to_string(), None) {
             panic!(
                 "{} with every block uncommented is invalid:\n{errors}\n\n{full}",

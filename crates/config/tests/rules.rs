@@ -48,10 +48,7 @@ fn check(text: &str, field: &str, needle: &str) {
         panic!("no error for `{field}`; got:\n{listing}\nfor:\n{text}");
     };
     assert!(error.reason.contains(needle), "`{needle}` not in: {error}");
-    let marked = text
-        .lines()
-        .position(|line| line.contains("# <-"))
-        .map(|i| i + 1);
+    let marked = text.lines().position(|line| line.contains("# <-")).map(|i| i + 1);
     assert_eq!(error.line, marked, "wrong line: {error}\nin:\n{text}");
     assert_eq!(error.column.is_some(), marked.is_some(), "{error}");
     assert_eq!(error.file, "edge.toml");
@@ -90,10 +87,7 @@ fn non_loopback_admin_needs_a_token() {
         "admin.token",
         "admin listener on a non-loopback address needs admin.token",
     );
-    let with_token = config(
-        "",
-        "[admin]\nlisten = \"0.0.0.0:9901\"\ntoken = \"s3cret\"\n",
-    );
+    let with_token = config("", "[admin]\nlisten = \"0.0.0.0:9901\"\ntoken = \"s3cret\"\n");
     parse_str(&with_token, "edge.toml", None).unwrap();
 }
 
@@ -145,11 +139,7 @@ fn client_timeouts_must_be_positive() {
 
 #[test]
 fn pool_timeouts_must_be_positive() {
-    for key in [
-        "connect_timeout",
-        "response_header_timeout",
-        "request_timeout",
-    ] {
+    for key in ["connect_timeout", "response_header_timeout", "request_timeout"] {
         let text = config(&format!("{key} = \"0s\" # <-\n"), "");
         check(&text, &format!("pool[0].{key}"), "greater than 0s");
     }
@@ -304,7 +294,9 @@ fn certificate_fields() {
         "must not be empty",
     );
     check(
-        &cert("name = \"a\"\ncert = \"c\"\nkey = \"k\"\nnames = [\"ok.example.com\", \"bad_name.com\"] # <-\n"),
+        &cert(
+            "name = \"a\"\ncert = \"c\"\nkey = \"k\"\nnames = [\"ok.example.com\", \"bad_name.com\"] # <-\n",
+        ),
         "certificate[0].names[1]",
         "invalid server name \"bad_name.com\"",
     );
@@ -314,11 +306,7 @@ fn certificate_fields() {
         "wildcards are only allowed",
     );
     let two = cert("name = \"a\"\ncert = \"c\"\nkey = \"k\"\n[[certificate]]\nname = \"a\" # <-\ncert = \"c\"\nkey = \"k\"\n");
-    check(
-        &two,
-        "certificate[1].name",
-        "duplicate certificate name \"a\"",
-    );
+    check(&two, "certificate[1].name", "duplicate certificate name \"a\"");
     parse_str(
         &cert("name = \"a\"\ncert = \"c\"\nkey = \"k\"\nnames = [\"*.example.com\"]\n"),
         "edge.toml",
@@ -384,11 +372,7 @@ fn site_pool_must_exist() {
         "",
         "[[site]]\nname = \"other\"\nhosts = [\"b.com\"]\npool = \"web2\" # <-\n",
     );
-    check(
-        &text,
-        "site[1].pool",
-        "unknown pool \"web2\"; defined pools: web",
-    );
+    check(&text, "site[1].pool", "unknown pool \"web2\"; defined pools: web");
 }
 
 #[test]
@@ -450,11 +434,7 @@ fn origin_urls_are_checked() {
         "pool[0].origin[1].url",
         "unsupported scheme `ftp`",
     );
-    check(
-        &origin("10.0.0.1:80"),
-        "pool[0].origin[1].url",
-        "missing scheme",
-    );
+    check(&origin("10.0.0.1:80"), "pool[0].origin[1].url", "missing scheme");
     check(
         &origin("http://10.0.0.1/api"),
         "pool[0].origin[1].url",
@@ -471,20 +451,12 @@ fn origin_urls_are_checked() {
         "user info",
     );
     check(&origin("http://"), "pool[0].origin[1].url", "invalid URL");
-    parse_str(
-        &origin("https://origin.example.com:8443/"),
-        "edge.toml",
-        None,
-    )
-    .unwrap();
+    parse_str(&origin("https://origin.example.com:8443/"), "edge.toml", None).unwrap();
 }
 
 #[test]
 fn origin_urls_are_unique_within_a_pool() {
-    let text = config(
-        "",
-        "[[pool.origin]]\nurl = \"http://127.0.0.1:9000/\" # <-\n",
-    );
+    let text = config("", "[[pool.origin]]\nurl = \"http://127.0.0.1:9000/\" # <-\n");
     check(
         &text,
         "pool[0].origin[1].url",
@@ -503,27 +475,15 @@ fn origin_weight_is_at_least_one() {
 
 #[test]
 fn hash_key_is_known() {
-    let text = config(
-        "balance = \"consistent_hash\"\nhash_key = \"cookie\" # <-\n",
-        "",
-    );
+    let text = config("balance = \"consistent_hash\"\nhash_key = \"cookie\" # <-\n", "");
     check(
         &text,
         "pool[0].hash_key",
         "unknown hash_key \"cookie\"; use \"path\"",
     );
     let text = config("hash_key = \"header:bad header\" # <-\n", "");
-    check(
-        &text,
-        "pool[0].hash_key",
-        "invalid header name \"bad header\"",
-    );
-    parse_str(
-        &config("hash_key = \"header:X-User\"\n", ""),
-        "edge.toml",
-        None,
-    )
-    .unwrap();
+    check(&text, "pool[0].hash_key", "invalid header name \"bad header\"");
+    parse_str(&config("hash_key = \"header:X-User\"\n", ""), "edge.toml", None).unwrap();
 }
 
 #[test]
@@ -566,19 +526,12 @@ fn mtls_needs_cert_and_key() {
 
 #[test]
 fn every_problem_is_reported_in_file_order() {
-    let text = config(
-        "connect_timeout = \"0s\"\n",
-        "weight = 0\n[pop]\nid = \"\"\n",
-    );
+    let text = config("connect_timeout = \"0s\"\n", "weight = 0\n[pop]\nid = \"\"\n");
     let errors = errors(&text);
     let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
     assert_eq!(
         fields,
-        [
-            "pool[0].connect_timeout",
-            "pool[0].origin[0].weight",
-            "pop.id"
-        ]
+        ["pool[0].connect_timeout", "pool[0].origin[0].weight", "pop.id"]
     );
     let lines: Vec<usize> = errors.iter().map(|e| e.line.unwrap()).collect();
     assert!(lines.windows(2).all(|w| w[0] < w[1]), "{lines:?}");

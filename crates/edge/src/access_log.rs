@@ -19,32 +19,44 @@ impl AccessLog {
     /// `spec` is `"off"`, `"stdout"` or a file path (appended to, created if missing).
     pub fn open(spec: &str, dropped: Counter) -> std::io::Result<Self> {
         let sink: Box<dyn Write + Send> = match spec {
-            "off" => return Ok(Self { spec: spec.to_owned(), tx: None, dropped }),
+            "off" => {
+                return Ok(Self {
+                    spec: spec.to_owned(),
+                    tx: None,
+                    dropped,
+                })
+            }
             "stdout" => Box::new(std::io::stdout()),
             path => Box::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?),
         };
         let (tx, rx) = sync_channel::<String>(QUEUE_LINES);
-        std::thread::Builder::new().name("access-log".into()).spawn(move || {
-            let mut out = BufWriter::with_capacity(64 * 1024, sink);
-            while let Ok(line) = rx.recv() {
-                let _ = out.write_all(line.as_bytes());
-                loop {
-                    match rx.try_recv() {
-                        Ok(line) => {
-                            let _ = out.write_all(line.as_bytes());
-                        }
-                        Err(TryRecvError::Empty) => break,
-                        Err(TryRecvError::Disconnected) => {
-                            let _ = out.flush();
-                            return;
+        std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || {
+                let mut out = BufWriter::with_capacity(64 * 1024, sink);
+                while let Ok(line) = rx.recv() {
+                    let _ = out.write_all(line.as_bytes());
+                    loop {
+                        match rx.try_recv() {
+                            Ok(line) => {
+                                let _ = out.write_all(line.as_bytes());
+                            }
+                            Err(TryRecvError::Empty) => break,
+                            Err(TryRecvError::Disconnected) => {
+                                let _ = out.flush();
+                                return;
+                            }
                         }
                     }
+                    let _ = out.flush();
                 }
                 let _ = out.flush();
-            }
-            let _ = out.flush();
-        })?;
-        Ok(Self { spec: spec.to_owned(), tx: Some(tx), dropped })
+            })?;
+        Ok(Self {
+            spec: spec.to_owned(),
+            tx: Some(tx),
+            dropped,
+        })
     }
 
     pub fn spec(&self) -> &str {

@@ -25,7 +25,9 @@ pub fn spawn(shared: Arc<Shared>, addr: SocketAddr) -> std::io::Result<SocketAdd
     tracing::info!(address = %local, "admin listener ready");
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             let shared = shared.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |req| {
@@ -63,7 +65,9 @@ fn problem(status: StatusCode, title: &str, detail: &str, errors: &[String]) -> 
 
 fn authorized(shared: &Shared, req: &Request<Incoming>) -> bool {
     let snapshot = shared.snapshot.load();
-    let Some(token) = snapshot.loaded.config.admin.token.as_deref() else { return true };
+    let Some(token) = snapshot.loaded.config.admin.token.as_deref() else {
+        return true;
+    };
     let Some(given) = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -93,8 +97,14 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> AdminResponse {
         _ => {}
     }
     if !authorized(shared, &req) {
-        let mut resp = problem(StatusCode::UNAUTHORIZED, "Unauthorized", "this endpoint needs Authorization: Bearer <admin.token>", &[]);
-        resp.headers_mut().insert(header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
+        let mut resp = problem(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "this endpoint needs Authorization: Bearer <admin.token>",
+            &[],
+        );
+        resp.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
         return resp;
     }
     match (req.method(), path) {
@@ -102,7 +112,11 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> AdminResponse {
             for pool in &shared.snapshot.load().pools {
                 pool.refresh_gauges();
             }
-            reply(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", shared.metrics.encode())
+            reply(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                shared.metrics.encode(),
+            )
         }
         (&Method::GET, "/config") => {
             let s = shared.snapshot.load();
@@ -120,15 +134,34 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> AdminResponse {
             )
         }
         (&Method::POST, "/reload") => match shared.reload_from_file().await {
-            Ok(applied) => json(StatusCode::OK, &serde_json::to_value(&applied).unwrap_or_default()),
-            Err(e @ ApplyError::Invalid(_)) => {
-                problem(StatusCode::UNPROCESSABLE_ENTITY, "Invalid config", "the previous config keeps serving", &e.messages())
-            }
-            Err(e) => problem(StatusCode::CONFLICT, "Config refused", "the previous config keeps serving", &e.messages()),
+            Ok(applied) => json(
+                StatusCode::OK,
+                &serde_json::to_value(&applied).unwrap_or_default(),
+            ),
+            Err(e @ ApplyError::Invalid(_)) => problem(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Invalid config",
+                "the previous config keeps serving",
+                &e.messages(),
+            ),
+            Err(e) => problem(
+                StatusCode::CONFLICT,
+                "Config refused",
+                "the previous config keeps serving",
+                &e.messages(),
+            ),
         },
-        (_, "/metrics" | "/config" | "/reload" | "/healthz" | "/readyz") => {
-            problem(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed", "see the admin API in the README", &[])
-        }
-        _ => problem(StatusCode::NOT_FOUND, "Not found", "admin endpoints: /healthz /readyz /metrics /config POST /reload", &[]),
+        (_, "/metrics" | "/config" | "/reload" | "/healthz" | "/readyz") => problem(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "Method not allowed",
+            "see the admin API in the README",
+            &[],
+        ),
+        _ => problem(
+            StatusCode::NOT_FOUND,
+            "Not found",
+            "admin endpoints: /healthz /readyz /metrics /config POST /reload",
+            &[],
+        ),
     }
 }

@@ -99,7 +99,8 @@ impl Edge {
         let metrics = Metrics::new(&pop_id);
         let epoch = Instant::now();
         let cert_store = Arc::new(ArcSwap::from_pointee(CertStore::default()));
-        let first = Snapshot::build(loaded, None, &metrics, &cert_store, epoch).map_err(ApplyError::Refused)?;
+        let first =
+            Snapshot::build(loaded, None, &metrics, &cert_store, epoch).map_err(ApplyError::Refused)?;
         let admin_cfg = first.loaded.config.admin.clone();
         let shared = Arc::new(Shared {
             pop_id,
@@ -161,7 +162,12 @@ impl Edge {
 
 impl Shared {
     pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.control.try_lock().ok()?.iter().find(|l| l.name == name).map(|l| l.local_addr)
+        self.control
+            .try_lock()
+            .ok()?
+            .iter()
+            .find(|l| l.name == name)
+            .map(|l| l.local_addr)
     }
 
     pub fn last_reload(&self) -> Option<ReloadRecord> {
@@ -174,7 +180,8 @@ impl Shared {
 
     pub async fn reload_from_file(self: &Arc<Self>) -> Result<Applied, ApplyError> {
         let Some(path) = &self.config_path else {
-            let err = ApplyError::Refused("this PoP was started without a config file; nothing to reload".into());
+            let err =
+                ApplyError::Refused("this PoP was started without a config file; nothing to reload".into());
             self.record_reload(Err(&err));
             return Err(err);
         };
@@ -215,10 +222,18 @@ impl Shared {
             )));
         }
         if old_cfg.admin.listen != new_cfg.admin.listen {
-            return Err(ApplyError::Refused("admin.listen changed: moving the admin listener needs a restart".into()));
+            return Err(ApplyError::Refused(
+                "admin.listen changed: moving the admin listener needs a restart".into(),
+            ));
         }
-        let next = Snapshot::build(loaded, Some(&current), &self.metrics, &self.cert_store, self.epoch)
-            .map_err(ApplyError::Refused)?;
+        let next = Snapshot::build(
+            loaded,
+            Some(&current),
+            &self.metrics,
+            &self.cert_store,
+            self.epoch,
+        )
+        .map_err(ApplyError::Refused)?;
         let bound = bind_new(&running, &next.loaded)?;
         let next = Arc::new(next);
         let applied = Applied {
@@ -234,14 +249,37 @@ impl Shared {
 
     fn record_reload(&self, result: Result<&Applied, &ApplyError>) {
         let (label, record) = match result {
-            Ok(a) => ("success", ReloadRecord { result: "success", at: now(), version: Some(a.version.clone()), errors: vec![] }),
+            Ok(a) => (
+                "success",
+                ReloadRecord {
+                    result: "success",
+                    at: now(),
+                    version: Some(a.version.clone()),
+                    errors: vec![],
+                },
+            ),
             Err(e) => {
-                let label = if matches!(e, ApplyError::Invalid(_)) { "invalid" } else { "refused" };
+                let label = if matches!(e, ApplyError::Invalid(_)) {
+                    "invalid"
+                } else {
+                    "refused"
+                };
                 tracing::error!(errors = %e, "config refused; the previous config keeps serving");
-                (label, ReloadRecord { result: label, at: now(), version: None, errors: e.messages() })
+                (
+                    label,
+                    ReloadRecord {
+                        result: label,
+                        at: now(),
+                        version: None,
+                        errors: e.messages(),
+                    },
+                )
             }
         };
-        self.metrics.config_reloads.get_or_create(&ResultLabels { result: label }).inc();
+        self.metrics
+            .config_reloads
+            .get_or_create(&ResultLabels { result: label })
+            .inc();
         if let Ok(mut last) = self.last_reload.lock() {
             *last = Some(record);
         }
@@ -249,13 +287,18 @@ impl Shared {
 
     pub async fn drain(&self) -> bool {
         let timeout = self.snapshot.load().timeouts.drain;
-        tracing::info!(?timeout, "draining: no new connections, waiting for in-flight requests");
+        tracing::info!(
+            ?timeout,
+            "draining: no new connections, waiting for in-flight requests"
+        );
         self.draining.cancel();
         for l in self.control.lock().await.iter() {
             l.stop.cancel();
         }
         self.connections.close();
-        let done = tokio::time::timeout(timeout, self.connections.wait()).await.is_ok();
+        let done = tokio::time::timeout(timeout, self.connections.wait())
+            .await
+            .is_ok();
         if !done {
             tracing::warn!("drain deadline passed with requests still in flight");
         }
@@ -271,21 +314,26 @@ fn bind_new(
 ) -> Result<Vec<(String, SocketAddr, bool, tokio::net::TcpListener)>, ApplyError> {
     let mut bound = Vec::new();
     for l in &loaded.config.listeners {
-        let keep = running.iter().any(|r| r.name == l.name && r.configured == l.address && r.tls == l.tls.is_some());
+        let keep = running
+            .iter()
+            .any(|r| r.name == l.name && r.configured == l.address && r.tls == l.tls.is_some());
         if keep {
             continue;
         }
         // A listener that moves between names or TLS modes on the same address is rebound:
         // release happens at commit, so bind only addresses nobody else holds.
-        let taken = running.iter().any(|r| r.configured == l.address && l.address.port() != 0);
+        let taken = running
+            .iter()
+            .any(|r| r.configured == l.address && l.address.port() != 0);
         if taken {
             return Err(ApplyError::Refused(format!(
                 "listener \"{}\": {} is held by another listener of the running config; change one reload at a time",
                 l.name, l.address
             )));
         }
-        let socket = listener::bind(l.address)
-            .map_err(|e| ApplyError::Refused(format!("listener \"{}\": cannot bind {}: {e}", l.name, l.address)))?;
+        let socket = listener::bind(l.address).map_err(|e| {
+            ApplyError::Refused(format!("listener \"{}\": cannot bind {}: {e}", l.name, l.address))
+        })?;
         bound.push((l.name.clone(), l.address, l.tls.is_some(), socket));
     }
     Ok(bound)
@@ -321,7 +369,13 @@ fn commit(
         let stop = shared.draining.child_token();
         tracing::info!(listener = %name, address = %local_addr, tls, "listening");
         listener::spawn(shared.clone(), socket, name.clone(), stop.clone());
-        running.push(RunningListener { name, configured, local_addr, tls, stop });
+        running.push(RunningListener {
+            name,
+            configured,
+            local_addr,
+            tls,
+            stop,
+        });
     }
 }
 
@@ -362,7 +416,11 @@ fn spawn_certificate_watcher(shared: &Arc<Shared>) {
                     }
                 }
             };
-            shared.metrics.tls_cert_reloads.get_or_create(&ResultLabels { result: label }).inc();
+            shared
+                .metrics
+                .tls_cert_reloads
+                .get_or_create(&ResultLabels { result: label })
+                .inc();
         }
     });
 }

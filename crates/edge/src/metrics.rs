@@ -131,15 +131,31 @@ impl Metrics {
             registry: Registry::default(),
         };
         let r = &mut registry;
-        r.register("requests", "Requests answered, by site and status class", m.requests.clone());
+        r.register(
+            "requests",
+            "Requests answered, by site and status class",
+            m.requests.clone(),
+        );
         r.register(
             "request_duration_seconds",
             "Time from request head to last response byte, by site",
             m.request_duration.clone(),
         );
-        r.register("request_bytes", "Request body bytes received from clients", m.request_bytes.clone());
-        r.register("response_bytes", "Response body bytes sent to clients", m.response_bytes.clone());
-        r.register("rejected_requests", "Requests refused before routing, by reason", m.rejected.clone());
+        r.register(
+            "request_bytes",
+            "Request body bytes received from clients",
+            m.request_bytes.clone(),
+        );
+        r.register(
+            "response_bytes",
+            "Response body bytes sent to clients",
+            m.response_bytes.clone(),
+        );
+        r.register(
+            "rejected_requests",
+            "Requests refused before routing, by reason",
+            m.rejected.clone(),
+        );
         r.register(
             "upstream_requests",
             "Requests sent to origins, by result (status class or error kind)",
@@ -150,20 +166,52 @@ impl Metrics {
             "Time from sending a request to an origin to its response head",
             m.upstream_duration.clone(),
         );
-        r.register("origin_healthy", "1 when the origin may take traffic (healthy and not ejected)", m.origin_healthy.clone());
-        r.register("origin_ejections", "Passive outlier ejections", m.origin_ejections.clone());
+        r.register(
+            "origin_healthy",
+            "1 when the origin may take traffic (healthy and not ejected)",
+            m.origin_healthy.clone(),
+        );
+        r.register(
+            "origin_ejections",
+            "Passive outlier ejections",
+            m.origin_ejections.clone(),
+        );
         r.register(
             "no_healthy_origin",
             "Requests answered 503 because no origin of the pool could take them",
             m.no_healthy_origin.clone(),
         );
         r.register("retries", "Retry decisions, by outcome", m.retries.clone());
-        r.register("tls_handshakes", "TLS handshakes by listener and result", m.tls_handshakes.clone());
-        r.register("tls_certificate_reloads", "Certificate file reloads by result", m.tls_cert_reloads.clone());
-        r.register("active_connections", "Open client connections", m.active_connections.clone());
-        r.register("config_reloads", "Config reloads by result", m.config_reloads.clone());
-        r.register("config_info", "The active config's version and hash (value 1)", m.config_info.clone());
-        r.register("access_log_dropped", "Access log lines dropped because the writer fell behind", m.access_log_dropped.clone());
+        r.register(
+            "tls_handshakes",
+            "TLS handshakes by listener and result",
+            m.tls_handshakes.clone(),
+        );
+        r.register(
+            "tls_certificate_reloads",
+            "Certificate file reloads by result",
+            m.tls_cert_reloads.clone(),
+        );
+        r.register(
+            "active_connections",
+            "Open client connections",
+            m.active_connections.clone(),
+        );
+        r.register(
+            "config_reloads",
+            "Config reloads by result",
+            m.config_reloads.clone(),
+        );
+        r.register(
+            "config_info",
+            "The active config's version and hash (value 1)",
+            m.config_info.clone(),
+        );
+        r.register(
+            "access_log_dropped",
+            "Access log lines dropped because the writer fell behind",
+            m.access_log_dropped.clone(),
+        );
         Self { registry, ..m }
     }
 
@@ -177,11 +225,24 @@ impl Metrics {
 
     pub fn site(&self, site: &str) -> SiteMetrics {
         let class = |class: &'static str| {
-            self.requests.get_or_create(&SiteClassLabels { site: site.to_owned(), class }).clone()
+            self.requests
+                .get_or_create(&SiteClassLabels {
+                    site: site.to_owned(),
+                    class,
+                })
+                .clone()
         };
-        let labels = SiteLabels { site: site.to_owned() };
+        let labels = SiteLabels {
+            site: site.to_owned(),
+        };
         SiteMetrics {
-            by_class: [class("1xx"), class("2xx"), class("3xx"), class("4xx"), class("5xx")],
+            by_class: [
+                class("1xx"),
+                class("2xx"),
+                class("3xx"),
+                class("4xx"),
+                class("5xx"),
+            ],
             duration: self.request_duration.get_or_create(&labels).clone(),
             request_bytes: self.request_bytes.get_or_create(&labels).clone(),
             response_bytes: self.response_bytes.get_or_create(&labels).clone(),
@@ -191,12 +252,25 @@ impl Metrics {
     pub fn origin(&self, pool: &str, origin: &str) -> OriginMetrics {
         let result = |result: &'static str| {
             self.upstream_requests
-                .get_or_create(&OriginResultLabels { pool: pool.to_owned(), origin: origin.to_owned(), result })
+                .get_or_create(&OriginResultLabels {
+                    pool: pool.to_owned(),
+                    origin: origin.to_owned(),
+                    result,
+                })
                 .clone()
         };
-        let labels = OriginLabels { pool: pool.to_owned(), origin: origin.to_owned() };
+        let labels = OriginLabels {
+            pool: pool.to_owned(),
+            origin: origin.to_owned(),
+        };
         OriginMetrics {
-            by_class: [result("1xx"), result("2xx"), result("3xx"), result("4xx"), result("5xx")],
+            by_class: [
+                result("1xx"),
+                result("2xx"),
+                result("3xx"),
+                result("4xx"),
+                result("5xx"),
+            ],
             connect_error: result("connect_error"),
             timeout: result("timeout"),
             protocol_error: result("protocol_error"),
@@ -212,7 +286,12 @@ impl Metrics {
 
     pub fn set_config_info(&self, version: &str, hash: &str) {
         self.config_info.clear();
-        self.config_info.get_or_create(&ConfigInfoLabels { version: version.to_owned(), hash: hash.to_owned() }).set(1);
+        self.config_info
+            .get_or_create(&ConfigInfoLabels {
+                version: version.to_owned(),
+                hash: hash.to_owned(),
+            })
+            .set(1);
     }
 }
 

@@ -44,7 +44,13 @@ pub fn normalize_host(raw: &str) -> std::borrow::Cow<'_, str> {
         // IPv6 literal: keep the brackets, drop the port after them.
         raw.find(']').map_or(raw, |end| &raw[..=end])
     } else {
-        raw.rsplit_once(':').map_or(raw, |(h, port)| if port.bytes().all(|b| b.is_ascii_digit()) { h } else { raw })
+        raw.rsplit_once(':').map_or(raw, |(h, port)| {
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                h
+            } else {
+                raw
+            }
+        })
     };
     let trimmed = without_port.trim_end_matches('.');
     if trimmed.bytes().any(|b| b.is_ascii_uppercase()) {
@@ -66,7 +72,11 @@ mod tests {
         r.add("api.example.com", 2);
         assert_eq!(r.route("api.example.com"), Some(2));
         assert_eq!(r.route("www.example.com"), Some(1));
-        assert_eq!(r.route("a.b.example.com"), Some(0), "wildcards match one label only");
+        assert_eq!(
+            r.route("a.b.example.com"),
+            Some(0),
+            "wildcards match one label only"
+        );
         assert_eq!(r.route("example.com"), Some(0));
         assert_eq!(r.route("other.org"), Some(0));
     }

@@ -44,7 +44,11 @@ pub struct Snapshot {
 
 impl Snapshot {
     pub fn version(&self) -> &str {
-        self.loaded.config.version.as_deref().unwrap_or(&self.loaded.hash[..12])
+        self.loaded
+            .config
+            .version
+            .as_deref()
+            .unwrap_or(&self.loaded.hash[..12])
     }
 
     /// Builds the next snapshot. Loads certificate files and builds clients; touches nothing
@@ -66,15 +70,22 @@ impl Snapshot {
         }
 
         let mut sites = Vec::with_capacity(cfg.sites.len());
-        let mut routers: HashMap<String, Router> =
-            cfg.listeners.iter().map(|l| (l.name.clone(), Router::default())).collect();
+        let mut routers: HashMap<String, Router> = cfg
+            .listeners
+            .iter()
+            .map(|l| (l.name.clone(), Router::default()))
+            .collect();
         for (index, s) in cfg.sites.iter().enumerate() {
             let pool = pools
                 .iter()
                 .find(|p| p.name == s.pool)
                 .ok_or_else(|| format!("site \"{}\": unknown pool \"{}\"", s.name, s.pool))?
                 .clone();
-            sites.push(Site { name: s.name.clone(), pool, metrics: metrics.site(&s.name) });
+            sites.push(Site {
+                name: s.name.clone(),
+                pool,
+                metrics: metrics.site(&s.name),
+            });
             for (listener, router) in routers.iter_mut() {
                 if s.listeners.is_empty() || s.listeners.iter().any(|l| l == listener) {
                     for host in &s.hosts {
@@ -88,9 +99,15 @@ impl Snapshot {
         for l in &cfg.listeners {
             if let Some(t) = &l.tls {
                 if certs.certs().is_empty() {
-                    return Err(format!("listener \"{}\" serves TLS but no certificate is configured", l.name));
+                    return Err(format!(
+                        "listener \"{}\" serves TLS but no certificate is configured",
+                        l.name
+                    ));
                 }
-                tls_configs.insert(l.name.clone(), tls::server_config(cert_store.clone(), t.default_certificate.clone()));
+                tls_configs.insert(
+                    l.name.clone(),
+                    tls::server_config(cert_store.clone(), t.default_certificate.clone()),
+                );
             }
         }
 

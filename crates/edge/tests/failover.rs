@@ -31,7 +31,10 @@ name = "p"
     );
     s.push_str(pool_extra);
     for (o, backup) in origins {
-        s.push_str(&format!("\n[[pool.origin]]\nurl = \"{}\"\nbackup = {backup}\n", o.url()));
+        s.push_str(&format!(
+            "\n[[pool.origin]]\nurl = \"{}\"\nbackup = {backup}\n",
+            o.url()
+        ));
     }
     s
 }
@@ -45,20 +48,36 @@ async fn failover_when_an_origin_dies_mid_test() {
     let client = http1_client();
 
     for _ in 0..20 {
-        assert_eq!(send(&client, addr, "x", Method::GET, "/", Bytes::new()).await.status, StatusCode::OK);
+        assert_eq!(
+            send(&client, addr, "x", Method::GET, "/", Bytes::new())
+                .await
+                .status,
+            StatusCode::OK
+        );
     }
     assert!(a.hits() > 0 && b.hits() > 0, "round robin uses both");
     a.kill();
     let mut served_by = Vec::new();
     for _ in 0..50 {
         let resp = send(&client, addr, "x", Method::GET, "/", Bytes::new()).await;
-        assert_eq!(resp.status, StatusCode::OK, "a dead origin must not fail requests: {}", resp.body);
+        assert_eq!(
+            resp.status,
+            StatusCode::OK,
+            "a dead origin must not fail requests: {}",
+            resp.body
+        );
         served_by.push(resp.body);
     }
     assert!(served_by.iter().all(|o| o == "b"));
     let text = metrics(&edge).await;
-    assert!(metric_value(&text, "outpost_origin_ejections_total", &[("origin", &a.url())]).unwrap_or(0.0) >= 1.0, "{text}");
-    assert_eq!(metric_value(&text, "outpost_origin_healthy", &[("origin", &a.url())]), Some(0.0));
+    assert!(
+        metric_value(&text, "outpost_origin_ejections_total", &[("origin", &a.url())]).unwrap_or(0.0) >= 1.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric_value(&text, "outpost_origin_healthy", &[("origin", &a.url())]),
+        Some(0.0)
+    );
 }
 
 #[tokio::test]
@@ -73,14 +92,23 @@ async fn ejected_origin_returns_after_backoff() {
     a.set_status(500);
     let mut five_hundreds = 0;
     for _ in 0..20 {
-        if send(&client, addr, "x", Method::GET, "/", Bytes::new()).await.status == StatusCode::INTERNAL_SERVER_ERROR {
+        if send(&client, addr, "x", Method::GET, "/", Bytes::new())
+            .await
+            .status
+            == StatusCode::INTERNAL_SERVER_ERROR
+        {
             five_hundreds += 1;
         }
     }
     assert_eq!(five_hundreds, 3, "a is ejected after exactly 3 consecutive 5xx");
     let hits_while_ejected = a.hits();
     for _ in 0..10 {
-        assert_eq!(send(&client, addr, "x", Method::GET, "/", Bytes::new()).await.body, "b");
+        assert_eq!(
+            send(&client, addr, "x", Method::GET, "/", Bytes::new())
+                .await
+                .body,
+            "b"
+        );
     }
     assert_eq!(a.hits(), hits_while_ejected, "no traffic to an ejected origin");
 
@@ -88,7 +116,11 @@ async fn ejected_origin_returns_after_backoff() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut back = false;
     for _ in 0..10 {
-        if send(&client, addr, "x", Method::GET, "/", Bytes::new()).await.body == "a" {
+        if send(&client, addr, "x", Method::GET, "/", Bytes::new())
+            .await
+            .body
+            == "a"
+        {
             back = true;
         }
     }
@@ -99,7 +131,7 @@ async fn ejected_origin_returns_after_backoff() {
 async fn active_health_checks_take_origins_out_and_back() {
     let (a, b) = (Origin::start("a").await, Origin::start("b").await);
     let dir = TempDir::new("health");
-    let extra = "health_check = { path = \"/health\", interval = \"50ms\", timeout = \"1s\", rise = 2, fall = 2 }\n";
+    let extra = "health_check = { path = \"/health\", interval = \"50ms\", timeout = \"45ms\", rise = 2, fall = 2 }\n";
     let edge = start_edge(&dir, &pool_config(&[(&a, false), (&b, false)], extra)).await;
     let addr = edge.listener_addr("http").unwrap();
 
@@ -113,8 +145,14 @@ async fn active_health_checks_take_origins_out_and_back() {
     }
     assert_eq!(a.hits(), before, "an unhealthy origin takes no traffic");
     let text = metrics(&edge).await;
-    assert_eq!(metric_value(&text, "outpost_origin_healthy", &[("origin", &a.url())]), Some(0.0));
-    assert_eq!(metric_value(&text, "outpost_origin_healthy", &[("origin", &b.url())]), Some(1.0));
+    assert_eq!(
+        metric_value(&text, "outpost_origin_healthy", &[("origin", &a.url())]),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric_value(&text, "outpost_origin_healthy", &[("origin", &b.url())]),
+        Some(1.0)
+    );
 
     // Healthy again: after `rise` probes it is back in rotation.
     a.set_status(200);
@@ -128,12 +166,16 @@ async fn active_health_checks_take_origins_out_and_back() {
 async fn backups_take_over_and_503_when_none_is_left() {
     let (a, backup) = (Origin::start("primary").await, Origin::start("backup").await);
     let dir = TempDir::new("backup");
-    let extra = "health_check = { path = \"/health\", interval = \"50ms\", timeout = \"500ms\", rise = 1, fall = 1 }\n";
+    let extra = "health_check = { path = \"/health\", interval = \"50ms\", timeout = \"45ms\", rise = 1, fall = 1 }\n";
     let edge = start_edge(&dir, &pool_config(&[(&a, false), (&backup, true)], extra)).await;
     let addr = edge.listener_addr("http").unwrap();
 
     for _ in 0..5 {
-        assert_eq!(get(addr, "x", "/").await.body, "primary", "backups idle while a primary is healthy");
+        assert_eq!(
+            get(addr, "x", "/").await.body,
+            "primary",
+            "backups idle while a primary is healthy"
+        );
     }
     a.kill();
     assert!(
@@ -144,7 +186,11 @@ async fn backups_take_over_and_503_when_none_is_left() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let resp = get(addr, "x", "/").await;
     assert_eq!(resp.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert!(resp.body.contains("no healthy origin in pool \"p\""), "{}", resp.body);
+    assert!(
+        resp.body.contains("no healthy origin in pool \"p\""),
+        "{}",
+        resp.body
+    );
     let text = metrics(&edge).await;
     assert!(metric_value(&text, "outpost_no_healthy_origin_total", &[("pool", "p")]).unwrap_or(0.0) >= 1.0);
 }
@@ -161,17 +207,36 @@ async fn retries_respect_the_budget_and_never_resend_bodies() {
     let client = http1_client();
 
     for _ in 0..30 {
-        assert_eq!(send(&client, addr, "x", Method::GET, "/", Bytes::new()).await.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            send(&client, addr, "x", Method::GET, "/", Bytes::new())
+                .await
+                .status,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
     }
     // 30 originals plus the 10 retries that min_per_second=1 over the 10 s window allows.
     assert_eq!(a.hits() + b.hits(), 40);
     let text = metrics(&edge).await;
-    assert_eq!(metric_value(&text, "outpost_retries_total", &[("outcome", "attempted")]), Some(10.0));
-    assert!(metric_value(&text, "outpost_retries_total", &[("outcome", "budget_exhausted")]).unwrap_or(0.0) >= 1.0);
+    assert_eq!(
+        metric_value(&text, "outpost_retries_total", &[("outcome", "attempted")]),
+        Some(10.0)
+    );
+    assert!(
+        metric_value(&text, "outpost_retries_total", &[("outcome", "budget_exhausted")]).unwrap_or(0.0)
+            >= 1.0
+    );
 
     // A request with a body is never retried, whatever the budget says.
     let before = a.hits() + b.hits();
-    let resp = send(&client, addr, "x", Method::PUT, "/", Bytes::from_static(b"payload")).await;
+    let resp = send(
+        &client,
+        addr,
+        "x",
+        Method::PUT,
+        "/",
+        Bytes::from_static(b"payload"),
+    )
+    .await;
     assert_eq!(resp.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(a.hits() + b.hits(), before + 1);
 }

@@ -66,7 +66,10 @@ async fn reload_under_load_fails_no_request() {
                 if resp.status == StatusCode::OK {
                     ok.fetch_add(1, Ordering::Relaxed);
                 } else {
-                    failed.lock().unwrap().push(format!("{} {}", resp.status, resp.body));
+                    failed
+                        .lock()
+                        .unwrap()
+                        .push(format!("{} {}", resp.status, resp.body));
                 }
             }
         }));
@@ -83,9 +86,18 @@ async fn reload_under_load_fails_no_request() {
     for w in workers {
         w.await.unwrap();
     }
-    let failed = failed.lock().unwrap();
-    assert!(failed.is_empty(), "{} requests failed during reloads, first: {:?}", failed.len(), failed.first());
-    assert!(ok.load(Ordering::Relaxed) > 100, "load ran: {}", ok.load(Ordering::Relaxed));
+    let failed = failed.lock().unwrap().clone();
+    assert!(
+        failed.is_empty(),
+        "{} requests failed during reloads, first: {:?}",
+        failed.len(),
+        failed.first()
+    );
+    assert!(
+        ok.load(Ordering::Relaxed) > 100,
+        "load ran: {}",
+        ok.load(Ordering::Relaxed)
+    );
     assert!(a.hits() > 0 && b.hits() > 0, "both configs served traffic");
     // The last config (round 9 -> a) is the one serving now.
     assert_eq!(get(addr, "x", "/").await.body, "a");
@@ -139,9 +151,17 @@ async fn invalid_config_is_refused_and_the_old_one_keeps_serving() {
     let cfg: serde_json::Value = serde_json::from_str(&cfg.body).unwrap();
     assert_eq!(cfg["version"], "v-a");
     assert_eq!(cfg["last_reload"]["result"], "refused");
-    let text = collect(client.request(authed("/metrics")).await.unwrap()).await.body;
-    assert_eq!(metric_value(&text, "outpost_config_reloads_total", &[("result", "invalid")]), Some(1.0));
-    assert_eq!(metric_value(&text, "outpost_config_reloads_total", &[("result", "refused")]), Some(1.0));
+    let text = collect(client.request(authed("/metrics")).await.unwrap())
+        .await
+        .body;
+    assert_eq!(
+        metric_value(&text, "outpost_config_reloads_total", &[("result", "invalid")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric_value(&text, "outpost_config_reloads_total", &[("result", "refused")]),
+        Some(1.0)
+    );
 
     // POST /reload with the broken file answers 422 with the precise errors.
     write_config(&dir, &broken);
@@ -160,8 +180,14 @@ async fn admin_api_requires_its_token() {
     let admin = edge.admin_addr().unwrap();
     assert_eq!(get(admin, "admin", "/healthz").await.status, StatusCode::OK);
     assert_eq!(get(admin, "admin", "/readyz").await.status, StatusCode::OK);
-    assert_eq!(get(admin, "admin", "/metrics").await.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(get(admin, "admin", "/config").await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        get(admin, "admin", "/metrics").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        get(admin, "admin", "/config").await.status,
+        StatusCode::UNAUTHORIZED
+    );
 }
 
 #[tokio::test]
@@ -180,7 +206,10 @@ async fn reload_adds_and_removes_listeners() {
     edge.reload().await.unwrap();
     assert!(edge.listener_addr("extra").is_none());
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(tokio::net::TcpStream::connect(extra).await.is_err(), "removed listener no longer accepts");
+    assert!(
+        tokio::net::TcpStream::connect(extra).await.is_err(),
+        "removed listener no longer accepts"
+    );
 }
 
 #[tokio::test]
@@ -197,6 +226,12 @@ async fn drain_finishes_in_flight_requests_then_stops() {
     let resp = in_flight.await.unwrap();
     assert_eq!(resp.status, StatusCode::OK, "the in-flight request completes");
     assert!(drained, "drain finished within its deadline");
-    assert_eq!(get(edge.admin_addr().unwrap(), "admin", "/readyz").await.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "no new connections after drain");
+    assert_eq!(
+        get(edge.admin_addr().unwrap(), "admin", "/readyz").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no new connections after drain"
+    );
 }

@@ -51,17 +51,45 @@ async fn routes_by_host_and_refuses_unknown_hosts() {
     let addr = edge.listener_addr("http").unwrap();
 
     assert_eq!(get(addr, "a.test", "/").await.body, "origin-a");
-    assert_eq!(get(addr, "A.TEST:8080", "/").await.body, "origin-a", "host match ignores case and port");
-    assert_eq!(get(addr, "www.alpha.test", "/").await.body, "origin-a", "wildcard host");
+    assert_eq!(
+        get(addr, "A.TEST:8080", "/").await.body,
+        "origin-a",
+        "host match ignores case and port"
+    );
+    assert_eq!(
+        get(addr, "www.alpha.test", "/").await.body,
+        "origin-a",
+        "wildcard host"
+    );
     assert_eq!(get(addr, "b.test", "/").await.body, "origin-b");
 
     let unknown = get(addr, "nobody.test", "/").await;
     assert_eq!(unknown.status, StatusCode::NOT_FOUND);
-    assert!(unknown.body.contains("no site is configured for host \"nobody.test\""), "{}", unknown.body);
+    assert!(
+        unknown
+            .body
+            .contains("no site is configured for host \"nobody.test\""),
+        "{}",
+        unknown.body
+    );
     assert_eq!((a.hits(), b.hits()), (3, 1), "the unknown host reached no origin");
     let text = metrics(&edge).await;
-    assert_eq!(metric_value(&text, "outpost_rejected_requests_total", &[("reason", "unknown_host")]), Some(1.0));
-    assert_eq!(metric_value(&text, "outpost_requests_total", &[("site", "alpha"), ("class", "2xx"), ("pop", "test")]), Some(3.0));
+    assert_eq!(
+        metric_value(
+            &text,
+            "outpost_rejected_requests_total",
+            &[("reason", "unknown_host")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric_value(
+            &text,
+            "outpost_requests_total",
+            &[("site", "alpha"), ("class", "2xx"), ("pop", "test")]
+        ),
+        Some(3.0)
+    );
 }
 
 #[tokio::test]
@@ -78,24 +106,36 @@ async fn proxy_headers_follow_the_rfcs() {
         .header("connection", "x-private")
         .header("x-private", "hop only")
         .header("x-forwarded-for", "198.51.100.9")
-        .header("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
         .body(http_body_util::Full::new(Bytes::new()))
         .unwrap();
     let resp = collect(client.request(req).await.unwrap()).await;
     assert_eq!(resp.status, StatusCode::OK);
-    assert!(resp.headers.get("x-hop").is_none(), "header named by the origin's Connection is stripped");
+    assert!(
+        resp.headers.get("x-hop").is_none(),
+        "header named by the origin's Connection is stripped"
+    );
     assert_eq!(resp.headers["via"], "1.1 outpost-test");
 
     let seen = a.last_headers.lock().unwrap().clone().unwrap();
     assert_eq!(seen["host"], "a.test", "Host is passed through unchanged");
-    assert!(seen.get("x-private").is_none(), "client's Connection-named header is stripped");
+    assert!(
+        seen.get("x-private").is_none(),
+        "client's Connection-named header is stripped"
+    );
     assert_eq!(seen["x-forwarded-for"], "198.51.100.9, 127.0.0.1");
     assert_eq!(seen["x-forwarded-proto"], "http");
     assert_eq!(seen["x-forwarded-host"], "a.test");
     assert_eq!(seen["forwarded"], "for=127.0.0.1;proto=http;host=a.test");
     assert_eq!(seen["via"], "1.1 outpost-test");
     let tp = seen["traceparent"].to_str().unwrap();
-    assert!(tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "trace id propagated: {tp}");
+    assert!(
+        tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+        "trace id propagated: {tp}"
+    );
     assert!(!tp.contains("00f067aa0ba902b7"));
 
     // Without a traceparent one is created.
@@ -112,22 +152,14 @@ async fn http2_downstream_and_upstream() {
     let addr = edge.listener_addr("http").unwrap();
 
     // h2c with prior knowledge to the PoP; pool "b" speaks HTTP/2 to its origin.
-    let h2 = h2c_client();
-    let req = http::Request::builder()
-        .uri("http://b.test/")
-        .body(http_body_util::Full::new(Bytes::new()))
-        .unwrap();
-    let connector_req = {
-        let (mut parts, body) = req.into_parts();
-        parts.uri = format!("http://{addr}/").parse().unwrap();
-        parts.headers.insert("host", "b.test".parse().unwrap());
-        http::Request::from_parts(parts, body)
-    };
-    let resp = collect(h2.request(connector_req).await.unwrap()).await;
+    let resp = h2c_send(addr, "b.test", Method::GET, "/", Bytes::new()).await;
     assert_eq!(resp.version, http::Version::HTTP_2);
     assert_eq!(resp.body, "origin-b");
     assert_eq!(*b.last_version.lock().unwrap(), Some(http::Version::HTTP_2));
-    assert_eq!(b.last_headers.lock().unwrap().as_ref().unwrap()["via"], "2 outpost-test");
+    assert_eq!(
+        b.last_headers.lock().unwrap().as_ref().unwrap()["via"],
+        "2 outpost-test"
+    );
 
     // And HTTP/1.1 to the PoP with an HTTP/1.1 pool.
     let resp = get(addr, "a.test", "/").await;
@@ -136,9 +168,17 @@ async fn http2_downstream_and_upstream() {
 
     // Request bodies stream through both ways.
     let payload = Bytes::from(vec![b'z'; 300_000]);
-    let resp = send(&http1_client(), addr, "a.test", Method::POST, "/echo", payload.clone()).await;
+    let resp = send(
+        &http1_client(),
+        addr,
+        "a.test",
+        Method::POST,
+        "/echo",
+        payload.clone(),
+    )
+    .await;
     assert_eq!(resp.body.len(), payload.len());
-    let resp = send(&h2, addr, "b.test", Method::POST, "/echo", payload.clone()).await;
+    let resp = h2c_send(addr, "b.test", Method::POST, "/echo", payload.clone()).await;
     assert_eq!(resp.body.len(), payload.len());
 }
 
@@ -163,7 +203,10 @@ async fn websocket_upgrade_passes_through() {
     assert!(head.to_ascii_lowercase().contains("upgrade: websocket"), "{head}");
     s.write_all(b"ping through the tunnel").await.unwrap();
     let mut echoed = [0u8; 23];
-    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut echoed)).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut echoed))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(&echoed, b"ping through the tunnel");
 }
 
@@ -187,9 +230,19 @@ async fn limits_answer_with_their_status() {
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let huge = format!("GET / HTTP/1.1\r\nHost: a.test\r\nX-Big: {}\r\n\r\n", "h".repeat(20_000));
+    let huge = format!(
+        "GET / HTTP/1.1\r\nHost: a.test\r\nX-Big: {}\r\n\r\n",
+        "h".repeat(20_000)
+    );
     let _ = s.write_all(huge.as_bytes()).await;
     let mut buf = vec![0u8; 256];
-    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap_or(0);
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 431"), "{}", String::from_utf8_lossy(&buf[..n]));
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 431"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
 }

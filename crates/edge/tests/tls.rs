@@ -59,7 +59,14 @@ url = "{}"
         origin.url()
     );
     let edge = start_edge(&dir, &config).await;
-    TlsFixture { _dir: dir, edge, ca, origin, cert_a, key_a }
+    TlsFixture {
+        _dir: dir,
+        edge,
+        ca,
+        origin,
+        cert_a,
+        key_a,
+    }
 }
 
 fn leaf_names(der: &[u8]) -> Vec<String> {
@@ -73,22 +80,49 @@ async fn sni_selects_exact_wildcard_and_default_certificates() {
     let f = fixture().await;
     let addr = f.edge.listener_addr("https").unwrap();
 
-    let (resp, cert) = tls_get(addr, f.ca.roots(), "a.test", &[b"http/1.1"], "a.test", "/").await.unwrap();
+    let (resp, cert) = tls_get(addr, f.ca.roots(), "a.test", &[b"http/1.1"], "a.test", "/")
+        .await
+        .unwrap();
     assert_eq!(resp.status, StatusCode::OK);
     assert_eq!(leaf_names(&cert), ["a.test"]);
 
-    let (resp, cert) = tls_get(addr, f.ca.roots(), "x.w.test", &[b"http/1.1"], "x.w.test", "/").await.unwrap();
+    let (resp, cert) = tls_get(addr, f.ca.roots(), "x.w.test", &[b"http/1.1"], "x.w.test", "/")
+        .await
+        .unwrap();
     assert_eq!(resp.status, StatusCode::OK);
     assert_eq!(leaf_names(&cert), ["*.w.test"]);
 
     // An SNI no certificate names gets the listener's default; the client then rejects it.
-    let err = tls_get(addr, f.ca.roots(), "other.test", &[b"http/1.1"], "other.test", "/").await.unwrap_err();
-    assert!(err.contains("certificate") || err.contains("NotValidForName"), "{err}");
+    let err = tls_get(
+        addr,
+        f.ca.roots(),
+        "other.test",
+        &[b"http/1.1"],
+        "other.test",
+        "/",
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.contains("certificate") || err.contains("NotValidForName"),
+        "{err}"
+    );
     assert_eq!(f.origin.hits(), 2);
 
     let text = metrics(&f.edge).await;
-    assert_eq!(metric_value(&text, "outpost_tls_handshakes_total", &[("result", "success")]), Some(2.0));
-    assert!(metric_value(&text, "outpost_tls_handshakes_total", &[("result", "alert_received")]).is_some(), "{text}");
+    assert_eq!(
+        metric_value(&text, "outpost_tls_handshakes_total", &[("result", "success")]),
+        Some(2.0)
+    );
+    assert!(
+        metric_value(
+            &text,
+            "outpost_tls_handshakes_total",
+            &[("result", "alert_received")]
+        )
+        .is_some(),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -96,14 +130,20 @@ async fn alpn_h2_and_misdirected_requests() {
     let f = fixture().await;
     let addr = f.edge.listener_addr("https").unwrap();
 
-    let (resp, _) = tls_get(addr, f.ca.roots(), "a.test", &[b"h2", b"http/1.1"], "a.test", "/").await.unwrap();
+    let (resp, _) = tls_get(addr, f.ca.roots(), "a.test", &[b"h2", b"http/1.1"], "a.test", "/")
+        .await
+        .unwrap();
     assert_eq!(resp.version, http::Version::HTTP_2);
     assert_eq!(resp.body, "origin");
 
     // Same certificate covers both names: allowed. A host under another certificate: 421.
-    let (resp, _) = tls_get(addr, f.ca.roots(), "x.w.test", &[b"h2"], "y.w.test", "/").await.unwrap();
+    let (resp, _) = tls_get(addr, f.ca.roots(), "x.w.test", &[b"h2"], "y.w.test", "/")
+        .await
+        .unwrap();
     assert_eq!(resp.status, StatusCode::OK);
-    let (resp, _) = tls_get(addr, f.ca.roots(), "a.test", &[b"http/1.1"], "x.w.test", "/").await.unwrap();
+    let (resp, _) = tls_get(addr, f.ca.roots(), "a.test", &[b"http/1.1"], "x.w.test", "/")
+        .await
+        .unwrap();
     assert_eq!(resp.status, StatusCode::MISDIRECTED_REQUEST);
     assert!(resp.body.contains("x.w.test"), "{}", resp.body);
 }
@@ -120,15 +160,24 @@ async fn tls_connections_use_modern_protocols_only() {
     hello.extend_from_slice(&[0x00, 0x00, 0x02, 0x00, 0x2f, 0x01, 0x00, 0x00, 0x00]);
     s.write_all(&hello).await.unwrap();
     let mut buf = [0u8; 7];
-    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap_or(0);
-    assert!(n == 0 || buf[0] == 0x15, "expected a TLS alert or close, got {:?}", &buf[..n]);
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert!(
+        n == 0 || buf[0] == 0x15,
+        "expected a TLS alert or close, got {:?}",
+        &buf[..n]
+    );
 }
 
 #[tokio::test]
 async fn certificate_files_are_hot_reloaded() {
     let f = fixture().await;
     let addr = f.edge.listener_addr("https").unwrap();
-    let (_, before) = tls_get(addr, f.ca.roots(), "a.test", &[b"http/1.1"], "a.test", "/").await.unwrap();
+    let (_, before) = tls_get(addr, f.ca.roots(), "a.test", &[b"http/1.1"], "a.test", "/")
+        .await
+        .unwrap();
 
     // A new certificate for the same name, also valid for "new.a.test".
     let dir = f.cert_a.parent().unwrap().to_path_buf();
@@ -140,7 +189,9 @@ async fn certificate_files_are_hot_reloaded() {
 
     let mut renewed = false;
     for _ in 0..100 {
-        let (_, now) = tls_get(addr, f.ca.roots(), "a.test", &[b"http/1.1"], "a.test", "/").await.unwrap();
+        let (_, now) = tls_get(addr, f.ca.roots(), "a.test", &[b"http/1.1"], "a.test", "/")
+            .await
+            .unwrap();
         if now != before {
             assert_eq!(leaf_names(&now), ["a.test", "new.a.test"]);
             renewed = true;
@@ -150,5 +201,13 @@ async fn certificate_files_are_hot_reloaded() {
     }
     assert!(renewed, "the renewed certificate was never served");
     let text = metrics(&f.edge).await;
-    assert!(metric_value(&text, "outpost_tls_certificate_reloads_total", &[("result", "success")]).unwrap_or(0.0) >= 1.0);
+    assert!(
+        metric_value(
+            &text,
+            "outpost_tls_certificate_reloads_total",
+            &[("result", "success")]
+        )
+        .unwrap_or(0.0)
+            >= 1.0
+    );
 }

@@ -7,7 +7,11 @@ mod origin;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "outpost", version, about = "Outpost: a self-hosted edge network in one binary")]
+#[command(
+    name = "outpost",
+    version,
+    about = "Outpost: a self-hosted edge network in one binary"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

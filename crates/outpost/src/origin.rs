@@ -41,7 +41,9 @@ pub fn run(args: OriginArgs) -> ExitCode {
         eprintln!("demo origin \"{}\" on http://{}", args.name, args.listen);
         let name: &'static str = Box::leak(args.name.into_boxed_str());
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             tokio::spawn(async move {
                 let service = service_fn(move |req| async move { Ok::<_, Infallible>(answer(name, req)) });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
@@ -58,11 +60,22 @@ fn answer(name: &str, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let (status, body) = if let Some(n) = path.strip_prefix("/size/") {
         (200, "x".repeat(n.parse::<usize>().unwrap_or(0).min(64 << 20)))
     } else if let Some(code) = path.strip_prefix("/status/") {
-        let code = code.parse::<u16>().ok().filter(|c| (200..600).contains(c)).unwrap_or(400);
+        let code = code
+            .parse::<u16>()
+            .ok()
+            .filter(|c| (200..600).contains(c))
+            .unwrap_or(400);
         (code, format!("{name}: status {code}\n"))
     } else {
-        let host = req.headers().get("host").and_then(|h| h.to_str().ok()).unwrap_or("-");
-        (200, format!("hello from {name}: {} {path} (Host: {host})\n", req.method()))
+        let host = req
+            .headers()
+            .get("host")
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("-");
+        (
+            200,
+            format!("hello from {name}: {} {path} (Host: {host})\n", req.method()),
+        )
     };
     Response::builder()
         .status(status)

@@ -23,24 +23,49 @@ fn free_addr() -> SocketAddr {
 }
 
 fn spawn(args: &[&str]) -> Proc {
-    Proc(Command::new(BIN).args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn outpost"))
+    Proc(
+        Command::new(BIN)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn outpost"),
+    )
 }
 
 fn signal(p: &Proc, sig: &str) {
-    let ok = Command::new("kill").args([sig, &p.0.id().to_string()]).status().unwrap().success();
+    let ok = Command::new("kill")
+        .args([sig, &p.0.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
     assert!(ok, "kill {sig} failed");
 }
 
 /// One HTTP/1.1 request on a fresh connection; returns (status, body).
-fn http(addr: SocketAddr, method: &str, host: &str, path: &str, auth: Option<&str>) -> std::io::Result<(u16, String)> {
+fn http(
+    addr: SocketAddr,
+    method: &str,
+    host: &str,
+    path: &str,
+    auth: Option<&str>,
+) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let auth = auth.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n")?;
+    let auth = auth
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;
     let status = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     Ok((status, body))
 }
 
@@ -73,10 +98,30 @@ fn config(listen: SocketAddr, admin: SocketAddr, origin: SocketAddr, version: &s
 fn quick_start_proxies_every_host_to_the_origin() {
     let (origin, listen) = (free_addr(), free_addr());
     let _o = spawn(&["origin", "--listen", &origin.to_string(), "--name", "qs-origin"]);
-    let _e = spawn(&["edge", "--listen", &listen.to_string(), "--origin", &format!("http://{origin}"), "--admin", "off", "--access-log", "off", "--workers", "1"]);
+    let _e = spawn(&[
+        "edge",
+        "--listen",
+        &listen.to_string(),
+        "--origin",
+        &format!("http://{origin}"),
+        "--admin",
+        "off",
+        "--access-log",
+        "off",
+        "--workers",
+        "1",
+    ]);
     assert!(
-        wait_until(Duration::from_secs(10), || http(listen, "GET", "any.example", "/x", None)
-            .is_ok_and(|(s, b)| s == 200 && b.contains("hello from qs-origin: GET /x (Host: any.example)"))),
+        wait_until(Duration::from_secs(10), || http(
+            listen,
+            "GET",
+            "any.example",
+            "/x",
+            None
+        )
+        .is_ok_and(
+            |(s, b)| s == 200 && b.contains("hello from qs-origin: GET /x (Host: any.example)")
+        )),
         "quick start serves through the origin"
     );
 }
@@ -90,24 +135,41 @@ fn sighup_reloads_refuses_bad_configs_and_sigterm_drains() {
     let path = dir.join("edge.toml");
     std::fs::write(&path, config(listen, admin, oa, "one")).unwrap();
     let mut edge = spawn(&["edge", "--config", path.to_str().unwrap(), "--workers", "2"]);
-    assert!(wait_until(Duration::from_secs(10), || http(listen, "GET", "h", "/", None).is_ok_and(|(_, b)| b.contains("origin-a"))));
+    assert!(wait_until(Duration::from_secs(10), || http(
+        listen, "GET", "h", "/", None
+    )
+    .is_ok_and(|(_, b)| b.contains("origin-a"))));
 
     std::fs::write(&path, config(listen, admin, ob, "two")).unwrap();
     signal(&edge, "-HUP");
     assert!(
-        wait_until(Duration::from_secs(10), || http(listen, "GET", "h", "/", None).is_ok_and(|(_, b)| b.contains("origin-b"))),
+        wait_until(Duration::from_secs(10), || http(listen, "GET", "h", "/", None)
+            .is_ok_and(|(_, b)| b.contains("origin-b"))),
         "SIGHUP applies the new config"
     );
 
-    std::fs::write(&path, config(listen, admin, ob, "three").replace("pool = \"p\"", "pool = \"nope\"")).unwrap();
+    std::fs::write(
+        &path,
+        config(listen, admin, ob, "three").replace("pool = \"p\"", "pool = \"nope\""),
+    )
+    .unwrap();
     signal(&edge, "-HUP");
     assert!(wait_until(Duration::from_secs(10), || {
         http(admin, "GET", "a", "/config", Some("t0k")).is_ok_and(|(_, b)| b.contains("\"invalid\""))
     }));
     let (_, body) = http(admin, "GET", "a", "/config", Some("t0k")).unwrap();
     assert!(body.contains("\"version\": \"two\""), "{body}");
-    assert!(body.contains("edge.toml:") && body.contains("site[0].pool"), "{body}");
-    assert!(http(listen, "GET", "h", "/", None).unwrap().1.contains("origin-b"), "old config keeps serving");
+    assert!(
+        body.contains("edge.toml:") && body.contains("site[0].pool"),
+        "{body}"
+    );
+    assert!(
+        http(listen, "GET", "h", "/", None)
+            .unwrap()
+            .1
+            .contains("origin-b"),
+        "old config keeps serving"
+    );
 
     signal(&edge, "-TERM");
     let end = Instant::now() + Duration::from_secs(15);
@@ -126,14 +188,27 @@ fn sighup_reloads_refuses_bad_configs_and_sigterm_drains() {
 fn validate_points_at_file_line_and_field() {
     let dir = temp_dir("validate");
     let path = dir.join("bad.toml");
-    std::fs::write(&path, "[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:8080\"\nwieght = 3\n").unwrap();
-    let out = Command::new(BIN).args(["validate", path.to_str().unwrap()]).output().unwrap();
+    std::fs::write(
+        &path,
+        "[[listener]]\nname = \"l\"\naddress = \"127.0.0.1:8080\"\nwieght = 3\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["validate", path.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.toml:4:"), "{err}");
     assert!(err.contains("wieght"), "{err}");
 
-    let ok = Command::new(BIN).args(["validate", concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/edge.toml")]).output().unwrap();
+    let ok = Command::new(BIN)
+        .args([
+            "validate",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/edge.toml"),
+        ])
+        .output()
+        .unwrap();
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
     let _ = std::fs::remove_dir_all(dir);
 }

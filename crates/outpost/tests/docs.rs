@@ -13,6 +13,9 @@ fn architecture_doc_names_every_crate() {
         .collect();
     assert!(members.len() >= 3, "{members:?}");
     for m in members {
-        assert!(doc.contains(&format!("`{m}`")), "docs/architecture.md does not describe {m}");
+        assert!(
+            doc.contains(&format!("`{m}`")),
+            "docs/architecture.md does not describe {m}"
+        );
     }
 }

@@ -45,7 +45,13 @@ pub struct ResponseBody {
 
 impl ResponseBody {
     pub fn new(inner: ProxyBody, deadline: Option<Instant>, completion: Box<dyn Completion>) -> Self {
-        Self { inner, bytes: 0, deadline, sleep: None, completion: Some(completion) }
+        Self {
+            inner,
+            bytes: 0,
+            deadline,
+            sleep: None,
+            completion: Some(completion),
+        }
     }
 
     fn finish(&mut self, completed: bool) {
@@ -59,7 +65,10 @@ impl Body for ResponseBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
@@ -81,7 +90,9 @@ impl Body for ResponseBody {
             }
             Poll::Pending => {
                 if let Some(deadline) = this.deadline {
-                    let sleep = this.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                    let sleep = this
+                        .sleep
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
                     if sleep.as_mut().poll(cx).is_ready() {
                         this.finish(false);
                         return Poll::Ready(Some(Err(Box::new(DeadlineExceeded))));
@@ -125,7 +136,12 @@ pub struct RequestBody {
 
 impl RequestBody {
     pub fn new(inner: Incoming, limit: u64) -> Self {
-        Self { inner, limit, bytes: Default::default(), seen: 0 }
+        Self {
+            inner,
+            limit,
+            bytes: Default::default(),
+            seen: 0,
+        }
     }
 }
 
@@ -133,7 +149,10 @@ impl Body for RequestBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {

@@ -17,7 +17,9 @@ pub enum ProxyError {
     MissingHost,
     #[error("no site is configured for host \"{0}\" on this PoP")]
     UnknownHost(String),
-    #[error("host \"{host}\" is not served by the certificate negotiated for \"{sni}\"; open a new connection")]
+    #[error(
+        "host \"{host}\" is not served by the certificate negotiated for \"{sni}\"; open a new connection"
+    )]
     Misdirected { host: String, sni: String },
     #[error("request target is {len} bytes, the limit is {limit}")]
     UriTooLong { len: usize, limit: usize },
@@ -44,7 +46,9 @@ impl ProxyError {
             Self::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::NoHealthyOrigin { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            Self::OriginConnect { .. } | Self::OriginProtocol { .. } | Self::Upgrade(_) => StatusCode::BAD_GATEWAY,
+            Self::OriginConnect { .. } | Self::OriginProtocol { .. } | Self::Upgrade(_) => {
+                StatusCode::BAD_GATEWAY
+            }
             Self::OriginTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
     }

@@ -110,9 +110,16 @@ pub fn set_forwarded(headers: &mut HeaderMap, fwd: &ForwardedFor<'_>) {
         IpAddr::V4(v4) => v4.to_string(),
         IpAddr::V6(v6) => format!("\"[{v6}]\""),
     };
-    let host_ok = fwd.host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._:[]".contains(&b));
+    let host_ok = fwd
+        .host
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-._:[]".contains(&b));
     let forwarded = if host_ok && !fwd.host.is_empty() {
-        format!("for={node};proto={};host={}", fwd.proto, quote_if_needed(fwd.host))
+        format!(
+            "for={node};proto={};host={}",
+            fwd.proto,
+            quote_if_needed(fwd.host)
+        )
     } else {
         format!("for={node};proto={}", fwd.proto)
     };
@@ -136,7 +143,10 @@ mod tests {
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
         }
         h
     }
@@ -173,8 +183,15 @@ mod tests {
 
     #[test]
     fn forwarding_headers_append_to_prior_hops() {
-        let mut h = map(&[("x-forwarded-for", "203.0.113.7"), ("forwarded", "for=203.0.113.7")]);
-        let fwd = ForwardedFor { client_ip: "2001:db8::1".parse().unwrap(), proto: "https", host: "example.com" };
+        let mut h = map(&[
+            ("x-forwarded-for", "203.0.113.7"),
+            ("forwarded", "for=203.0.113.7"),
+        ]);
+        let fwd = ForwardedFor {
+            client_ip: "2001:db8::1".parse().unwrap(),
+            proto: "https",
+            host: "example.com",
+        };
         set_forwarded(&mut h, &fwd);
         assert_eq!(h["x-forwarded-for"], "203.0.113.7, 2001:db8::1");
         assert_eq!(h["x-forwarded-proto"], "https");
@@ -187,7 +204,11 @@ mod tests {
     #[test]
     fn via_names_the_protocol_version() {
         let mut h = HeaderMap::new();
-        append_via(&mut h, http::Version::HTTP_2, &HeaderValue::from_static("outpost-par1"));
+        append_via(
+            &mut h,
+            http::Version::HTTP_2,
+            &HeaderValue::from_static("outpost-par1"),
+        );
         assert_eq!(h["via"], "2 outpost-par1");
     }
 }

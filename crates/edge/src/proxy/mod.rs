@@ -1,13 +1,13 @@
 //! The request path. `handle` runs the phases in order, each a plain function that either
 //! continues or answers:
 //!
-//! 1. admit   — limits on the request target and declared body size (414, 413);
-//! 2. route   — Host/:authority to a site (400 without a host, 404 for an unknown one,
-//!              421 when the host does not fit the TLS connection's certificate);
-//! 3. forward — choose an origin, rewrite headers, send; retry idempotent bodiless requests
-//!              on another origin within the pool's retry budget;
-//! 4. respond — strip hop-by-hop headers, add Via, stream the body back; metrics and the
-//!              access log are written when the body ends (`body::Completion`).
+//! 1. admit: limits on the request target and declared body size (414, 413);
+//! 2. route: Host/:authority to a site (400 without a host, 404 for an unknown one,
+//!    421 when the host does not fit the TLS connection's certificate);
+//! 3. forward: choose an origin, rewrite headers, send; retry idempotent bodiless requests
+//!    on another origin within the pool's retry budget;
+//! 4. respond: strip hop-by-hop headers, add Via, stream the body back; metrics and the
+//!    access log are written when the body ends (`body::Completion`).
 
 pub mod body;
 pub mod error;
@@ -49,7 +49,10 @@ pub struct ConnInfo {
     pub in_flight: Arc<AtomicUsize>,
 }
 
-pub async fn handle(conn: Arc<ConnInfo>, req: Request<Incoming>) -> Result<Response<ResponseBody>, Infallible> {
+pub async fn handle(
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
     let start = Instant::now();
     let snapshot = conn.shared.snapshot.load_full();
     conn.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -72,7 +75,10 @@ pub async fn handle(conn: Arc<ConnInfo>, req: Request<Incoming>) -> Result<Respo
     let (parts, body) = response.into_parts();
     log.status = parts.status.as_u16();
     let deadline = log.deadline;
-    Ok(Response::from_parts(parts, ResponseBody::new(body, deadline, Box::new(log))))
+    Ok(Response::from_parts(
+        parts,
+        ResponseBody::new(body, deadline, Box::new(log)),
+    ))
 }
 
 async fn proxy(
@@ -85,11 +91,18 @@ async fn proxy(
     // 1. admit
     let target_len = req.uri().path_and_query().map_or(1, |pq| pq.as_str().len());
     if target_len > snapshot.limits.max_uri_bytes {
-        return Err(ProxyError::UriTooLong { len: target_len, limit: snapshot.limits.max_uri_bytes });
+        return Err(ProxyError::UriTooLong {
+            len: target_len,
+            limit: snapshot.limits.max_uri_bytes,
+        });
     }
     let max_body = snapshot.limits.max_body_bytes;
     if max_body > 0 {
-        let declared = req.body().size_hint().exact().or_else(|| content_length(req.headers()));
+        let declared = req
+            .body()
+            .size_hint()
+            .exact()
+            .or_else(|| content_length(req.headers()));
         if declared.is_some_and(|len| len > max_body) {
             return Err(ProxyError::BodyTooLarge { limit: max_body });
         }
@@ -114,7 +127,10 @@ async fn proxy(
         .ok_or_else(|| ProxyError::UnknownHost(host.to_string()))?;
     if let Some(sni) = &conn.sni {
         if !sni.eq_ignore_ascii_case(&host) && !same_certificate(&conn.shared.cert_store.load(), sni, &host) {
-            return Err(ProxyError::Misdirected { host: host.to_string(), sni: sni.clone() });
+            return Err(ProxyError::Misdirected {
+                host: host.to_string(),
+                sni: sni.clone(),
+            });
         }
     }
     let site = &snapshot.sites[site_index];
@@ -135,7 +151,14 @@ async fn proxy(
     }
     headers::append_via(&mut headers, parts.version, &snapshot.via);
     let proto = if conn.tls { "https" } else { "http" };
-    headers::set_forwarded(&mut headers, &headers::ForwardedFor { client_ip: conn.client.ip(), proto, host: &raw_host });
+    headers::set_forwarded(
+        &mut headers,
+        &headers::ForwardedFor {
+            client_ip: conn.client.ip(),
+            proto,
+            host: &raw_host,
+        },
+    );
     headers.insert("traceparent", trace.header_value());
 
     let body_empty = incoming.is_end_stream();
@@ -148,7 +171,11 @@ async fn proxy(
         counted.boxed()
     });
     let path_and_query = parts.uri.path_and_query().cloned();
-    let attempts = if retryable { 1 + pool.config.retry.attempts } else { 1 };
+    let attempts = if retryable {
+        1 + pool.config.retry.attempts
+    } else {
+        1
+    };
     pool.retry_budget.record_request(std::time::Instant::now());
     let mut tried: Vec<usize> = Vec::new();
     let mut attempt = 0;
@@ -159,15 +186,28 @@ async fn proxy(
         let origin = &pool.origins[index];
         log.origin = Some((pool.clone(), index));
         let uri = {
-            let mut b = Uri::builder().scheme(origin.scheme.clone()).authority(origin.authority.clone());
+            let mut b = Uri::builder()
+                .scheme(origin.scheme.clone())
+                .authority(origin.authority.clone());
             if let Some(pq) = &path_and_query {
                 b = b.path_and_query(pq.clone());
             }
-            b.build().map_err(|e| ProxyError::OriginProtocol { origin: origin.url.clone(), reason: e.to_string() })?
+            b.build().map_err(|e| ProxyError::OriginProtocol {
+                origin: origin.url.clone(),
+                reason: e.to_string(),
+            })?
         };
         let last_attempt = attempt >= attempts;
-        let req_headers = if last_attempt { std::mem::take(&mut headers) } else { headers.clone() };
-        let req_body = if last_attempt { body.take().unwrap_or_else(body::empty) } else { body::empty() };
+        let req_headers = if last_attempt {
+            std::mem::take(&mut headers)
+        } else {
+            headers.clone()
+        };
+        let req_body = if last_attempt {
+            body.take().unwrap_or_else(body::empty)
+        } else {
+            body::empty()
+        };
         let mut upstream_req = Request::new(req_body);
         *upstream_req.method_mut() = parts.method.clone();
         *upstream_req.uri_mut() = uri;
@@ -178,13 +218,16 @@ async fn proxy(
         *upstream_req.headers_mut() = req_headers;
 
         let outcome = send(&pool, index, upstream_req, log).await;
-        let retry_reason = match &outcome {
-            Ok(resp) if matches!(resp.status().as_u16(), 502..=504) => Some("5xx"),
-            Ok(_) => None,
-            Err(e) if matches!(e, ProxyError::OriginConnect { .. } | ProxyError::OriginProtocol { .. }) => Some("error"),
-            Err(_) => None,
+        // Retry what another origin may answer better: gateway errors, failed connections and
+        // exchanges that broke before a response; never a timeout (the origin may be working).
+        let should_retry = match &outcome {
+            Ok(resp) => matches!(resp.status().as_u16(), 502..=504),
+            Err(e) => matches!(
+                e,
+                ProxyError::OriginConnect { .. } | ProxyError::OriginProtocol { .. }
+            ),
         };
-        if retry_reason.is_none() || last_attempt {
+        if !should_retry || last_attempt {
             let mut resp = outcome?;
             log.upstream_done = Some(Instant::now());
             if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -207,7 +250,12 @@ async fn proxy(
 }
 
 /// One exchange with one origin, with the response-header deadline and outcome bookkeeping.
-async fn send(pool: &Arc<Pool>, index: usize, req: Request<ProxyBody>, log: &RequestLog) -> Result<Response<Incoming>, ProxyError> {
+async fn send(
+    pool: &Arc<Pool>,
+    index: usize,
+    req: Request<ProxyBody>,
+    log: &RequestLog,
+) -> Result<Response<Incoming>, ProxyError> {
     let origin = &pool.origins[index];
     let sent = Instant::now();
     let header_deadline = sent + pool.config.response_header_timeout;
@@ -227,25 +275,37 @@ async fn send(pool: &Arc<Pool>, index: usize, req: Request<ProxyBody>, log: &Req
             pool.record_outcome(index, true);
             if e.is_connect() {
                 origin.metrics.connect_error.inc();
-                Err(ProxyError::OriginConnect { origin: origin.url.clone(), reason: error_chain(&e) })
+                Err(ProxyError::OriginConnect {
+                    origin: origin.url.clone(),
+                    reason: error_chain(&e),
+                })
             } else if is_body_limit(&e) {
                 Err(ProxyError::BodyTooLarge { limit: 0 })
             } else {
                 origin.metrics.protocol_error.inc();
-                Err(ProxyError::OriginProtocol { origin: origin.url.clone(), reason: error_chain(&e) })
+                Err(ProxyError::OriginProtocol {
+                    origin: origin.url.clone(),
+                    reason: error_chain(&e),
+                })
             }
         }
         Err(_) => {
             origin.metrics.timeout.inc();
             pool.record_outcome(index, true);
-            Err(ProxyError::OriginTimeout { origin: origin.url.clone(), secs: (deadline - sent).as_secs_f64() })
+            Err(ProxyError::OriginTimeout {
+                origin: origin.url.clone(),
+                secs: (deadline - sent).as_secs_f64(),
+            })
         }
     }
 }
 
 fn respond(resp: Response<Incoming>, snapshot: &Snapshot, upgrade_requested: bool) -> Response<ProxyBody> {
     let (mut parts, incoming) = resp.into_parts();
-    headers::remove_hop_by_hop(&mut parts.headers, upgrade_requested && parts.status == StatusCode::SWITCHING_PROTOCOLS);
+    headers::remove_hop_by_hop(
+        &mut parts.headers,
+        upgrade_requested && parts.status == StatusCode::SWITCHING_PROTOCOLS,
+    );
     headers::append_via(&mut parts.headers, parts.version, &snapshot.via);
     parts.version = Version::HTTP_11;
     Response::from_parts(parts, incoming.map_err(Into::into).boxed())
@@ -256,7 +316,10 @@ fn error_response(err: &ProxyError, snapshot: &Snapshot) -> Response<ProxyBody> 
     let mut resp = Response::new(body::full(Bytes::from(text)));
     *resp.status_mut() = err.status();
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if err.status() == StatusCode::MISDIRECTED_REQUEST {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -279,7 +342,10 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
 }
 
 fn is_idempotent(method: &Method) -> bool {
-    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
 }
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
@@ -326,7 +392,13 @@ struct RequestLog {
 }
 
 impl RequestLog {
-    fn new(conn: &ConnInfo, snapshot: &Snapshot, req: &Request<Incoming>, trace: TraceContext, start: Instant) -> Self {
+    fn new(
+        conn: &ConnInfo,
+        snapshot: &Snapshot,
+        req: &Request<Incoming>,
+        trace: TraceContext,
+        start: Instant,
+    ) -> Self {
         let logging = snapshot.access_log.enabled();
         Self {
             shared: conn.shared.clone(),
@@ -354,7 +426,10 @@ impl Completion for RequestLog {
     fn complete(self: Box<Self>, bytes: u64, completed: bool) {
         self.conn_in_flight.fetch_sub(1, Ordering::Relaxed);
         let total = self.start.elapsed();
-        let bytes_in = self.request_bytes.as_ref().map_or(0, |b| b.load(Ordering::Relaxed));
+        let bytes_in = self
+            .request_bytes
+            .as_ref()
+            .map_or(0, |b| b.load(Ordering::Relaxed));
         if let Some(site) = &self.site {
             site.count_status(self.status);
             site.duration.observe(total.as_secs_f64());

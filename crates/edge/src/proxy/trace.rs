@@ -17,7 +17,11 @@ impl TraceContext {
     pub fn from_header(value: Option<&HeaderValue>) -> Self {
         let span_id = nonzero_u64();
         if let Some((trace_id, sampled)) = value.and_then(|v| parse(v.as_bytes())) {
-            return Self { trace_id, span_id, sampled };
+            return Self {
+                trace_id,
+                span_id,
+                sampled,
+            };
         }
         let trace_id = loop {
             let id = fastrand::u128(..);
@@ -25,7 +29,11 @@ impl TraceContext {
                 break id;
             }
         };
-        Self { trace_id, span_id, sampled: false }
+        Self {
+            trace_id,
+            span_id,
+            sampled: false,
+        }
     }
 
     pub fn trace_id_hex(&self) -> String {
@@ -53,8 +61,14 @@ fn parse(bytes: &[u8]) -> Option<(u128, bool)> {
     let trace = parts.next()?;
     let parent = parts.next()?;
     let flags = parts.next()?;
-    let lower_hex = |p: &str, n: usize| p.len() == n && p.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-    if !lower_hex(version, 2) || version == "ff" || !lower_hex(trace, 32) || !lower_hex(parent, 16) || !lower_hex(flags, 2) {
+    let lower_hex =
+        |p: &str, n: usize| p.len() == n && p.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    if !lower_hex(version, 2)
+        || version == "ff"
+        || !lower_hex(trace, 32)
+        || !lower_hex(parent, 16)
+        || !lower_hex(flags, 2)
+    {
         return None;
     }
     if version == "00" && parts.next().is_some() {
@@ -90,8 +104,12 @@ mod tests {
     fn starts_a_trace_when_absent_or_invalid() {
         for bad in [
             None,
-            Some(HeaderValue::from_static("00-00000000000000000000000000000000-00f067aa0ba902b7-01")),
-            Some(HeaderValue::from_static("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01")),
+            Some(HeaderValue::from_static(
+                "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            )),
+            Some(HeaderValue::from_static(
+                "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            )),
             Some(HeaderValue::from_static("garbage")),
         ] {
             let ctx = TraceContext::from_header(bad.as_ref());

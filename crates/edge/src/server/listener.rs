@@ -70,29 +70,62 @@ pub fn spawn(shared: Arc<Shared>, listener: TcpListener, name: String, stop: Can
     });
 }
 
-async fn serve(shared: Arc<Shared>, stream: TcpStream, client: SocketAddr, listener: Arc<str>, stop: CancellationToken) {
-    let gauge = shared.metrics.active_connections.get_or_create(&ListenerLabels { listener: listener.to_string() }).clone();
+async fn serve(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    client: SocketAddr,
+    listener: Arc<str>,
+    stop: CancellationToken,
+) {
+    let gauge = shared
+        .metrics
+        .active_connections
+        .get_or_create(&ListenerLabels {
+            listener: listener.to_string(),
+        })
+        .clone();
     gauge.inc();
     let snapshot = shared.snapshot.load_full();
-    let activity = Activity::new();
+    let activity = Activity::default();
     let io = IdleIo::new(stream, activity.clone());
     let tls_config = snapshot.tls.get(&*listener).cloned();
     match tls_config {
         None => {
-            let conn = Arc::new(ConnInfo { shared: shared.clone(), listener, client, tls: false, sni: None, in_flight: Arc::default() });
+            let conn = Arc::new(ConnInfo {
+                shared: shared.clone(),
+                listener,
+                client,
+                tls: false,
+                sni: None,
+                in_flight: Arc::default(),
+            });
             drive(conn, io, None, activity, stop).await;
         }
         Some(config) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(config);
             let handshake = tokio::time::timeout(snapshot.timeouts.tls_handshake, acceptor.accept(io)).await;
-            let result = |result| HandshakeLabels { listener: listener.to_string(), result };
+            let result = |result| HandshakeLabels {
+                listener: listener.to_string(),
+                result,
+            };
             match handshake {
                 Ok(Ok(tls)) => {
-                    shared.metrics.tls_handshakes.get_or_create(&result("success")).inc();
+                    shared
+                        .metrics
+                        .tls_handshakes
+                        .get_or_create(&result("success"))
+                        .inc();
                     let (_, session) = tls.get_ref();
                     let sni = session.server_name().map(str::to_owned);
                     let h2 = session.alpn_protocol() == Some(b"h2");
-                    let conn = Arc::new(ConnInfo { shared: shared.clone(), listener, client, tls: true, sni, in_flight: Arc::default() });
+                    let conn = Arc::new(ConnInfo {
+                        shared: shared.clone(),
+                        listener,
+                        client,
+                        tls: true,
+                        sni,
+                        in_flight: Arc::default(),
+                    });
                     drive(conn, tls, Some(h2), activity, stop).await;
                 }
                 Ok(Err(e)) => {
@@ -101,7 +134,11 @@ async fn serve(shared: Arc<Shared>, stream: TcpStream, client: SocketAddr, liste
                     tracing::debug!(%client, reason, error = %e, "TLS handshake failed");
                 }
                 Err(_) => {
-                    shared.metrics.tls_handshakes.get_or_create(&result("timeout")).inc();
+                    shared
+                        .metrics
+                        .tls_handshakes
+                        .get_or_create(&result("timeout"))
+                        .inc();
                 }
             }
         }
@@ -111,8 +148,13 @@ async fn serve(shared: Arc<Shared>, stream: TcpStream, client: SocketAddr, liste
 
 /// Serves HTTP on an established connection until it ends, idles out, or is told to stop.
 /// `alpn_h2`: Some(protocol) when ALPN decided, None to detect the h2 preface.
-async fn drive<I>(conn: Arc<ConnInfo>, io: I, alpn_h2: Option<bool>, activity: Activity, stop: CancellationToken)
-where
+async fn drive<I>(
+    conn: Arc<ConnInfo>,
+    io: I,
+    alpn_h2: Option<bool>,
+    activity: Activity,
+    stop: CancellationToken,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let snapshot = conn.shared.snapshot.load_full();

@@ -88,7 +88,9 @@ impl CertStore {
 
     /// Whether any certificate file changed on disk since it was loaded.
     pub fn files_changed(&self) -> bool {
-        self.certs.iter().any(|c| c.files.iter().any(|(path, seen)| modified(path) != *seen))
+        self.certs
+            .iter()
+            .any(|c| c.files.iter().any(|(path, seen)| modified(path) != *seen))
     }
 }
 
@@ -98,10 +100,17 @@ fn modified(path: &Path) -> Option<SystemTime> {
 
 fn load_cert(cfg: &CertificateConfig) -> Result<LoadedCert, String> {
     let what = |e: &dyn std::fmt::Display, path: &Path| {
-        format!("certificate \"{}\": cannot load {}: {e}", cfg.name, path.display())
+        format!(
+            "certificate \"{}\": cannot load {}: {e}",
+            cfg.name,
+            path.display()
+        )
     };
     // Read the mtimes before the contents so a write racing the load is seen as a change later.
-    let files = [(cfg.cert.clone(), modified(&cfg.cert)), (cfg.key.clone(), modified(&cfg.key))];
+    let files = [
+        (cfg.cert.clone(), modified(&cfg.cert)),
+        (cfg.key.clone(), modified(&cfg.key)),
+    ];
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cfg.cert)
         .map_err(|e| what(&e, &cfg.cert))?
         .collect::<Result<_, _>>()
@@ -111,8 +120,12 @@ fn load_cert(cfg: &CertificateConfig) -> Result<LoadedCert, String> {
     }
     let key = PrivateKeyDer::from_pem_file(&cfg.key).map_err(|e| what(&e, &cfg.key))?;
     let provider = rustls::crypto::ring::default_provider();
-    let certified = CertifiedKey::from_der(chain, key, &provider)
-        .map_err(|e| format!("certificate \"{}\": key does not fit the certificate: {e}", cfg.name))?;
+    let certified = CertifiedKey::from_der(chain, key, &provider).map_err(|e| {
+        format!(
+            "certificate \"{}\": key does not fit the certificate: {e}",
+            cfg.name
+        )
+    })?;
     let leaf = webpki::EndEntityCert::try_from(&certified.cert[0])
         .map_err(|e| format!("certificate \"{}\": unreadable leaf certificate: {e:?}", cfg.name))?;
     let names = if cfg.names.is_empty() {
@@ -126,7 +139,12 @@ fn load_cert(cfg: &CertificateConfig) -> Result<LoadedCert, String> {
             cfg.name
         ));
     }
-    Ok(LoadedCert { name: cfg.name.clone(), names, key: Arc::new(certified), files })
+    Ok(LoadedCert {
+        name: cfg.name.clone(),
+        names,
+        key: Arc::new(certified),
+        files,
+    })
 }
 
 /// Chooses the certificate for each handshake of one listener.
@@ -173,9 +191,9 @@ pub fn classify_handshake_error(err: &std::io::Error) -> &'static str {
             E::NoCertificatesPresented => "no_client_certificate",
             E::PeerIncompatible(_) => "incompatible",
             E::AlertReceived(_) => "alert_received",
-            E::InvalidMessage(_) | E::InappropriateMessage { .. } | E::InappropriateHandshakeMessage { .. } => {
-                "protocol_error"
-            }
+            E::InvalidMessage(_)
+            | E::InappropriateMessage { .. }
+            | E::InappropriateHandshakeMessage { .. } => "protocol_error",
             E::General(msg) if msg.contains("no server certificate") => "no_certificate",
             E::PeerMisbehaved(_) => "peer_misbehaved",
             _ => "other",

@@ -131,11 +131,7 @@ impl Balancer {
         let first_load = u128::from(in_flight(first)) * u128::from(self.weights[second]);
         let second_load = u128::from(in_flight(second)) * u128::from(self.weights[first]);
         // Ties go to `first`, which is itself a uniform random draw.
-        Some(if second_load < first_load {
-            second
-        } else {
-            first
-        })
+        Some(if second_load < first_load { second } else { first })
     }
 
     fn pick_hashed(&self, hash: u64, eligible: &dyn Fn(usize) -> bool) -> Option<usize> {
@@ -162,11 +158,7 @@ impl Balancer {
 }
 
 /// Draws an eligible endpoint uniformly at random, other than `exclude`.
-fn sample_eligible(
-    n: usize,
-    eligible: &dyn Fn(usize) -> bool,
-    exclude: Option<usize>,
-) -> Option<usize> {
+fn sample_eligible(n: usize, eligible: &dyn Fn(usize) -> bool, exclude: Option<usize>) -> Option<usize> {
     let candidates = n.saturating_sub(usize::from(exclude.is_some()));
     if candidates == 0 {
         return None;
@@ -315,12 +307,7 @@ mod tests {
         0
     }
 
-    fn counts(
-        balancer: &Balancer,
-        n: usize,
-        picks: usize,
-        eligible: &dyn Fn(usize) -> bool,
-    ) -> Vec<usize> {
+    fn counts(balancer: &Balancer, n: usize, picks: usize, eligible: &dyn Fn(usize) -> bool) -> Vec<usize> {
         let mut counts = vec![0; n];
         for _ in 0..picks {
             counts[balancer.pick(eligible, &idle, None).unwrap()] += 1;
@@ -363,10 +350,7 @@ mod tests {
             total_flipped += (a ^ b).count_ones();
         }
         let average = f64::from(total_flipped) / 100.0;
-        assert!(
-            (26.0..38.0).contains(&average),
-            "average flipped bits {average}"
-        );
+        assert!((26.0..38.0).contains(&average), "average flipped bits {average}");
     }
 
     #[test]
@@ -379,9 +363,7 @@ mod tests {
     #[test]
     fn round_robin_is_smooth_not_bursty() {
         let b = Balancer::new(BalancePolicy::RoundRobin, &[5, 1, 1]);
-        let picks: Vec<_> = (0..14)
-            .map(|_| b.pick(&all, &idle, None).unwrap())
-            .collect();
+        let picks: Vec<_> = (0..14).map(|_| b.pick(&all, &idle, None).unwrap()).collect();
         assert_eq!(picks, [0, 0, 1, 0, 2, 0, 0, 0, 0, 1, 0, 2, 0, 0]);
     }
 
@@ -528,7 +510,7 @@ mod tests {
         for _ in 0..200 {
             assert_eq!(b.pick(&only_5, &idle, None), Some(5));
         }
-        let evens = |i: usize| i % 2 == 0;
+        let evens = |i: usize| i.is_multiple_of(2);
         let c = counts(&b, 8, 4000, &evens);
         for (i, count) in c.iter().enumerate() {
             if i % 2 == 1 {

@@ -50,8 +50,8 @@ pub fn build(settings: &ClientSettings) -> Result<HttpClient, String> {
         .https_or_http();
     let builder = match settings.tls.as_ref().and_then(|t| t.server_name.clone()) {
         Some(name) => {
-            let name = rustls_pki_types::ServerName::try_from(name)
-                .map_err(|e| format!("tls.server_name: {e}"))?;
+            let name =
+                rustls_pki_types::ServerName::try_from(name).map_err(|e| format!("tls.server_name: {e}"))?;
             builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name))
         }
         None => builder,

@@ -23,9 +23,8 @@ pub fn spawn_checks(pools: &[Arc<Pool>], cancel: &CancellationToken) {
             let cancel = cancel.clone();
             tokio::spawn(async move {
                 // Spread the first probes so a reload does not fire every check at once.
-                let jitter = Duration::from_millis(fastrand::u64(
-                    0..=check.interval.as_millis().min(1000) as u64,
-                ));
+                let jitter =
+                    Duration::from_millis(fastrand::u64(0..=check.interval.as_millis().min(1000) as u64));
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     _ = tokio::time::sleep(jitter) => {}
@@ -53,10 +52,7 @@ async fn probe(pool: &Pool, index: usize, check: &HealthCheckConfig) -> Result<(
         .path_and_query(check.path.as_str())
         .build()
         .map_err(|e| e.to_string())?;
-    let host = check
-        .host
-        .clone()
-        .unwrap_or_else(|| origin.authority.to_string());
+    let host = check.host.clone().unwrap_or_else(|| origin.authority.to_string());
     let req = Request::builder()
         .method(Method::GET)
         .uri(uri)

@@ -170,7 +170,7 @@ fn ejection_duration(policy: &OutlierPolicy, count: u32) -> Duration {
 /// `record_failure` having returned a non-zero duration.
 fn ceil_millis(duration: Duration) -> u64 {
     let millis = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
-    if duration.subsec_nanos() % 1_000_000 == 0 {
+    if duration.subsec_nanos().is_multiple_of(1_000_000) {
         millis
     } else {
         millis.saturating_add(1)
@@ -194,12 +194,7 @@ mod tests {
 
     /// Records `n` failures at `now`, returning what the last one returned and asserting the
     /// earlier ones returned None.
-    fn fail_n(
-        state: &OutlierState,
-        now: Instant,
-        n: u32,
-        policy: &OutlierPolicy,
-    ) -> Option<Duration> {
+    fn fail_n(state: &OutlierState, now: Instant, n: u32, policy: &OutlierPolicy) -> Option<Duration> {
         for _ in 1..n {
             assert_eq!(state.record_failure(now, policy), None);
         }
@@ -348,10 +343,7 @@ mod tests {
             base_ejection: Duration::from_micros(10),
             max_ejection: secs(1),
         };
-        assert_eq!(
-            state.record_failure(t0, &tiny),
-            Some(Duration::from_micros(10))
-        );
+        assert_eq!(state.record_failure(t0, &tiny), Some(Duration::from_micros(10)));
         assert!(state.is_ejected(t0));
     }
 

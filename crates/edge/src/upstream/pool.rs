@@ -61,9 +61,9 @@ impl HashKey {
             "host" => Self::Host,
             "client_ip" => Self::ClientIp,
             other => match other.strip_prefix("header:") {
-                Some(name) => Self::Header(
-                    HeaderName::from_bytes(name.as_bytes()).map_err(|e| e.to_string())?,
-                ),
+                Some(name) => {
+                    Self::Header(HeaderName::from_bytes(name.as_bytes()).map_err(|e| e.to_string())?)
+                }
                 None => return Err(format!("unknown hash_key \"{other}\"")),
             },
         })
@@ -102,15 +102,11 @@ impl Pool {
         let settings = ClientSettings::of(cfg);
         let client = match previous {
             Some(p) if p.client_settings == settings => p.client.clone(),
-            _ => super::client::build(&settings)
-                .map_err(|e| format!("pool \"{}\": {e}", cfg.name))?,
+            _ => super::client::build(&settings).map_err(|e| format!("pool \"{}\": {e}", cfg.name))?,
         };
         let mut origins = Vec::with_capacity(cfg.origins.len());
         for o in &cfg.origins {
-            let uri: http::Uri = o
-                .url
-                .parse()
-                .map_err(|e| format!("origin {}: {e}", o.url))?;
+            let uri: http::Uri = o.url.parse().map_err(|e| format!("origin {}: {e}", o.url))?;
             let scheme = uri.scheme().cloned().unwrap_or(Scheme::HTTP);
             let authority = uri
                 .authority()
@@ -166,8 +162,7 @@ impl Pool {
         };
         Ok(Self {
             name: cfg.name.clone(),
-            hash_key: HashKey::parse(&cfg.hash_key)
-                .map_err(|e| format!("pool \"{}\": {e}", cfg.name))?,
+            hash_key: HashKey::parse(&cfg.hash_key).map_err(|e| format!("pool \"{}\": {e}", cfg.name))?,
             config: cfg.clone(),
             origins,
             primary,
@@ -179,13 +174,8 @@ impl Pool {
             retry_budget: RetryBudget::new(cfg.retry.budget_ratio, cfg.retry.min_per_second, epoch),
             outlier_policy,
             epoch,
-            exhausted: AtomicBool::new(
-                previous.is_some_and(|p| p.exhausted.load(Ordering::Relaxed)),
-            ),
-            no_healthy: metrics
-                .no_healthy_origin
-                .get_or_create(&pool_labels)
-                .clone(),
+            exhausted: AtomicBool::new(previous.is_some_and(|p| p.exhausted.load(Ordering::Relaxed))),
+            no_healthy: metrics.no_healthy_origin.get_or_create(&pool_labels).clone(),
             retries_attempted: outcome("attempted"),
             retries_budget_exhausted: outcome("budget_exhausted"),
         })
@@ -204,11 +194,7 @@ impl Pool {
         }
         Some(match &self.hash_key {
             HashKey::Path => hash_key(uri.path().as_bytes()),
-            HashKey::Uri => hash_key(
-                uri.path_and_query()
-                    .map_or("/", |pq| pq.as_str())
-                    .as_bytes(),
-            ),
+            HashKey::Uri => hash_key(uri.path_and_query().map_or("/", |pq| pq.as_str()).as_bytes()),
             HashKey::Host => hash_key(host.as_bytes()),
             HashKey::ClientIp => match client_ip {
                 IpAddr::V4(v4) => hash_key(&v4.octets()),
@@ -229,12 +215,11 @@ impl Pool {
             if set.is_empty() {
                 continue;
             }
-            let fresh =
-                |i: usize| self.origins[set[i]].is_available(now) && !avoid.contains(&set[i]);
+            let fresh = |i: usize| self.origins[set[i]].is_available(now) && !avoid.contains(&set[i]);
             let load = |i: usize| self.origins[set[i]].state.in_flight.load(Ordering::Relaxed);
-            let picked = balancer.pick(&fresh, &load, hash).or_else(|| {
-                balancer.pick(&|i| self.origins[set[i]].is_available(now), &load, hash)
-            });
+            let picked = balancer
+                .pick(&fresh, &load, hash)
+                .or_else(|| balancer.pick(&|i| self.origins[set[i]].is_available(now), &load, hash));
             if let Some(i) = picked {
                 if self.exhausted.swap(false, Ordering::Relaxed) {
                     tracing::info!(pool = %self.name, origin = %self.origins[set[i]].url, "pool has an available origin again");

@@ -53,7 +53,11 @@ impl Origin {
             hits: Arc::default(),
             last_headers: Arc::default(),
             last_version: Arc::default(),
-            behaviour: Arc::new(Mutex::new(Behaviour { status: 200, delay: Duration::ZERO, body: None })),
+            behaviour: Arc::new(Mutex::new(Behaviour {
+                status: 200,
+                delay: Duration::ZERO,
+                body: None,
+            })),
             stop: CancellationToken::new(),
         };
         let (name, hits, headers, version, behaviour, stop) = (
@@ -70,13 +74,28 @@ impl Origin {
                     _ = stop.cancelled() => return,
                     r = listener.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
                 };
-                let (name, hits, headers, version, behaviour, stop) =
-                    (name.clone(), hits.clone(), headers.clone(), version.clone(), behaviour.clone(), stop.clone());
+                let (name, hits, headers, version, behaviour, stop) = (
+                    name.clone(),
+                    hits.clone(),
+                    headers.clone(),
+                    version.clone(),
+                    behaviour.clone(),
+                    stop.clone(),
+                );
                 tokio::spawn(async move {
                     let service = service_fn(move |req: Request<Incoming>| {
-                        let (name, hits, headers, version, behaviour) =
-                            (name.clone(), hits.clone(), headers.clone(), version.clone(), behaviour.clone());
-                        async move { Ok::<_, std::convert::Infallible>(answer(req, &name, &hits, &headers, &version, &behaviour).await) }
+                        let (name, hits, headers, version, behaviour) = (
+                            name.clone(),
+                            hits.clone(),
+                            headers.clone(),
+                            version.clone(),
+                            behaviour.clone(),
+                        );
+                        async move {
+                            Ok::<_, std::convert::Infallible>(
+                                answer(req, &name, &hits, &headers, &version, &behaviour).await,
+                            )
+                        }
                     });
                     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
@@ -151,11 +170,20 @@ async fn answer(
     if !b.delay.is_zero() {
         tokio::time::sleep(b.delay).await;
     }
-    let status = if req.uri().path() == "/health" { b.status } else { b.status };
+    let status = b.status;
     let body = match req.uri().path() {
         "/echo" => {
-            let bytes = req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
-            return Response::builder().status(200).header("x-origin", name).body(Full::new(bytes)).unwrap();
+            let bytes = req
+                .into_body()
+                .collect()
+                .await
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
+            return Response::builder()
+                .status(200)
+                .header("x-origin", name)
+                .body(Full::new(bytes))
+                .unwrap();
         }
         p if p.starts_with("/size/") => "x".repeat(p[6..].parse().unwrap_or(0)),
         _ => b.body.unwrap_or_else(|| name.to_owned()),
@@ -170,15 +198,20 @@ async fn answer(
 }
 
 /// A plain HTTP/1.1 client that reuses connections.
-pub fn http1_client() -> hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>> {
+pub fn http1_client(
+) -> hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>> {
     hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http()
 }
 
 /// An h2c (prior knowledge) client.
-pub fn h2c_client() -> hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>> {
-    hyper_util::client::legacy::Client::builder(TokioExecutor::new()).http2_only(true).build_http()
+pub fn h2c_client(
+) -> hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>> {
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
 }
 
+#[derive(Debug)]
 pub struct Answer {
     pub status: StatusCode,
     pub headers: HeaderMap,
@@ -191,7 +224,10 @@ pub async fn get(addr: SocketAddr, host: &str, path: &str) -> Answer {
 }
 
 pub async fn send(
-    client: &hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    client: &hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        Full<Bytes>,
+    >,
     addr: SocketAddr,
     host: &str,
     method: http::Method,
@@ -214,7 +250,28 @@ pub async fn send(
 pub async fn collect(resp: Response<Incoming>) -> Answer {
     let (parts, body) = resp.into_parts();
     let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
-    Answer { status: parts.status, headers: parts.headers, body: String::from_utf8_lossy(&body).into_owned(), version: parts.version }
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+        version: parts.version,
+    }
+}
+
+/// One request over a fresh h2c (prior knowledge) connection; the host goes in :authority,
+/// as HTTP/2 clients send it.
+pub async fn h2c_send(addr: SocketAddr, host: &str, method: http::Method, path: &str, body: Bytes) -> Answer {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .method(method)
+        .uri(format!("http://{host}{path}"))
+        .body(Full::new(body))
+        .unwrap();
+    collect(sender.send_request(req).await.unwrap()).await
 }
 
 /// A scratch directory that disappears with the test.
@@ -222,7 +279,11 @@ pub struct TempDir(pub PathBuf);
 
 impl TempDir {
     pub fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("outpost-test-{tag}-{}-{}", std::process::id(), fastrand::u64(..)));
+        let dir = std::env::temp_dir().join(format!(
+            "outpost-test-{tag}-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         Self(dir)
     }
@@ -247,7 +308,9 @@ impl TestCa {
     pub fn new() -> Self {
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.distinguished_name.push(rcgen::DnType::CommonName, "Outpost Test CA");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "Outpost Test CA");
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = params.self_signed(&key).unwrap();
         Self { cert, key }
@@ -255,7 +318,8 @@ impl TestCa {
 
     /// Writes `NAME.pem` and `NAME.key` for a leaf valid for `names` into `dir`.
     pub fn issue(&self, dir: &Path, file: &str, names: &[&str]) -> (PathBuf, PathBuf) {
-        let params = rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        let params =
+            rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
         let cert_path = dir.join(format!("{file}.pem"));
@@ -290,22 +354,39 @@ pub async fn tls_get(
         .with_no_client_auth();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
     let name = rustls_pki_types::ServerName::try_from(sni.to_owned()).map_err(|e| e.to_string())?;
     let tls = connector.connect(name, tcp).await.map_err(|e| e.to_string())?;
     let (_, session) = tls.get_ref();
-    let presented = session.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec()).unwrap_or_default();
+    let presented = session
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.to_vec())
+        .unwrap_or_default();
     let h2 = session.alpn_protocol() == Some(b"h2");
     let io = TokioIo::new(tls);
     let resp = if h2 {
-        let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await.map_err(|e| e.to_string())?;
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .map_err(|e| e.to_string())?;
         tokio::spawn(conn);
-        let req = Request::builder().uri(format!("https://{host}{path}")).body(Full::new(Bytes::new())).unwrap();
+        let req = Request::builder()
+            .uri(format!("https://{host}{path}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
         sender.send_request(req).await.map_err(|e| e.to_string())?
     } else {
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.map_err(|e| e.to_string())?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| e.to_string())?;
         tokio::spawn(conn);
-        let req = Request::builder().uri(path).header("host", host).body(Full::new(Bytes::new())).unwrap();
+        let req = Request::builder()
+            .uri(path)
+            .header("host", host)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
         sender.send_request(req).await.map_err(|e| e.to_string())?
     };
     Ok((collect(resp).await, presented))
@@ -316,7 +397,9 @@ pub async fn start_edge(dir: &TempDir, toml: &str) -> Edge {
     let path = dir.path("edge.toml");
     std::fs::write(&path, toml).unwrap();
     let loaded = outpost_config::load_file(&path).unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
-    Edge::start(loaded, Some(path)).await.unwrap_or_else(|e| panic!("edge failed to start: {e}"))
+    Edge::start(loaded, Some(path))
+        .await
+        .unwrap_or_else(|e| panic!("edge failed to start: {e}"))
 }
 
 /// Rewrites the config file of a PoP started with `start_edge`.
@@ -337,7 +420,13 @@ pub async fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bo
 }
 
 /// Repeats a GET every 20 ms until an answer satisfies `check` or `within` passes.
-pub async fn eventually_get(addr: SocketAddr, host: &str, path: &str, within: Duration, check: impl Fn(&Answer) -> bool) -> bool {
+pub async fn eventually_get(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    within: Duration,
+    check: impl Fn(&Answer) -> bool,
+) -> bool {
     let deadline = tokio::time::Instant::now() + within;
     loop {
         if check(&get(addr, host, path).await) {
@@ -357,12 +446,16 @@ pub async fn metrics(edge: &Edge) -> String {
 }
 
 pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines().filter(|l| l.starts_with(name) && !l.starts_with('#')).find_map(|line| {
-        let (series, value) = line.rsplit_once(' ')?;
-        let matches = series.split('{').next() == Some(name)
-            && labels.iter().all(|(k, v)| series.contains(&format!("{k}=\"{v}\"")));
-        matches.then(|| value.parse().ok()).flatten()
-    })
+    text.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let matches = series.split('{').next() == Some(name)
+                && labels
+                    .iter()
+                    .all(|(k, v)| series.contains(&format!("{k}=\"{v}\"")));
+            matches.then(|| value.parse().ok()).flatten()
+        })
 }
 
 pub fn count_by<T: Eq + std::hash::Hash>(items: impl IntoIterator<Item = T>) -> HashMap<T, usize> {

@@ -240,3 +240,46 @@ async fn retries_respect_the_budget_and_never_resend_bodies() {
     assert_eq!(resp.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(a.hits() + b.hits(), before + 1);
 }
+
+#[tokio::test]
+async fn consistent_hashing_keeps_a_key_on_one_origin() {
+    let (a, b, c) = (
+        Origin::start("a").await,
+        Origin::start("b").await,
+        Origin::start("c").await,
+    );
+    let dir = TempDir::new("chash");
+    let extra = "balance = \"consistent_hash\"\nhash_key = \"path\"\n";
+    let edge = start_edge(
+        &dir,
+        &pool_config(&[(&a, false), (&b, false), (&c, false)], extra),
+    )
+    .await;
+    let addr = edge.listener_addr("http").unwrap();
+
+    let mut owners = std::collections::HashMap::new();
+    for i in 0..30 {
+        let path = format!("/object/{i}");
+        let first = get(addr, "x", &path).await.body;
+        for _ in 0..3 {
+            assert_eq!(
+                get(addr, "x", &format!("{path}?v=2")).await.body,
+                first,
+                "same path, same origin"
+            );
+        }
+        owners.insert(path, first);
+    }
+    let spread = count_by(owners.values().cloned());
+    assert_eq!(spread.len(), 3, "keys spread over every origin: {spread:?}");
+
+    // Losing one origin moves only its keys.
+    b.kill();
+    for (path, owner) in &owners {
+        let now = get(addr, "x", path).await;
+        assert_eq!(now.status, StatusCode::OK);
+        if owner != "b" {
+            assert_eq!(&now.body, owner, "{path} moved although its origin is alive");
+        }
+    }
+}

@@ -211,3 +211,58 @@ async fn certificate_files_are_hot_reloaded() {
             >= 1.0
     );
 }
+
+#[tokio::test]
+async fn mtls_to_origins() {
+    let dir = TempDir::new("mtls");
+    let ca = TestCa::new();
+    let origin = start_mtls_origin("secure-origin", &ca, &dir.0).await;
+    let ca_pem = ca.write_ca(&dir.0);
+    let (client_cert, client_key) = ca.issue(&dir.0, "pop-client", &["pop.test"]);
+    let config = |with_client_cert: bool| {
+        let client = if with_client_cert {
+            format!(
+                ", client_cert = \"{}\", client_key = \"{}\"",
+                client_cert.display(),
+                client_key.display()
+            )
+        } else {
+            String::new()
+        };
+        format!(
+            r#"
+[pop]
+id = "mtls"
+[admin]
+listen = "127.0.0.1:0"
+[log]
+access_log = "off"
+[[listener]]
+name = "http"
+address = "127.0.0.1:0"
+[[site]]
+name = "s"
+hosts = ["*"]
+pool = "secure"
+[[pool]]
+name = "secure"
+tls = {{ ca = "{}", server_name = "origin.test"{client} }}
+retry = {{ attempts = 0 }}
+[[pool.origin]]
+url = "https://{origin}"
+"#,
+            ca_pem.display()
+        )
+    };
+    let edge = start_edge(&dir, &config(true)).await;
+    let addr = edge.listener_addr("http").unwrap();
+    let resp = get(addr, "x", "/").await;
+    assert_eq!(resp.status, StatusCode::OK, "{}", resp.body);
+    assert_eq!(resp.body, "secure-origin");
+
+    // Without the client certificate the origin refuses the handshake: 502 with the reason.
+    write_config(&dir, &config(false));
+    edge.reload().await.unwrap();
+    let resp = get(addr, "x", "/").await;
+    assert_eq!(resp.status, StatusCode::BAD_GATEWAY, "{}", resp.body);
+}

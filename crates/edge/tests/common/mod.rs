@@ -329,6 +329,13 @@ impl TestCa {
         (cert_path, key_path)
     }
 
+    /// Writes the CA certificate as PEM into `dir/ca.pem`.
+    pub fn write_ca(&self, dir: &Path) -> PathBuf {
+        let path = dir.join("ca.pem");
+        std::fs::write(&path, self.cert.pem()).unwrap();
+        path
+    }
+
     pub fn roots(&self) -> rustls::RootCertStore {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.cert.der().clone()).unwrap();
@@ -464,4 +471,55 @@ pub fn count_by<T: Eq + std::hash::Hash>(items: impl IntoIterator<Item = T>) -> 
         *m.entry(i).or_insert(0) += 1;
     }
     m
+}
+
+/// An HTTPS origin that requires a client certificate signed by `client_ca` (mTLS) and answers
+/// every request with its name. Returns its address; it runs until the test ends.
+pub async fn start_mtls_origin(name: &'static str, ca: &TestCa, dir: &Path) -> SocketAddr {
+    let (cert, key) = ca.issue(dir, "origin-server", &["origin.test"]);
+    let chain: Vec<rustls_pki_types::CertificateDer<'static>> = {
+        use rustls_pki_types::pem::PemObject;
+        rustls_pki_types::CertificateDer::pem_file_iter(&cert)
+            .unwrap()
+            .map(|c| c.unwrap())
+            .collect()
+    };
+    let key = {
+        use rustls_pki_types::pem::PemObject;
+        rustls_pki_types::PrivateKeyDer::from_pem_file(&key).unwrap()
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(ca.roots()), provider.clone())
+            .build()
+            .unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = service_fn(move |_req: Request<Incoming>| async move {
+                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(name))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    addr
 }

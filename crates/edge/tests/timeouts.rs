@@ -1,0 +1,97 @@
+//! Client-side timeouts: slow request heads (slowloris) and idle keep-alive connections.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn edge_with_timeouts(dir: &TempDir, origin: &Origin) -> outpost_edge::Edge {
+    let config = format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+[log]
+access_log = "off"
+[timeouts]
+header = "300ms"
+idle = "400ms"
+[[listener]]
+name = "http"
+address = "127.0.0.1:0"
+[[site]]
+name = "s"
+hosts = ["*"]
+pool = "p"
+[[pool]]
+name = "p"
+[[pool.origin]]
+url = "{}"
+"#,
+        origin.url()
+    );
+    start_edge(dir, &config).await
+}
+
+/// Reads until the peer closes (or 5 s pass); returns what arrived.
+async fn read_to_close(s: &mut tokio::net::TcpStream) -> Option<String> {
+    let mut out = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    r.ok().map(|_| String::from_utf8_lossy(&out).into_owned())
+}
+
+#[tokio::test]
+async fn slow_request_heads_are_cut_off() {
+    let origin = Origin::start("o").await;
+    let dir = TempDir::new("slowloris");
+    let edge = edge_with_timeouts(&dir, &origin).await;
+    let addr = edge.listener_addr("http").unwrap();
+
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
+    // Never finish the head: the PoP must close the connection after `timeouts.header`.
+    let answer = read_to_close(&mut s).await.expect("connection closed by the PoP");
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer}"
+    );
+    assert_eq!(origin.hits(), 0);
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connections_are_closed_but_busy_ones_are_not() {
+    let origin = Origin::start("o").await;
+    origin.set_delay(Duration::from_millis(700));
+    let dir = TempDir::new("idle");
+    let edge = edge_with_timeouts(&dir, &origin).await;
+    let addr = edge.listener_addr("http").unwrap();
+
+    // A request slower than the idle timeout still completes: the connection is busy, not idle.
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+
+    // Then, silent on a keep-alive connection: closed after `timeouts.idle`.
+    let started = std::time::Instant::now();
+    let rest = read_to_close(&mut s).await.expect("idle connection closed");
+    assert!(rest.is_empty(), "{rest}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "closed too early: {:?}",
+        started.elapsed()
+    );
+}

@@ -19,7 +19,7 @@ use crate::server::tls::{self, CertStore};
 use crate::upstream::pool::Pool;
 
 pub struct Site {
-    pub name: String,
+    pub name: Arc<str>,
     pub pool: Arc<Pool>,
     pub metrics: SiteMetrics,
 }
@@ -34,7 +34,8 @@ pub struct Snapshot {
     pub routers: HashMap<String, Router>,
     pub tls: HashMap<String, Arc<ServerConfig>>,
     pub certs: Arc<CertStore>,
-    pub via: HeaderValue,
+    /// `Via` values for HTTP/1.x and HTTP/2 messages.
+    via: [HeaderValue; 2],
     pub limits: Limits,
     pub timeouts: ClientTimeouts,
     pub access_log: Arc<AccessLog>,
@@ -43,6 +44,10 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    pub fn via(&self, version: http::Version) -> &HeaderValue {
+        &self.via[usize::from(version == http::Version::HTTP_2)]
+    }
+
     pub fn version(&self) -> &str {
         self.loaded
             .config
@@ -82,7 +87,7 @@ impl Snapshot {
                 .ok_or_else(|| format!("site \"{}\": unknown pool \"{}\"", s.name, s.pool))?
                 .clone();
             sites.push(Site {
-                name: s.name.clone(),
+                name: s.name.as_str().into(),
                 pool,
                 metrics: metrics.site(&s.name),
             });
@@ -119,8 +124,11 @@ impl Snapshot {
             ),
         };
 
-        let via = HeaderValue::from_str(&format!("outpost-{}", cfg.pop.id))
-            .map_err(|_| format!("pop.id \"{}\" is not usable in a Via header", cfg.pop.id))?;
+        let pseudonym = format!("outpost-{}", cfg.pop.id);
+        let via = [
+            crate::proxy::headers::via_value(http::Version::HTTP_11, &pseudonym),
+            crate::proxy::headers::via_value(http::Version::HTTP_2, &pseudonym),
+        ];
         Ok(Self {
             generation: previous.map_or(1, |p| p.generation + 1),
             applied_at: std::time::SystemTime::now(),

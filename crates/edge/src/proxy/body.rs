@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
@@ -21,30 +21,40 @@ pub fn empty() -> ProxyBody {
     Empty::new().map_err(|never| match never {}).boxed()
 }
 
-pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
-}
-
 /// Called once when a response body is finished, with the bytes sent and whether it completed.
-pub trait Completion: Send + 'static {
-    fn complete(self: Box<Self>, bytes: u64, completed: bool);
+pub trait Completion: Send + Unpin + 'static {
+    fn complete(self, bytes: u64, completed: bool);
 }
 
 #[derive(Debug, thiserror::Error)]
 #[error("request deadline passed while the response body was streaming")]
 pub struct DeadlineExceeded;
 
-pub struct ResponseBody {
-    inner: ProxyBody,
-    bytes: u64,
-    deadline: Option<Instant>,
-    // Created only when the inner body is pending, so fully-buffered bodies never arm a timer.
-    sleep: Option<Pin<Box<Sleep>>>,
-    completion: Option<Box<dyn Completion>>,
+/// What a response carries: the origin's body, streamed, or a small body the PoP made itself.
+/// An enum rather than a boxed body: this is built for every request.
+pub enum OutBody {
+    Origin(Incoming),
+    Local(Option<Bytes>),
 }
 
-impl ResponseBody {
-    pub fn new(inner: ProxyBody, deadline: Option<Instant>, completion: Box<dyn Completion>) -> Self {
+impl OutBody {
+    pub fn empty() -> Self {
+        Self::Local(None)
+    }
+}
+
+pub struct ResponseBody<C: Completion> {
+    inner: OutBody,
+    bytes: u64,
+    deadline: Option<Instant>,
+    // Created only when the origin's body is pending, so bodies that are already in memory
+    // never arm a timer.
+    sleep: Option<Pin<Box<Sleep>>>,
+    completion: Option<C>,
+}
+
+impl<C: Completion> ResponseBody<C> {
+    pub fn new(inner: OutBody, deadline: Option<Instant>, completion: C) -> Self {
         Self {
             inner,
             bytes: 0,
@@ -59,9 +69,16 @@ impl ResponseBody {
             c.complete(self.bytes, completed);
         }
     }
+
+    fn inner_is_end(&self) -> bool {
+        match &self.inner {
+            OutBody::Origin(b) => b.is_end_stream(),
+            OutBody::Local(b) => b.is_none(),
+        }
+    }
 }
 
-impl Body for ResponseBody {
+impl<C: Completion> Body for ResponseBody<C> {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -70,12 +87,21 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let polled = match &mut this.inner {
+            OutBody::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            OutBody::Origin(body) => match Pin::new(body).poll_frame(cx) {
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BoxError::from(e)))),
+                Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
+        };
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     this.bytes += data.len() as u64;
                 }
-                if this.inner.is_end_stream() {
+                if this.inner_is_end() {
                     this.finish(true);
                 }
                 Poll::Ready(Some(Ok(frame)))
@@ -104,18 +130,21 @@ impl Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner_is_end()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            OutBody::Origin(b) => b.size_hint(),
+            OutBody::Local(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+        }
     }
 }
 
-impl Drop for ResponseBody {
+impl<C: Completion> Drop for ResponseBody<C> {
     fn drop(&mut self) {
-        // Hyper drops an empty body without polling it; the client went away otherwise.
-        let completed = self.inner.is_end_stream();
+        // Hyper drops an empty body without polling it; otherwise the client went away.
+        let completed = self.inner_is_end();
         self.finish(completed);
     }
 }

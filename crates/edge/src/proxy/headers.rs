@@ -63,8 +63,9 @@ pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
-/// Appends this hop to `Via` (RFC 9110 §7.6.3).
-pub fn append_via(headers: &mut HeaderMap, version: http::Version, via: &HeaderValue) {
+/// The `Via` value this PoP adds for a message of `version` (RFC 9110 §7.6.3), e.g.
+/// `1.1 outpost-par1`. Built once per config; adding it to a message is a reference-count bump.
+pub fn via_value(version: http::Version, pseudonym: &str) -> HeaderValue {
     let proto = match version {
         http::Version::HTTP_09 => "0.9",
         http::Version::HTTP_10 => "1.0",
@@ -72,67 +73,81 @@ pub fn append_via(headers: &mut HeaderMap, version: http::Version, via: &HeaderV
         http::Version::HTTP_3 => "3",
         _ => "1.1",
     };
-    let mut value = Vec::with_capacity(4 + via.len());
-    value.extend_from_slice(proto.as_bytes());
-    value.push(b' ');
-    value.extend_from_slice(via.as_bytes());
-    if let Ok(v) = HeaderValue::from_bytes(&value) {
-        headers.append(header::VIA, v);
+    HeaderValue::from_str(&format!("{proto} {pseudonym}"))
+        .unwrap_or_else(|_| HeaderValue::from_static("1.1 outpost"))
+}
+
+/// The client's address as the forwarding headers spell it, computed once per connection.
+#[derive(Debug, Clone)]
+pub struct ClientAddr {
+    pub ip: IpAddr,
+    /// `203.0.113.7` or `2001:db8::1`, for X-Forwarded-For.
+    text: HeaderValue,
+    /// `203.0.113.7` or `"[2001:db8::1]"` (RFC 7239 §6), for Forwarded.
+    node: String,
+}
+
+impl ClientAddr {
+    pub fn new(ip: IpAddr) -> Self {
+        let text = HeaderValue::from_str(&ip.to_string()).expect("an IP address is a valid header value");
+        let node = match ip {
+            IpAddr::V4(v4) => v4.to_string(),
+            IpAddr::V6(v6) => format!("\"[{v6}]\""),
+        };
+        Self { ip, text, node }
     }
 }
 
-/// Facts about the client side of a request that the origin is told about.
-pub struct ForwardedFor<'a> {
-    pub client_ip: IpAddr,
-    pub proto: &'static str,
-    pub host: &'a str,
-}
+static XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
+static XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Sets X-Forwarded-For (appended), X-Forwarded-Proto, X-Forwarded-Host and Forwarded (appended).
-pub fn set_forwarded(headers: &mut HeaderMap, fwd: &ForwardedFor<'_>) {
-    static XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
-    static XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
-    static XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
-    let ip = fwd.client_ip.to_string();
-    let xff = match headers.get(&XFF).and_then(|v| v.to_str().ok()) {
-        Some(prior) if !prior.trim().is_empty() => format!("{prior}, {ip}"),
-        _ => ip.clone(),
+pub fn set_forwarded(headers: &mut HeaderMap, client: &ClientAddr, proto: &'static str, host: &HeaderValue) {
+    let prior = headers
+        .get(&XFF)
+        .map(|v| v.as_bytes())
+        .filter(|v| !v.iter().all(u8::is_ascii_whitespace));
+    let xff = match prior {
+        Some(prior) => {
+            let mut v = Vec::with_capacity(prior.len() + 2 + client.text.len());
+            v.extend_from_slice(prior);
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(client.text.as_bytes());
+            HeaderValue::from_maybe_shared(bytes::Bytes::from(v)).ok()
+        }
+        None => Some(client.text.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert(&XFF, v);
+    if let Some(xff) = xff {
+        headers.insert(&XFF, xff);
     }
-    headers.insert(&XFP, HeaderValue::from_static(fwd.proto));
-    if let Ok(v) = HeaderValue::from_str(fwd.host) {
-        headers.insert(&XFH, v);
-    }
-    // RFC 7239 §6: IPv6 addresses are quoted and bracketed; host is a quoted-string when needed.
-    let node = match fwd.client_ip {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => format!("\"[{v6}]\""),
-    };
-    let host_ok = fwd
-        .host
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"-._:[]".contains(&b));
-    let forwarded = if host_ok && !fwd.host.is_empty() {
-        format!(
-            "for={node};proto={};host={}",
-            fwd.proto,
-            quote_if_needed(fwd.host)
-        )
-    } else {
-        format!("for={node};proto={}", fwd.proto)
-    };
-    if let Ok(v) = HeaderValue::from_str(&forwarded) {
-        headers.append(header::FORWARDED, v);
-    }
-}
+    headers.insert(&XFP, HeaderValue::from_static(proto));
+    headers.insert(&XFH, host.clone());
 
-fn quote_if_needed(value: &str) -> String {
-    if value.contains(':') || value.contains('[') {
-        format!("\"{value}\"")
-    } else {
-        value.to_owned()
+    let host = host.as_bytes();
+    let host_ok = !host.is_empty()
+        && host
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._:[]".contains(b));
+    let mut v = Vec::with_capacity(24 + client.node.len() + host.len());
+    v.extend_from_slice(b"for=");
+    v.extend_from_slice(client.node.as_bytes());
+    v.extend_from_slice(b";proto=");
+    v.extend_from_slice(proto.as_bytes());
+    if host_ok {
+        // A host with a port or an IPv6 literal is not a token: quote it.
+        let quote = host.contains(&b':') || host.contains(&b'[');
+        v.extend_from_slice(b";host=");
+        if quote {
+            v.push(b'"');
+        }
+        v.extend_from_slice(host);
+        if quote {
+            v.push(b'"');
+        }
+    }
+    if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(v)) {
+        headers.append(header::FORWARDED, value);
     }
 }
 
@@ -187,12 +202,8 @@ mod tests {
             ("x-forwarded-for", "203.0.113.7"),
             ("forwarded", "for=203.0.113.7"),
         ]);
-        let fwd = ForwardedFor {
-            client_ip: "2001:db8::1".parse().unwrap(),
-            proto: "https",
-            host: "example.com",
-        };
-        set_forwarded(&mut h, &fwd);
+        let client = ClientAddr::new("2001:db8::1".parse().unwrap());
+        set_forwarded(&mut h, &client, "https", &HeaderValue::from_static("example.com"));
         assert_eq!(h["x-forwarded-for"], "203.0.113.7, 2001:db8::1");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "example.com");
@@ -202,13 +213,28 @@ mod tests {
     }
 
     #[test]
-    fn via_names_the_protocol_version() {
+    fn forwarded_quotes_hosts_with_ports() {
         let mut h = HeaderMap::new();
-        append_via(
+        let client = ClientAddr::new("192.0.2.1".parse().unwrap());
+        set_forwarded(
             &mut h,
-            http::Version::HTTP_2,
-            &HeaderValue::from_static("outpost-par1"),
+            &client,
+            "http",
+            &HeaderValue::from_static("example.com:8080"),
         );
-        assert_eq!(h["via"], "2 outpost-par1");
+        assert_eq!(
+            h["forwarded"],
+            "for=192.0.2.1;proto=http;host=\"example.com:8080\""
+        );
+        assert_eq!(h["x-forwarded-for"], "192.0.2.1");
+    }
+
+    #[test]
+    fn via_names_the_protocol_version() {
+        assert_eq!(via_value(http::Version::HTTP_2, "outpost-par1"), "2 outpost-par1");
+        assert_eq!(
+            via_value(http::Version::HTTP_11, "outpost-par1"),
+            "1.1 outpost-par1"
+        );
     }
 }

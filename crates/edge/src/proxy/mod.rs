@@ -29,7 +29,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use self::body::{Completion, ProxyBody, RequestBody, ResponseBody};
+use self::body::{Completion, OutBody, RequestBody, ResponseBody};
 use self::error::ProxyError;
 use self::trace::TraceContext;
 use crate::metrics::SiteMetrics;
@@ -38,21 +38,25 @@ use crate::state::Snapshot;
 use crate::upstream::pool::Pool;
 use crate::Shared;
 
+/// Upper bound on attempts per request (first try plus retries), whatever the config says.
+const MAX_ATTEMPTS: usize = 8;
+
 /// What the request path knows about the client connection.
 pub struct ConnInfo {
     pub shared: Arc<Shared>,
     pub listener: Arc<str>,
     pub client: SocketAddr,
+    pub client_addr: headers::ClientAddr,
     pub tls: bool,
     pub sni: Option<String>,
     /// Requests on this connection whose response has not finished; the idle timer waits for 0.
     pub in_flight: Arc<AtomicUsize>,
 }
 
-pub async fn handle(
+pub(crate) async fn handle(
     conn: Arc<ConnInfo>,
     req: Request<Incoming>,
-) -> Result<Response<ResponseBody>, Infallible> {
+) -> Result<Response<ResponseBody<RequestLog>>, Infallible> {
     let start = Instant::now();
     let snapshot = conn.shared.snapshot.load_full();
     conn.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -77,7 +81,7 @@ pub async fn handle(
     let deadline = log.deadline;
     Ok(Response::from_parts(
         parts,
-        ResponseBody::new(body, deadline, Box::new(log)),
+        ResponseBody::new(body, deadline, log),
     ))
 }
 
@@ -87,7 +91,7 @@ async fn proxy(
     mut req: Request<Incoming>,
     trace: TraceContext,
     log: &mut RequestLog,
-) -> Result<Response<ProxyBody>, ProxyError> {
+) -> Result<Response<OutBody>, ProxyError> {
     // 1. admit
     let target_len = req.uri().path_and_query().map_or(1, |pq| pq.as_str().len());
     if target_len > snapshot.limits.max_uri_bytes {
@@ -109,16 +113,17 @@ async fn proxy(
     }
 
     // 2. route
-    let raw_host = match req.uri().authority() {
-        Some(a) => a.as_str().to_owned(),
+    // HTTP/2 carries the host in :authority, HTTP/1.1 in Host (absolute-form targets too).
+    let host_value = match req.uri().authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).map_err(|_| ProxyError::MissingHost)?,
         None => req
             .headers()
             .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
             .filter(|h| !h.is_empty())
             .ok_or(ProxyError::MissingHost)?
-            .to_owned(),
+            .clone(),
     };
+    let raw_host = host_value.to_str().map_err(|_| ProxyError::MissingHost)?;
     let host = normalize_host(&raw_host);
     let site_index = snapshot
         .routers
@@ -146,19 +151,10 @@ async fn proxy(
     let hash = pool.request_hash(&parts.uri, &parts.headers, &host, conn.client.ip());
     let mut headers = parts.headers;
     headers::remove_hop_by_hop(&mut headers, upgrade);
-    if let Ok(v) = HeaderValue::from_str(&raw_host) {
-        headers.insert(header::HOST, v);
-    }
-    headers::append_via(&mut headers, parts.version, &snapshot.via);
+    headers.insert(header::HOST, host_value.clone());
+    headers.append(header::VIA, snapshot.via(parts.version).clone());
     let proto = if conn.tls { "https" } else { "http" };
-    headers::set_forwarded(
-        &mut headers,
-        &headers::ForwardedFor {
-            client_ip: conn.client.ip(),
-            proto,
-            host: &raw_host,
-        },
-    );
+    headers::set_forwarded(&mut headers, &conn.client_addr, proto, &host_value);
     headers.insert("traceparent", trace.header_value());
 
     let body_empty = incoming.is_end_stream();
@@ -172,17 +168,18 @@ async fn proxy(
     });
     let path_and_query = parts.uri.path_and_query().cloned();
     let attempts = if retryable {
-        1 + pool.config.retry.attempts
+        (1 + pool.config.retry.attempts as usize).min(MAX_ATTEMPTS)
     } else {
         1
     };
     pool.retry_budget.record_request(std::time::Instant::now());
-    let mut tried: Vec<usize> = Vec::new();
+    // Origins already tried for this request; attempts are capped at MAX_ATTEMPTS.
+    let mut tried = [usize::MAX; MAX_ATTEMPTS];
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let index = pool.select(hash, &tried)?;
-        tried.push(index);
+        let index = pool.select(hash, &tried[..attempt - 1])?;
+        tried[attempt - 1] = index;
         let origin = &pool.origins[index];
         log.origin = Some((pool.clone(), index));
         let uri = {
@@ -234,8 +231,9 @@ async fn proxy(
                 if let Some(client_upgrade) = client_upgrade {
                     upgrade::splice(client_upgrade, hyper::upgrade::on(&mut resp));
                     let (mut p, _) = resp.into_parts();
-                    headers::append_via(&mut p.headers, Version::HTTP_11, &snapshot.via);
-                    return Ok(Response::from_parts(p, body::empty()));
+                    p.headers
+                        .append(header::VIA, snapshot.via(Version::HTTP_11).clone());
+                    return Ok(Response::from_parts(p, OutBody::empty()));
                 }
             }
             return Ok(respond(resp, snapshot, upgrade));
@@ -253,7 +251,7 @@ async fn proxy(
 async fn send(
     pool: &Arc<Pool>,
     index: usize,
-    req: Request<ProxyBody>,
+    req: Request<body::ProxyBody>,
     log: &RequestLog,
 ) -> Result<Response<Incoming>, ProxyError> {
     let origin = &pool.origins[index];
@@ -300,20 +298,22 @@ async fn send(
     }
 }
 
-fn respond(resp: Response<Incoming>, snapshot: &Snapshot, upgrade_requested: bool) -> Response<ProxyBody> {
+fn respond(resp: Response<Incoming>, snapshot: &Snapshot, upgrade_requested: bool) -> Response<OutBody> {
     let (mut parts, incoming) = resp.into_parts();
     headers::remove_hop_by_hop(
         &mut parts.headers,
         upgrade_requested && parts.status == StatusCode::SWITCHING_PROTOCOLS,
     );
-    headers::append_via(&mut parts.headers, parts.version, &snapshot.via);
+    parts
+        .headers
+        .append(header::VIA, snapshot.via(parts.version).clone());
     parts.version = Version::HTTP_11;
-    Response::from_parts(parts, incoming.map_err(Into::into).boxed())
+    Response::from_parts(parts, OutBody::Origin(incoming))
 }
 
-fn error_response(err: &ProxyError, snapshot: &Snapshot) -> Response<ProxyBody> {
+fn error_response(err: &ProxyError, snapshot: &Snapshot) -> Response<OutBody> {
     let text = format!("outpost: {err}\n");
-    let mut resp = Response::new(body::full(Bytes::from(text)));
+    let mut resp = Response::new(OutBody::Local(Some(Bytes::from(text))));
     *resp.status_mut() = err.status();
     let h = resp.headers_mut();
     h.insert(
@@ -324,7 +324,7 @@ fn error_response(err: &ProxyError, snapshot: &Snapshot) -> Response<ProxyBody> 
     if err.status() == StatusCode::MISDIRECTED_REQUEST {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    headers::append_via(h, Version::HTTP_11, &snapshot.via);
+    h.append(header::VIA, snapshot.via(Version::HTTP_11).clone());
     resp
 }
 
@@ -371,7 +371,7 @@ fn is_body_limit(e: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 /// Everything recorded about one request, finished when its response body ends.
-struct RequestLog {
+pub(crate) struct RequestLog {
     shared: Arc<Shared>,
     snapshot_log: Arc<crate::access_log::AccessLog>,
     conn_in_flight: Arc<AtomicUsize>,
@@ -383,7 +383,7 @@ struct RequestLog {
     method: Method,
     path: Option<String>,
     site: Option<SiteMetrics>,
-    site_name: Option<String>,
+    site_name: Option<Arc<str>>,
     origin: Option<(Arc<Pool>, usize)>,
     status: u16,
     retries: u32,
@@ -423,7 +423,7 @@ impl RequestLog {
 }
 
 impl Completion for RequestLog {
-    fn complete(self: Box<Self>, bytes: u64, completed: bool) {
+    fn complete(self, bytes: u64, completed: bool) {
         self.conn_in_flight.fetch_sub(1, Ordering::Relaxed);
         let total = self.start.elapsed();
         let bytes_in = self

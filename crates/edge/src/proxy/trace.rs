@@ -42,9 +42,18 @@ impl TraceContext {
 
     /// The `traceparent` sent to the origin.
     pub fn header_value(&self) -> HeaderValue {
-        let flags = if self.sampled { "01" } else { "00" };
-        let s = format!("00-{:032x}-{:016x}-{flags}", self.trace_id, self.span_id);
-        HeaderValue::from_str(&s).expect("hex digits and dashes are valid header bytes")
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        for i in 0..32 {
+            out[3 + i] = HEX[((self.trace_id >> (124 - 4 * i)) & 0xf) as usize];
+        }
+        for i in 0..16 {
+            out[36 + i] = HEX[((self.span_id >> (60 - 4 * i)) & 0xf) as usize];
+        }
+        if self.sampled {
+            out[54] = b'1';
+        }
+        HeaderValue::from_bytes(&out).expect("hex digits and dashes are valid header bytes")
     }
 }
 

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::idle::{Activity, IdleIo};
 use super::tls::classify_handshake_error;
 use crate::metrics::{HandshakeLabels, ListenerLabels};
+use crate::proxy::headers::ClientAddr;
 use crate::proxy::{self, ConnInfo};
 use crate::Shared;
 
@@ -95,6 +96,7 @@ async fn serve(
                 shared: shared.clone(),
                 listener,
                 client,
+                client_addr: ClientAddr::new(client.ip()),
                 tls: false,
                 sni: None,
                 in_flight: Arc::default(),
@@ -122,6 +124,7 @@ async fn serve(
                         shared: shared.clone(),
                         listener,
                         client,
+                        client_addr: ClientAddr::new(client.ip()),
                         tls: true,
                         sni,
                         in_flight: Arc::default(),
@@ -183,14 +186,12 @@ async fn drive<I>(
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(connection);
     let mut closing = false;
+    // Checked four times per idle period: a connection closes after between 1 and 1.25 idle
+    // periods of silence.
+    let tick = (idle / 4).max(std::time::Duration::from_millis(10));
+    let mut seen = activity.count();
+    let mut quiet = std::time::Duration::ZERO;
     loop {
-        // While a request is in flight the connection is not idle, however quiet the socket.
-        let wake = if in_flight.load(Ordering::Relaxed) > 0 {
-            tokio::time::Instant::now() + idle
-        } else {
-            activity.last() + idle
-        };
-        let idle_check = tokio::time::sleep_until(wake);
         tokio::select! {
             res = connection.as_mut() => {
                 if let Err(e) = res {
@@ -206,10 +207,17 @@ async fn drive<I>(
                 closing = true;
                 connection.as_mut().graceful_shutdown();
             }
-            _ = idle_check, if !closing => {
-                if in_flight.load(Ordering::Relaxed) == 0 && activity.last().elapsed() >= idle {
-                    closing = true;
-                    connection.as_mut().graceful_shutdown();
+            _ = tokio::time::sleep(tick), if !closing => {
+                let now = activity.count();
+                if now != seen || in_flight.load(Ordering::Relaxed) > 0 {
+                    seen = now;
+                    quiet = std::time::Duration::ZERO;
+                } else {
+                    quiet += tick;
+                    if quiet >= idle {
+                        closing = true;
+                        connection.as_mut().graceful_shutdown();
+                    }
                 }
             }
         }

@@ -124,7 +124,7 @@ async fn proxy(
             .clone(),
     };
     let raw_host = host_value.to_str().map_err(|_| ProxyError::MissingHost)?;
-    let host = normalize_host(&raw_host);
+    let host = normalize_host(raw_host);
     let site_index = snapshot
         .routers
         .get(&*conn.listener)

@@ -283,3 +283,28 @@ async fn consistent_hashing_keeps_a_key_on_one_origin() {
         }
     }
 }
+
+#[tokio::test]
+async fn slow_origins_get_504_and_are_not_retried() {
+    let a = Origin::start("slow").await;
+    a.set_delay(Duration::from_millis(800));
+    let dir = TempDir::new("timeout504");
+    let extra = "response_header_timeout = \"200ms\"\n";
+    let edge = start_edge(&dir, &pool_config(&[(&a, false)], extra)).await;
+    let addr = edge.listener_addr("http").unwrap();
+
+    let started = std::time::Instant::now();
+    let resp = get(addr, "x", "/").await;
+    assert_eq!(resp.status, StatusCode::GATEWAY_TIMEOUT, "{}", resp.body);
+    assert!(resp.body.contains("did not answer within"), "{}", resp.body);
+    assert!(
+        started.elapsed() < Duration::from_millis(750),
+        "answered at the deadline, not after the origin"
+    );
+    assert_eq!(a.hits(), 1, "a timed-out request is not retried");
+    let text = metrics(&edge).await;
+    assert_eq!(
+        metric_value(&text, "outpost_upstream_requests_total", &[("result", "timeout")]),
+        Some(1.0)
+    );
+}

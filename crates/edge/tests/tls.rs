@@ -178,6 +178,8 @@ async fn certificate_files_are_hot_reloaded() {
     let (_, before) = tls_get(addr, f.ca.roots(), "a.test", &[b"http/1.1"], "a.test", "/")
         .await
         .unwrap();
+    // A connection established before the renewal must keep working after it.
+    let mut kept = open_tls_h1(addr, f.ca.roots(), "a.test").await;
 
     // A new certificate for the same name, also valid for "new.a.test".
     let dir = f.cert_a.parent().unwrap().to_path_buf();
@@ -200,6 +202,16 @@ async fn certificate_files_are_hot_reloaded() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(renewed, "the renewed certificate was never served");
+    let req = http::Request::builder()
+        .uri("/after-renewal")
+        .header("host", "a.test")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let resp = kept
+        .send_request(req)
+        .await
+        .expect("pre-renewal connection still open");
+    assert_eq!(resp.status(), StatusCode::OK);
     let text = metrics(&f.edge).await;
     assert!(
         metric_value(

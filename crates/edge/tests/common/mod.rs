@@ -343,6 +343,29 @@ impl TestCa {
     }
 }
 
+/// An HTTP/1.1 connection over TLS that the test keeps open across requests.
+pub async fn open_tls_h1(
+    addr: SocketAddr,
+    roots: rustls::RootCertStore,
+    sni: &str,
+) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from(sni.to_owned()).unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
 /// One request over a fresh TLS connection with the given SNI and ALPN offer.
 /// Returns the answer and the certificate's DER the server presented.
 pub async fn tls_get(

@@ -25,8 +25,18 @@ pub fn spawn(shared: Arc<Shared>, addr: SocketAddr) -> std::io::Result<SocketAdd
     tracing::info!(address = %local, "admin listener ready");
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
+            let accepted = tokio::select! {
+                _ = shared.stopped.cancelled() => break,
+                r = listener.accept() => r,
+            };
+            let stream = match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off rather than spin.
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
             };
             let shared = shared.clone();
             tokio::spawn(async move {
@@ -34,9 +44,12 @@ pub fn spawn(shared: Arc<Shared>, addr: SocketAddr) -> std::io::Result<SocketAdd
                     let shared = shared.clone();
                     async move { Ok::<_, Infallible>(route(&shared, req).await) }
                 });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                builder
+                    .http1()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(std::time::Duration::from_secs(10));
+                let _ = builder.serve_connection(TokioIo::new(stream), service).await;
             });
         }
     });
@@ -68,15 +81,16 @@ fn authorized(shared: &Shared, req: &Request<Incoming>) -> bool {
     let Some(token) = snapshot.loaded.config.admin.token.as_deref() else {
         return true;
     };
-    let Some(given) = req
+    let Some((scheme, given)) = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| v.trim().split_once(' '))
     else {
         return false;
     };
-    constant_time_eq(given.trim().as_bytes(), token.as_bytes())
+    scheme.eq_ignore_ascii_case("bearer")
+        && constant_time_eq(given.trim().as_bytes(), token.trim().as_bytes())
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -40,6 +40,8 @@ pub struct Shared {
     /// Every accept loop and client connection, so a drain can wait for them.
     pub connections: TaskTracker,
     pub draining: CancellationToken,
+    /// Ends everything, the admin listener included (the `Edge` was dropped or failed to start).
+    pub stopped: CancellationToken,
     epoch: Instant,
     config_path: Option<PathBuf>,
     /// Serializes config changes and owns the running listeners.
@@ -109,18 +111,13 @@ impl Edge {
             cert_store,
             connections: TaskTracker::new(),
             draining: CancellationToken::new(),
+            stopped: CancellationToken::new(),
             epoch,
             config_path,
             control: tokio::sync::Mutex::new(Vec::new()),
             last_reload: Mutex::new(None),
         });
-        // Bind through the same path as a reload, with the initial snapshot as the target.
-        {
-            let snapshot = shared.snapshot.load_full();
-            let mut running = shared.control.lock().await;
-            let bound = bind_new(&running, &snapshot.loaded)?;
-            commit(&shared, &mut running, None, snapshot, bound);
-        }
+        // The admin listener first: if it cannot bind, nothing else has started.
         let admin_addr = match admin_cfg.listen {
             Some(addr) => Some(
                 admin::spawn(shared.clone(), addr)
@@ -128,6 +125,19 @@ impl Edge {
             ),
             None => None,
         };
+        // Bind through the same path as a reload, with the initial snapshot as the target.
+        {
+            let snapshot = shared.snapshot.load_full();
+            let mut running = shared.control.lock().await;
+            let bound = match bind_new(&running, &snapshot.loaded) {
+                Ok(bound) => bound,
+                Err(e) => {
+                    shared.stopped.cancel();
+                    return Err(e);
+                }
+            };
+            commit(&shared, &mut running, None, snapshot, bound);
+        }
         spawn_certificate_watcher(&shared);
         Ok(Self { shared, admin_addr })
     }
@@ -157,6 +167,15 @@ impl Edge {
     /// whether every connection closed in time.
     pub async fn drain(&self) -> bool {
         self.shared.drain().await
+    }
+}
+
+impl Drop for Edge {
+    /// A dropped PoP stops accepting and lets its connections finish, like a drain that nobody
+    /// waits for; the admin listener closes.
+    fn drop(&mut self) {
+        self.shared.draining.cancel();
+        self.shared.stopped.cancel();
     }
 }
 
@@ -351,6 +370,9 @@ fn commit(
     shared.snapshot.store(next.clone());
     if let Some(prev) = previous {
         prev.tasks.cancel();
+    }
+    for pool in &next.pools {
+        pool.activate();
     }
     upstream::health::spawn_checks(&next.pools, &next.tasks);
     shared.metrics.set_config_info(next.version(), &next.loaded.hash);

@@ -34,8 +34,8 @@ pub struct Snapshot {
     pub routers: HashMap<String, Router>,
     pub tls: HashMap<String, Arc<ServerConfig>>,
     pub certs: Arc<CertStore>,
-    /// `Via` values for HTTP/1.x and HTTP/2 messages.
-    via: [HeaderValue; 2],
+    /// `Via` values for HTTP/1.0, HTTP/1.1 and HTTP/2 messages.
+    via: [HeaderValue; 3],
     pub limits: Limits,
     pub timeouts: ClientTimeouts,
     pub access_log: Arc<AccessLog>,
@@ -45,7 +45,11 @@ pub struct Snapshot {
 
 impl Snapshot {
     pub fn via(&self, version: http::Version) -> &HeaderValue {
-        &self.via[usize::from(version == http::Version::HTTP_2)]
+        match version {
+            http::Version::HTTP_10 | http::Version::HTTP_09 => &self.via[0],
+            http::Version::HTTP_2 => &self.via[2],
+            _ => &self.via[1],
+        }
     }
 
     pub fn version(&self) -> &str {
@@ -126,6 +130,7 @@ impl Snapshot {
 
         let pseudonym = format!("outpost-{}", cfg.pop.id);
         let via = [
+            crate::proxy::headers::via_value(http::Version::HTTP_10, &pseudonym),
             crate::proxy::headers::via_value(http::Version::HTTP_11, &pseudonym),
             crate::proxy::headers::via_value(http::Version::HTTP_2, &pseudonym),
         ];

@@ -187,7 +187,7 @@ async fn backups_take_over_and_503_when_none_is_left() {
     let resp = get(addr, "x", "/").await;
     assert_eq!(resp.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(
-        resp.body.contains("no healthy origin in pool \"p\""),
+        resp.body.contains("no healthy origin is available for this site"),
         "{}",
         resp.body
     );

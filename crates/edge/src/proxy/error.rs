@@ -35,12 +35,29 @@ pub enum ProxyError {
     OriginProtocol { origin: String, reason: String },
     #[error("upgrade failed: {0}")]
     Upgrade(String),
+    #[error("the request body could not be read from the client: {0}")]
+    ClientBody(String),
 }
 
 impl ProxyError {
+    /// What the client is told. Origin failures keep addresses, error texts and pool internals
+    /// out of the answer (they are in the PoP's logs and metrics); client mistakes are spelled out.
+    pub fn client_message(&self) -> String {
+        match self {
+            Self::NoHealthyOrigin { .. } => "no healthy origin is available for this site".to_owned(),
+            Self::OriginConnect { .. } => "could not connect to the origin".to_owned(),
+            Self::OriginTimeout { secs, .. } => format!("the origin did not answer within {secs:.1}s"),
+            Self::OriginProtocol { .. } | Self::Upgrade(_) => {
+                "the origin's answer could not be used".to_owned()
+            }
+            Self::ClientBody(_) => "the request body could not be read".to_owned(),
+            other => other.to_string(),
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::MissingHost => StatusCode::BAD_REQUEST,
+            Self::MissingHost | Self::ClientBody(_) => StatusCode::BAD_REQUEST,
             Self::UnknownHost(_) => StatusCode::NOT_FOUND,
             Self::Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
             Self::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
@@ -59,7 +76,8 @@ impl ProxyError {
             | Self::UnknownHost(_)
             | Self::Misdirected { .. }
             | Self::UriTooLong { .. }
-            | Self::BodyTooLarge { .. } => Side::Client,
+            | Self::BodyTooLarge { .. }
+            | Self::ClientBody(_) => Side::Client,
             Self::NoHealthyOrigin { .. }
             | Self::OriginConnect { .. }
             | Self::OriginTimeout { .. }
@@ -81,6 +99,7 @@ impl ProxyError {
             Self::OriginTimeout { .. } => "origin_timeout",
             Self::OriginProtocol { .. } => "origin_protocol",
             Self::Upgrade(_) => "upgrade_failed",
+            Self::ClientBody(_) => "client_body",
         }
     }
 }

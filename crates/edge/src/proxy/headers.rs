@@ -98,25 +98,44 @@ impl ClientAddr {
     }
 }
 
+/// HTTP/2 clients may split `Cookie` into several fields (RFC 9113 §8.2.3); an HTTP/1.1 origin
+/// must get them as one, joined with "; ".
+pub fn join_cookies(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(header::COOKIE).iter();
+    let (Some(first), Some(_)) = (values.next(), values.next()) else {
+        return;
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for v in headers.get_all(header::COOKIE).iter().skip(1) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(v.as_bytes());
+    }
+    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(joined)) {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
 static XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
 static XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Sets X-Forwarded-For (appended), X-Forwarded-Proto, X-Forwarded-Host and Forwarded (appended).
 pub fn set_forwarded(headers: &mut HeaderMap, client: &ClientAddr, proto: &'static str, host: &HeaderValue) {
-    let prior = headers
-        .get(&XFF)
-        .map(|v| v.as_bytes())
-        .filter(|v| !v.iter().all(u8::is_ascii_whitespace));
-    let xff = match prior {
-        Some(prior) => {
-            let mut v = Vec::with_capacity(prior.len() + 2 + client.text.len());
-            v.extend_from_slice(prior);
-            v.extend_from_slice(b", ");
-            v.extend_from_slice(client.text.as_bytes());
-            HeaderValue::from_maybe_shared(bytes::Bytes::from(v)).ok()
+    // Earlier hops may have sent several X-Forwarded-For lines: keep them all, in order.
+    let mut v = Vec::new();
+    for prior in headers.get_all(&XFF) {
+        let prior = prior.as_bytes();
+        if prior.iter().all(u8::is_ascii_whitespace) {
+            continue;
         }
-        None => Some(client.text.clone()),
+        v.extend_from_slice(prior);
+        v.extend_from_slice(b", ");
+    }
+    let xff = if v.is_empty() {
+        Some(client.text.clone())
+    } else {
+        v.extend_from_slice(client.text.as_bytes());
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(v)).ok()
     };
     if let Some(xff) = xff {
         headers.insert(&XFF, xff);
@@ -227,6 +246,33 @@ mod tests {
             "for=192.0.2.1;proto=http;host=\"example.com:8080\""
         );
         assert_eq!(h["x-forwarded-for"], "192.0.2.1");
+    }
+
+    #[test]
+    fn several_forwarded_for_lines_are_all_kept() {
+        let mut h = map(&[
+            ("x-forwarded-for", "192.0.2.1"),
+            ("x-forwarded-for", "192.0.2.2, 192.0.2.3"),
+        ]);
+        set_forwarded(
+            &mut h,
+            &ClientAddr::new("192.0.2.9".parse().unwrap()),
+            "http",
+            &HeaderValue::from_static("a"),
+        );
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(h["x-forwarded-for"], "192.0.2.1, 192.0.2.2, 192.0.2.3, 192.0.2.9");
+    }
+
+    #[test]
+    fn split_cookies_are_joined() {
+        let mut h = map(&[("cookie", "a=1"), ("cookie", "b=2")]);
+        join_cookies(&mut h);
+        assert_eq!(h.get_all("cookie").iter().count(), 1);
+        assert_eq!(h["cookie"], "a=1; b=2");
+        let mut single = map(&[("cookie", "a=1")]);
+        join_cookies(&mut single);
+        assert_eq!(single["cookie"], "a=1");
     }
 
     #[test]

@@ -70,7 +70,7 @@ pub(crate) async fn handle(
                 conn.shared.metrics.reject(err.reason());
             }
             match err.side() {
-                error::Side::Origin => tracing::debug!(error = %err, "request failed at the origin"),
+                error::Side::Origin => tracing::info!(error = %err, "request failed at the origin"),
                 _ => tracing::trace!(error = %err, "request refused"),
             }
             error_response(&err, &snapshot)
@@ -151,6 +151,9 @@ async fn proxy(
     let hash = pool.request_hash(&parts.uri, &parts.headers, &host, conn.client.ip());
     let mut headers = parts.headers;
     headers::remove_hop_by_hop(&mut headers, upgrade);
+    if parts.version == Version::HTTP_2 && pool.config.protocol == outpost_config::UpstreamProtocol::Http1 {
+        headers::join_cookies(&mut headers);
+    }
     headers.insert(header::HOST, host_value.clone());
     headers.append(header::VIA, snapshot.via(parts.version).clone());
     let proto = if conn.tls { "https" } else { "http" };
@@ -175,10 +178,16 @@ async fn proxy(
     pool.retry_budget.record_request(std::time::Instant::now());
     // Origins already tried for this request; attempts are capped at MAX_ATTEMPTS.
     let mut tried = [usize::MAX; MAX_ATTEMPTS];
+    let mut previous: Option<Result<Response<Incoming>, ProxyError>> = None;
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let index = pool.select(hash, &tried[..attempt - 1])?;
+        let index = match (pool.select(hash, &tried[..attempt - 1]), previous.take()) {
+            (Ok(index), _) => index,
+            // A retry found no origin left: the previous answer is more useful than a 503.
+            (Err(_), Some(previous)) => return previous.map(|resp| respond(resp, snapshot, false)),
+            (Err(e), None) => return Err(e),
+        };
         tried[attempt - 1] = index;
         let origin = &pool.origins[index];
         log.origin = Some((pool.clone(), index));
@@ -229,8 +238,9 @@ async fn proxy(
             log.upstream_done = Some(Instant::now());
             if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                 if let Some(client_upgrade) = client_upgrade {
-                    upgrade::splice(client_upgrade, hyper::upgrade::on(&mut resp));
+                    upgrade::splice(&conn.shared, client_upgrade, hyper::upgrade::on(&mut resp));
                     let (mut p, _) = resp.into_parts();
+                    headers::remove_hop_by_hop(&mut p.headers, true);
                     p.headers
                         .append(header::VIA, snapshot.via(Version::HTTP_11).clone());
                     return Ok(Response::from_parts(p, OutBody::empty()));
@@ -244,6 +254,7 @@ async fn proxy(
         }
         pool.retries_attempted.inc();
         log.retries += 1;
+        previous = Some(outcome);
     }
 }
 
@@ -258,9 +269,9 @@ async fn send(
     let sent = Instant::now();
     let header_deadline = sent + pool.config.response_header_timeout;
     let deadline = log.deadline.map_or(header_deadline, |d| d.min(header_deadline));
-    origin.state.in_flight.fetch_add(1, Ordering::Relaxed);
+    let in_flight = InFlight::enter(&origin.state.in_flight);
     let result = tokio::time::timeout_at(deadline, pool.client.request(req)).await;
-    origin.state.in_flight.fetch_sub(1, Ordering::Relaxed);
+    drop(in_flight);
     origin.metrics.duration.observe(sent.elapsed().as_secs_f64());
     match result {
         Ok(Ok(resp)) => {
@@ -270,6 +281,16 @@ async fn send(
             Ok(resp)
         }
         Ok(Err(e)) => {
+            // The client's own body failing (too large, aborted upload) says nothing about the
+            // origin: no outlier strike, and the client is told what it did.
+            if is_body_limit(&e) {
+                return Err(ProxyError::BodyTooLarge {
+                    limit: log.body_limit,
+                });
+            }
+            if is_client_body_error(&e) {
+                return Err(ProxyError::ClientBody(error_chain(&e)));
+            }
             pool.record_outcome(index, true);
             if e.is_connect() {
                 origin.metrics.connect_error.inc();
@@ -277,8 +298,6 @@ async fn send(
                     origin: origin.url.clone(),
                     reason: error_chain(&e),
                 })
-            } else if is_body_limit(&e) {
-                Err(ProxyError::BodyTooLarge { limit: 0 })
             } else {
                 origin.metrics.protocol_error.inc();
                 Err(ProxyError::OriginProtocol {
@@ -312,7 +331,7 @@ fn respond(resp: Response<Incoming>, snapshot: &Snapshot, upgrade_requested: boo
 }
 
 fn error_response(err: &ProxyError, snapshot: &Snapshot) -> Response<OutBody> {
-    let text = format!("outpost: {err}\n");
+    let text = format!("outpost: {}\n", err.client_message());
     let mut resp = Response::new(OutBody::Local(Some(Bytes::from(text))));
     *resp.status_mut() = err.status();
     let h = resp.headers_mut();
@@ -359,6 +378,18 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
+/// A failure while reading the client's request body (hyper flags those as "user" errors).
+fn is_client_body_error(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if s.downcast_ref::<hyper::Error>().is_some_and(|h| h.is_user()) {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
 fn is_body_limit(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = source {
@@ -368,6 +399,23 @@ fn is_body_limit(e: &(dyn std::error::Error + 'static)) -> bool {
         source = s.source();
     }
     false
+}
+
+/// Counts an exchange as outstanding until dropped, so a cancelled request (a client that
+/// resets its stream or disconnects) cannot leave the count raised.
+struct InFlight<'a>(&'a std::sync::atomic::AtomicU64);
+
+impl<'a> InFlight<'a> {
+    fn enter(counter: &'a std::sync::atomic::AtomicU64) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Self(counter)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Everything recorded about one request, finished when its response body ends.
@@ -389,6 +437,8 @@ pub(crate) struct RequestLog {
     retries: u32,
     error: Option<&'static str>,
     request_bytes: Option<Arc<std::sync::atomic::AtomicU64>>,
+    body_limit: u64,
+    finished: bool,
 }
 
 impl RequestLog {
@@ -414,7 +464,10 @@ impl RequestLog {
             site: None,
             site_name: None,
             origin: None,
-            status: 0,
+            // Until a response exists, the client is the one who went away (nginx's 499).
+            status: 499,
+            finished: false,
+            body_limit: snapshot.limits.max_body_bytes,
             retries: 0,
             error: None,
             request_bytes: None,
@@ -423,7 +476,24 @@ impl RequestLog {
 }
 
 impl Completion for RequestLog {
-    fn complete(self, bytes: u64, completed: bool) {
+    fn complete(mut self, bytes: u64, completed: bool) {
+        self.finish(bytes, completed);
+    }
+}
+
+impl Drop for RequestLog {
+    /// A request whose handler was cancelled (client reset or disconnect) never reaches a
+    /// response body; it is still counted and logged, as not completed.
+    fn drop(&mut self) {
+        self.finish(0, false);
+    }
+}
+
+impl RequestLog {
+    fn finish(&mut self, bytes: u64, completed: bool) {
+        if std::mem::replace(&mut self.finished, true) {
+            return;
+        }
         self.conn_in_flight.fetch_sub(1, Ordering::Relaxed);
         let total = self.start.elapsed();
         let bytes_in = self

@@ -4,8 +4,11 @@
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
-pub fn splice(client: OnUpgrade, origin: OnUpgrade) {
-    tokio::spawn(async move {
+/// The tunnel is tracked with the PoP's connections and closed when it drains, so a drain
+/// waits for it (up to its deadline) instead of reporting success over open tunnels.
+pub fn splice(shared: &crate::Shared, client: OnUpgrade, origin: OnUpgrade) {
+    let draining = shared.draining.clone();
+    shared.connections.spawn(async move {
         let (client, origin) = match tokio::try_join!(client, origin) {
             Ok(pair) => pair,
             Err(e) => {
@@ -15,8 +18,13 @@ pub fn splice(client: OnUpgrade, origin: OnUpgrade) {
         };
         let mut client = TokioIo::new(client);
         let mut origin = TokioIo::new(origin);
-        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut origin).await {
-            tracing::debug!(error = %e, "upgraded connection ended with an error");
+        tokio::select! {
+            res = tokio::io::copy_bidirectional(&mut client, &mut origin) => {
+                if let Err(e) = res {
+                    tracing::debug!(error = %e, "upgraded connection ended with an error");
+                }
+            }
+            _ = draining.cancelled() => {}
         }
     });
 }

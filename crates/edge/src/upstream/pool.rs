@@ -122,10 +122,6 @@ impl Pool {
                         in_flight: AtomicU64::new(0),
                     })
                 });
-            if cfg.health_check.is_none() && !state.health.is_healthy() {
-                // Without active checks nothing would ever mark it healthy again.
-                state.health.record(true, 1, 1);
-            }
             let metrics = metrics.origin(&cfg.name, &o.url);
             metrics.healthy.set(i64::from(state.health.is_healthy()));
             origins.push(Origin {
@@ -264,6 +260,20 @@ impl Pool {
         } else {
             o.state.outlier.record_success(now, &self.outlier_policy);
         }
+    }
+
+    /// Called when this pool's config starts serving: without active checks nothing would ever
+    /// mark an origin healthy again, so an origin that failed checks under the previous config
+    /// is trusted again (passive ejection still guards it).
+    pub fn activate(&self) {
+        if self.config.health_check.is_none() {
+            for o in &self.origins {
+                if !o.state.health.is_healthy() {
+                    o.state.health.record(true, 1, 1);
+                }
+            }
+        }
+        self.refresh_gauges();
     }
 
     /// Refreshes the availability gauges (ejections expire without an event).

@@ -156,6 +156,12 @@ async fn http2_downstream_and_upstream() {
     assert_eq!(resp.version, http::Version::HTTP_2);
     assert_eq!(resp.body, "origin-b");
     assert_eq!(*b.last_version.lock().unwrap(), Some(http::Version::HTTP_2));
+    let seen = b.last_headers.lock().unwrap().clone().unwrap();
+    assert_eq!(
+        seen["x-test-seen-authority"], "b.test",
+        "HTTP/2 origins get the site in :authority"
+    );
+    assert!(seen.get("host").is_none(), "no Host beside :authority");
     assert_eq!(
         b.last_headers.lock().unwrap().as_ref().unwrap()["via"],
         "2 outpost-test"

@@ -170,6 +170,12 @@ async fn proxy(
         counted.boxed()
     });
     let path_and_query = parts.uri.path_and_query().cloned();
+    let site_authority: Option<http::uri::Authority> = if pool.h2.is_some() {
+        headers.remove(header::HOST);
+        raw_host.parse().ok()
+    } else {
+        None
+    };
     let attempts = if retryable {
         (1 + pool.config.retry.attempts as usize).min(MAX_ATTEMPTS)
     } else {
@@ -192,9 +198,13 @@ async fn proxy(
         let origin = &pool.origins[index];
         log.origin = Some((pool.clone(), index));
         let uri = {
-            let mut b = Uri::builder()
-                .scheme(origin.scheme.clone())
-                .authority(origin.authority.clone());
+            // HTTP/2 names the site in :authority (the connection already goes to the origin);
+            // HTTP/1.1 puts the origin in the URI and the site in Host.
+            let authority = match (&pool.h2, &site_authority) {
+                (Some(_), Some(site)) => site.clone(),
+                _ => origin.authority.clone(),
+            };
+            let mut b = Uri::builder().scheme(origin.scheme.clone()).authority(authority);
             if let Some(pq) = &path_and_query {
                 b = b.path_and_query(pq.clone());
             }
@@ -269,8 +279,35 @@ async fn send(
     let sent = Instant::now();
     let header_deadline = sent + pool.config.response_header_timeout;
     let deadline = log.deadline.map_or(header_deadline, |d| d.min(header_deadline));
+    let exchange = async {
+        match &pool.h2 {
+            Some(h2) => {
+                let cfg = &pool.config;
+                crate::upstream::h2::send(
+                    &origin.state.h2,
+                    &origin.scheme,
+                    &origin.authority,
+                    h2.tls.as_ref(),
+                    cfg.connect_timeout,
+                    req,
+                )
+                .await
+                .map_err(|e| match e {
+                    crate::upstream::h2::H2Error::Connect(reason) => Failure::Connect(reason),
+                    crate::upstream::h2::H2Error::Protocol(e) => Failure::Other(Box::new(e)),
+                })
+            }
+            None => pool.client.request(req).await.map_err(|e| {
+                if e.is_connect() {
+                    Failure::Connect(error_chain(&e))
+                } else {
+                    Failure::Other(Box::new(e))
+                }
+            }),
+        }
+    };
     let in_flight = InFlight::enter(&origin.state.in_flight);
-    let result = tokio::time::timeout_at(deadline, pool.client.request(req)).await;
+    let result = tokio::time::timeout_at(deadline, exchange).await;
     drop(in_flight);
     origin.metrics.duration.observe(sent.elapsed().as_secs_f64());
     match result {
@@ -280,31 +317,31 @@ async fn send(
             pool.record_outcome(index, status >= 500);
             Ok(resp)
         }
-        Ok(Err(e)) => {
+        Ok(Err(Failure::Connect(reason))) => {
+            pool.record_outcome(index, true);
+            origin.metrics.connect_error.inc();
+            Err(ProxyError::OriginConnect {
+                origin: origin.url.clone(),
+                reason,
+            })
+        }
+        Ok(Err(Failure::Other(e))) => {
             // The client's own body failing (too large, aborted upload) says nothing about the
             // origin: no outlier strike, and the client is told what it did.
-            if is_body_limit(&e) {
+            if is_body_limit(e.as_ref()) {
                 return Err(ProxyError::BodyTooLarge {
                     limit: log.body_limit,
                 });
             }
-            if is_client_body_error(&e) {
-                return Err(ProxyError::ClientBody(error_chain(&e)));
+            if is_client_body_error(e.as_ref()) {
+                return Err(ProxyError::ClientBody(error_chain(e.as_ref())));
             }
             pool.record_outcome(index, true);
-            if e.is_connect() {
-                origin.metrics.connect_error.inc();
-                Err(ProxyError::OriginConnect {
-                    origin: origin.url.clone(),
-                    reason: error_chain(&e),
-                })
-            } else {
-                origin.metrics.protocol_error.inc();
-                Err(ProxyError::OriginProtocol {
-                    origin: origin.url.clone(),
-                    reason: error_chain(&e),
-                })
-            }
+            origin.metrics.protocol_error.inc();
+            Err(ProxyError::OriginProtocol {
+                origin: origin.url.clone(),
+                reason: error_chain(e.as_ref()),
+            })
         }
         Err(_) => {
             origin.metrics.timeout.inc();
@@ -315,6 +352,12 @@ async fn send(
             })
         }
     }
+}
+
+/// How an exchange with an origin failed, whichever client carried it.
+enum Failure {
+    Connect(String),
+    Other(Box<dyn std::error::Error + Send + Sync>),
 }
 
 fn respond(resp: Response<Incoming>, snapshot: &Snapshot, upgrade_requested: bool) -> Response<OutBody> {

@@ -72,6 +72,22 @@ pub fn build(settings: &ClientSettings) -> Result<HttpClient, String> {
     Ok(client.build(connector))
 }
 
+/// TLS for HTTP/2 origins reached through `h2.rs`; None when no origin needs it.
+pub fn h2_tls(settings: &ClientSettings) -> Result<Option<Arc<super::h2::H2Tls>>, String> {
+    let mut config = tls_config(settings.tls.as_ref())?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let server_name = match settings.tls.as_ref().and_then(|t| t.server_name.clone()) {
+        Some(name) => {
+            Some(rustls_pki_types::ServerName::try_from(name).map_err(|e| format!("tls.server_name: {e}"))?)
+        }
+        None => None,
+    };
+    Ok(Some(Arc::new(super::h2::H2Tls {
+        connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+        server_name,
+    })))
+}
+
 fn tls_config(cfg: Option<&UpstreamTls>) -> Result<rustls::ClientConfig, String> {
     let mut roots = RootCertStore::empty();
     match cfg.and_then(|t| t.ca.as_ref()) {

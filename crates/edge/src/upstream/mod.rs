@@ -2,6 +2,7 @@
 
 pub mod balance;
 pub mod client;
+pub mod h2;
 pub mod health;
 pub mod health_state;
 pub mod outlier;

@@ -25,6 +25,8 @@ pub struct OriginState {
     pub health: HealthState,
     pub outlier: OutlierState,
     pub in_flight: AtomicU64,
+    /// The multiplexed connection of HTTP/2 pools (`h2.rs`).
+    pub h2: super::h2::H2Conn,
 }
 
 pub struct Origin {
@@ -41,6 +43,11 @@ impl Origin {
     pub fn is_available(&self, now: Instant) -> bool {
         self.state.health.is_healthy() && !self.state.outlier.is_ejected(now)
     }
+}
+
+pub struct H2Settings {
+    /// TLS for `https://` origins (ALPN h2).
+    pub tls: Option<Arc<super::h2::H2Tls>>,
 }
 
 /// What a consistent-hash pool hashes.
@@ -80,6 +87,8 @@ pub struct Pool {
     backup_balancer: Balancer,
     hash_key: HashKey,
     pub client_settings: ClientSettings,
+    /// Set for HTTP/2 pools, which reach origins through `h2.rs`.
+    pub h2: Option<H2Settings>,
     pub client: HttpClient,
     pub retry_budget: RetryBudget,
     pub outlier_policy: OutlierPolicy,
@@ -100,9 +109,16 @@ impl Pool {
         epoch: Instant,
     ) -> Result<Self, String> {
         let settings = ClientSettings::of(cfg);
+        let unchanged = previous.is_some_and(|p| p.client_settings == settings);
         let client = match previous {
-            Some(p) if p.client_settings == settings => p.client.clone(),
+            Some(p) if unchanged => p.client.clone(),
             _ => super::client::build(&settings).map_err(|e| format!("pool \"{}\": {e}", cfg.name))?,
+        };
+        let h2 = match cfg.protocol {
+            outpost_config::UpstreamProtocol::Http2 => Some(H2Settings {
+                tls: super::client::h2_tls(&settings).map_err(|e| format!("pool \"{}\": {e}", cfg.name))?,
+            }),
+            outpost_config::UpstreamProtocol::Http1 => None,
         };
         let mut origins = Vec::with_capacity(cfg.origins.len());
         for o in &cfg.origins {
@@ -114,12 +130,19 @@ impl Pool {
                 .ok_or_else(|| format!("origin {} has no host", o.url))?;
             let state = previous
                 .and_then(|p| p.origins.iter().find(|old| old.url == o.url))
-                .map(|old| old.state.clone())
+                .map(|old| {
+                    if !unchanged {
+                        // New TLS or timeouts: the next request opens a connection with them.
+                        old.state.h2.reset();
+                    }
+                    old.state.clone()
+                })
                 .unwrap_or_else(|| {
                     Arc::new(OriginState {
                         health: HealthState::new(true),
                         outlier: OutlierState::new(epoch),
                         in_flight: AtomicU64::new(0),
+                        h2: Default::default(),
                     })
                 });
             let metrics = metrics.origin(&cfg.name, &o.url);
@@ -166,6 +189,7 @@ impl Pool {
             primary_balancer,
             backup_balancer,
             client_settings: settings,
+            h2,
             client,
             retry_budget: RetryBudget::new(cfg.retry.budget_ratio, cfg.retry.min_per_second, epoch),
             outlier_policy,

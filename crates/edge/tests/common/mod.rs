@@ -150,6 +150,12 @@ async fn answer(
         hits.fetch_add(1, Ordering::SeqCst);
         *headers.lock().unwrap() = Some(req.headers().clone());
         *version.lock().unwrap() = Some(req.version());
+        if let Some(authority) = req.uri().authority() {
+            headers.lock().unwrap().as_mut().unwrap().insert(
+                "x-test-seen-authority",
+                http::HeaderValue::from_str(authority.as_str()).unwrap(),
+            );
+        }
     }
     if req.headers().get("upgrade").is_some_and(|v| v == "websocket") {
         let on_upgrade = hyper::upgrade::on(&mut req);

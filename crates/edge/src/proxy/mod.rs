@@ -93,6 +93,12 @@ async fn proxy(
     log: &mut RequestLog,
 ) -> Result<Response<OutBody>, ProxyError> {
     // 1. admit
+    // Both framings at once is the classic smuggling vector (RFC 9112 §6.1): hyper would let
+    // Transfer-Encoding win, but an intermediary that disagrees could be desynchronized, so the
+    // request is refused outright and the connection closed.
+    if req.headers().contains_key(header::TRANSFER_ENCODING) && req.headers().contains_key(header::CONTENT_LENGTH) {
+        return Err(ProxyError::AmbiguousFraming);
+    }
     let target_len = req.uri().path_and_query().map_or(1, |pq| pq.as_str().len());
     if target_len > snapshot.limits.max_uri_bytes {
         return Err(ProxyError::UriTooLong {
@@ -383,7 +389,7 @@ fn error_response(err: &ProxyError, snapshot: &Snapshot) -> Response<OutBody> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if err.status() == StatusCode::MISDIRECTED_REQUEST {
+    if matches!(err, ProxyError::Misdirected { .. } | ProxyError::AmbiguousFraming) {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     h.append(header::VIA, snapshot.via(Version::HTTP_11).clone());

@@ -100,6 +100,7 @@ pub fn quick_start(listen: SocketAddr, origin_url: &str, admin: Option<SocketAdd
             hosts: vec!["*".to_owned()],
             pool: "default".to_owned(),
             listeners: Vec::new(),
+            rate_limits: Vec::new(),
         }],
         pools: vec![pool],
     }

@@ -125,6 +125,9 @@ pub struct Limits {
     /// Largest request body forwarded (413 beyond it); 0 means unlimited.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: u64,
+    /// Open connections allowed from one client IP; more are closed at accept. 0 means unlimited.
+    #[serde(default)]
+    pub max_connections_per_ip: u32,
 }
 
 impl Default for Limits {
@@ -133,6 +136,7 @@ impl Default for Limits {
             max_header_bytes: default_max_header_bytes(),
             max_uri_bytes: default_max_uri_bytes(),
             max_body_bytes: default_max_body_bytes(),
+            max_connections_per_ip: 0,
         }
     }
 }
@@ -231,6 +235,66 @@ pub struct SiteConfig {
     /// Listeners this site is served on; empty means all.
     #[serde(default)]
     pub listeners: Vec<String>,
+    /// Request rate limits, checked in order; every matching limit must allow the request.
+    #[serde(default, rename = "rate_limit")]
+    pub rate_limits: Vec<RateLimitConfig>,
+}
+
+/// What a rate limit counts requests by.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Names the limit in metrics, logs and the `RateLimit-Policy` header.
+    pub name: String,
+    /// `"client_ip"`, `"ip_prefix"` (the client's /24 or /64, see the prefix fields),
+    /// `"header:NAME"` (an API key), `"cookie:NAME"`, or `"site"` (one budget for the whole
+    /// site: a global guard).
+    #[serde(default = "default_rate_key")]
+    pub key: String,
+    /// Requests allowed per `per`.
+    pub rate: u32,
+    #[serde(default = "default_rate_per", with = "crate::duration::serde_duration")]
+    pub per: Duration,
+    /// Requests allowed at once above the steady rate; defaults to `rate`.
+    #[serde(default)]
+    pub burst: Option<u32>,
+    /// Only requests whose path starts with this are counted (a route); absent means all.
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    /// `"block"` answers 429 with Retry-After; `"log"` only counts and logs (safe rollout).
+    #[serde(default)]
+    pub action: RateLimitAction,
+    #[serde(default = "default_ipv4_prefix")]
+    pub ipv4_prefix: u8,
+    #[serde(default = "default_ipv6_prefix")]
+    pub ipv6_prefix: u8,
+    /// Most keys tracked at once; keys beyond it share one budget until idle keys expire.
+    #[serde(default = "default_max_keys")]
+    pub max_keys: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RateLimitAction {
+    #[default]
+    Block,
+    Log,
+}
+
+fn default_rate_key() -> String {
+    "client_ip".to_owned()
+}
+fn default_rate_per() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_ipv4_prefix() -> u8 {
+    24
+}
+fn default_ipv6_prefix() -> u8 {
+    64
+}
+fn default_max_keys() -> usize {
+    100_000
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

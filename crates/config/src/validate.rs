@@ -301,6 +301,7 @@ impl Validator {
                     ),
                 );
             }
+            self.rate_limits(site, &path);
             for (j, listener) in site.listeners.iter().enumerate() {
                 let listener_path = path.key("listeners").index(j);
                 if !listeners.contains(&listener.as_str()) {
@@ -314,6 +315,44 @@ impl Validator {
                 } else if site.listeners[..j].contains(listener) {
                     self.error(listener_path, format!("listener \"{listener}\" is listed twice"));
                 }
+            }
+        }
+    }
+
+    fn rate_limits(&mut self, site: &SiteConfig, site_path: &FieldPath) {
+        let mut names = HashMap::new();
+        for (i, limit) in site.rate_limits.iter().enumerate() {
+            let path = site_path.key("rate_limit").index(i);
+            self.name(path.key("name"), &limit.name, "rate_limit", &mut names, i);
+            if let Some(problem) = rate_key_problem(&limit.key) {
+                self.error(path.key("key"), problem);
+            }
+            if limit.rate == 0 {
+                self.error(
+                    path.key("rate"),
+                    "must be at least 1 (remove the limit to allow everything)",
+                );
+            }
+            self.duration(path.key("per"), limit.per, true);
+            if limit.burst == Some(0) {
+                self.error(path.key("burst"), "must be at least 1");
+            }
+            if let Some(prefix) = &limit.path_prefix {
+                if !prefix.starts_with('/') {
+                    self.error(
+                        path.key("path_prefix"),
+                        format!("\"{prefix}\" must start with '/'"),
+                    );
+                }
+            }
+            if !(8..=32).contains(&limit.ipv4_prefix) {
+                self.error(path.key("ipv4_prefix"), "must be between 8 and 32");
+            }
+            if !(16..=128).contains(&limit.ipv6_prefix) {
+                self.error(path.key("ipv6_prefix"), "must be between 16 and 128");
+            }
+            if limit.max_keys == 0 {
+                self.error(path.key("max_keys"), "must be at least 1");
             }
         }
     }
@@ -577,6 +616,28 @@ pub(crate) fn dns_name_problem(name: &str) -> Option<String> {
         }
     }
     None
+}
+
+fn rate_key_problem(key: &str) -> Option<String> {
+    const ALLOWED: &str = "use \"client_ip\", \"ip_prefix\", \"site\", \"header:NAME\" or \"cookie:NAME\"";
+    match key {
+        "client_ip" | "ip_prefix" | "site" => None,
+        _ => {
+            if let Some(name) = key.strip_prefix("header:") {
+                return http::HeaderName::from_bytes(name.as_bytes())
+                    .is_err()
+                    .then(|| format!("invalid header name \"{name}\" in key \"{key}\""));
+            }
+            if let Some(name) = key.strip_prefix("cookie:") {
+                let ok = !name.is_empty()
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b));
+                return (!ok).then(|| format!("invalid cookie name \"{name}\" in key \"{key}\""));
+            }
+            Some(format!("unknown key \"{key}\"; {ALLOWED}"))
+        }
+    }
 }
 
 fn hash_key_problem(key: &str) -> Option<String> {

@@ -551,3 +551,62 @@ origin = [
 "#;
     check(text, "pool[0].origin[1].weight", "at least 1");
 }
+
+/// A site with one rate limit whose body is `limit_keys`.
+fn rate_limited(limit_keys: &str) -> String {
+    config("", "").replace(
+        "pool = \"web\"\n\n[[pool]]",
+        &format!("pool = \"web\"\n[[site.rate_limit]]\nname = \"l\"\n{limit_keys}\n\n[[pool]]"),
+    )
+}
+
+#[test]
+fn rate_limits_are_checked() {
+    parse_str(
+        &rate_limited("rate = 10\nkey = \"header:x-api-key\""),
+        "edge.toml",
+        None,
+    )
+    .unwrap();
+    parse_str(
+        &rate_limited("rate = 10\nkey = \"cookie:session\"\naction = \"log\""),
+        "edge.toml",
+        None,
+    )
+    .unwrap();
+    check(
+        &rate_limited("rate = 10\nkey = \"ip\" # <-"),
+        "site[0].rate_limit[0].key",
+        "unknown key \"ip\"",
+    );
+    check(
+        &rate_limited("rate = 0 # <-"),
+        "site[0].rate_limit[0].rate",
+        "at least 1",
+    );
+    check(
+        &rate_limited("rate = 5\nburst = 0 # <-"),
+        "site[0].rate_limit[0].burst",
+        "at least 1",
+    );
+    check(
+        &rate_limited("rate = 5\nper = \"0s\" # <-"),
+        "site[0].rate_limit[0].per",
+        "greater than 0s",
+    );
+    check(
+        &rate_limited("rate = 5\npath_prefix = \"api\" # <-"),
+        "site[0].rate_limit[0].path_prefix",
+        "start with '/'",
+    );
+    check(
+        &rate_limited("rate = 5\nipv4_prefix = 4 # <-"),
+        "site[0].rate_limit[0].ipv4_prefix",
+        "between 8 and 32",
+    );
+    check(
+        &rate_limited("rate = 5\n[[site.rate_limit]]\nname = \"l\" # <-\nrate = 1"),
+        "site[0].rate_limit[1].name",
+        "duplicate rate_limit name",
+    );
+}

@@ -47,6 +47,8 @@ pub struct Shared {
     /// Serializes config changes and owns the running listeners.
     control: tokio::sync::Mutex<Vec<RunningListener>>,
     last_reload: Mutex<Option<ReloadRecord>>,
+    /// Open client connections per IP, for `limits.max_connections_per_ip`.
+    pub connections_per_ip: Mutex<std::collections::HashMap<std::net::IpAddr, u32>>,
 }
 
 /// The outcome of the latest reload attempt, shown by the admin API.
@@ -116,6 +118,7 @@ impl Edge {
             config_path,
             control: tokio::sync::Mutex::new(Vec::new()),
             last_reload: Mutex::new(None),
+            connections_per_ip: Mutex::default(),
         });
         // The admin listener first: if it cannot bind, nothing else has started.
         let admin_addr = match admin_cfg.listen {
@@ -375,6 +378,7 @@ fn commit(
         pool.activate();
     }
     upstream::health::spawn_checks(&next.pools, &next.tasks);
+    spawn_rate_limit_sweeper(&next);
     shared.metrics.set_config_info(next.version(), &next.loaded.hash);
 
     let wanted = &next.loaded.config.listeners;
@@ -399,6 +403,31 @@ fn commit(
             stop,
         });
     }
+}
+
+/// Drops idle rate-limit buckets every few seconds so memory follows the active clients.
+fn spawn_rate_limit_sweeper(snapshot: &Snapshot) {
+    let limits: Vec<_> = snapshot
+        .sites
+        .iter()
+        .flat_map(|s| s.rate_limits.iter().map(|l| l.limit.clone()))
+        .collect();
+    if limits.is_empty() {
+        return;
+    }
+    let tasks = snapshot.tasks.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tasks.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(10)) => {
+                    for limit in &limits {
+                        limit.sweep();
+                    }
+                }
+            }
+        }
+    });
 }
 
 fn now() -> String {

@@ -21,6 +21,13 @@ pub struct SiteClassLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RateLimitLabels {
+    pub site: String,
+    pub limit: String,
+    pub action: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SiteLabels {
     pub site: String,
 }
@@ -104,6 +111,8 @@ pub struct Metrics {
     pub config_reloads: Family<ResultLabels, Counter>,
     pub config_info: Family<ConfigInfoLabels, Gauge>,
     pub access_log_dropped: Counter,
+    pub rate_limited: Family<RateLimitLabels, Counter>,
+    pub connections_refused: Family<ListenerLabels, Counter>,
 }
 
 impl Metrics {
@@ -128,6 +137,8 @@ impl Metrics {
             config_reloads: Family::default(),
             config_info: Family::default(),
             access_log_dropped: Counter::default(),
+            rate_limited: Family::default(),
+            connections_refused: Family::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -211,6 +222,16 @@ impl Metrics {
             "access_log_dropped",
             "Access log lines dropped because the writer fell behind",
             m.access_log_dropped.clone(),
+        );
+        r.register(
+            "rate_limited",
+            "Requests over a rate limit, by site, limit and action (blocked or logged)",
+            m.rate_limited.clone(),
+        );
+        r.register(
+            "connections_refused",
+            "Client connections closed at accept because their IP had too many open",
+            m.connections_refused.clone(),
         );
         Self { registry, ..m }
     }

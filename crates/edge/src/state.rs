@@ -12,6 +12,8 @@ use outpost_config::{ClientTimeouts, Limits, LoadedConfig};
 use rustls::ServerConfig;
 use tokio_util::sync::CancellationToken;
 
+use outpost_protect::rate_limit::RateLimit;
+
 use crate::access_log::AccessLog;
 use crate::metrics::{Metrics, SiteMetrics};
 use crate::router::Router;
@@ -22,6 +24,14 @@ pub struct Site {
     pub name: Arc<str>,
     pub pool: Arc<Pool>,
     pub metrics: SiteMetrics,
+    pub rate_limits: Vec<SiteLimit>,
+}
+
+/// A rate limit of one site with its pre-resolved counters.
+pub struct SiteLimit {
+    pub limit: Arc<RateLimit>,
+    pub blocked: prometheus_client::metrics::counter::Counter,
+    pub logged: prometheus_client::metrics::counter::Counter,
 }
 
 pub struct Snapshot {
@@ -90,10 +100,41 @@ impl Snapshot {
                 .find(|p| p.name == s.pool)
                 .ok_or_else(|| format!("site \"{}\": unknown pool \"{}\"", s.name, s.pool))?
                 .clone();
+            let mut rate_limits = Vec::with_capacity(s.rate_limits.len());
+            for cfg in &s.rate_limits {
+                // Same site, same limit, same settings: keep its buckets across the reload.
+                let kept = previous
+                    .and_then(|p| p.sites.iter().find(|old| *old.name == *s.name))
+                    .and_then(|old| old.rate_limits.iter().find(|l| l.limit.same_config(cfg)))
+                    .map(|l| l.limit.clone());
+                let limit = match kept {
+                    Some(limit) => limit,
+                    None => Arc::new(
+                        RateLimit::new(cfg)
+                            .map_err(|e| format!("site \"{}\" rate_limit \"{}\": {e}", s.name, cfg.name))?,
+                    ),
+                };
+                let counter = |action| {
+                    metrics
+                        .rate_limited
+                        .get_or_create(&crate::metrics::RateLimitLabels {
+                            site: s.name.clone(),
+                            limit: cfg.name.clone(),
+                            action,
+                        })
+                        .clone()
+                };
+                rate_limits.push(SiteLimit {
+                    limit,
+                    blocked: counter("blocked"),
+                    logged: counter("logged"),
+                });
+            }
             sites.push(Site {
                 name: s.name.as_str().into(),
                 pool,
                 metrics: metrics.site(&s.name),
+                rate_limits,
             });
             for (listener, router) in routers.iter_mut() {
                 if s.listeners.is_empty() || s.listeners.iter().any(|l| l == listener) {

@@ -39,6 +39,12 @@ pub enum ProxyError {
     Upgrade(String),
     #[error("the request body could not be read from the client: {0}")]
     ClientBody(String),
+    #[error("too many requests (limit \"{limit}\"); retry in {retry_after:?}")]
+    RateLimited {
+        limit: std::sync::Arc<str>,
+        retry_after: std::time::Duration,
+        policy: String,
+    },
 }
 
 impl ProxyError {
@@ -69,6 +75,7 @@ impl ProxyError {
                 StatusCode::BAD_GATEWAY
             }
             Self::OriginTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -80,7 +87,8 @@ impl ProxyError {
             | Self::Misdirected { .. }
             | Self::UriTooLong { .. }
             | Self::BodyTooLarge { .. }
-            | Self::ClientBody(_) => Side::Client,
+            | Self::ClientBody(_)
+            | Self::RateLimited { .. } => Side::Client,
             Self::NoHealthyOrigin { .. }
             | Self::OriginConnect { .. }
             | Self::OriginTimeout { .. }
@@ -104,6 +112,7 @@ impl ProxyError {
             Self::OriginProtocol { .. } => "origin_protocol",
             Self::Upgrade(_) => "upgrade_failed",
             Self::ClientBody(_) => "client_body",
+            Self::RateLimited { .. } => "rate_limited",
         }
     }
 }

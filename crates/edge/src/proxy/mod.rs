@@ -4,9 +4,10 @@
 //! 1. admit: limits on the request target and declared body size (414, 413);
 //! 2. route: Host/:authority to a site (400 without a host, 404 for an unknown one,
 //!    421 when the host does not fit the TLS connection's certificate);
-//! 3. forward: choose an origin, rewrite headers, send; retry idempotent bodiless requests
+//! 3. protect: the site's rate limits (429 with Retry-After, or only counted in log mode);
+//! 4. forward: choose an origin, rewrite headers, send; retry idempotent bodiless requests
 //!    on another origin within the pool's retry budget;
-//! 4. respond: strip hop-by-hop headers, add Via, stream the body back; metrics and the
+//! 5. respond: strip hop-by-hop headers, add Via, stream the body back; metrics and the
 //!    access log are written when the body ends (`body::Completion`).
 
 pub mod body;
@@ -96,7 +97,9 @@ async fn proxy(
     // Both framings at once is the classic smuggling vector (RFC 9112 §6.1): hyper would let
     // Transfer-Encoding win, but an intermediary that disagrees could be desynchronized, so the
     // request is refused outright and the connection closed.
-    if req.headers().contains_key(header::TRANSFER_ENCODING) && req.headers().contains_key(header::CONTENT_LENGTH) {
+    if req.headers().contains_key(header::TRANSFER_ENCODING)
+        && req.headers().contains_key(header::CONTENT_LENGTH)
+    {
         return Err(ProxyError::AmbiguousFraming);
     }
     let target_len = req.uri().path_and_query().map_or(1, |pq| pq.as_str().len());
@@ -147,10 +150,34 @@ async fn proxy(
     let site = &snapshot.sites[site_index];
     log.site = Some(site.metrics.clone());
     log.site_name = Some(site.name.clone());
+    // 3. protect
+    if !site.rate_limits.is_empty() {
+        let facts = outpost_protect::rate_limit::RequestFacts {
+            client_ip: conn.client.ip(),
+            path: req.uri().path(),
+            headers: req.headers(),
+        };
+        for l in &site.rate_limits {
+            if let outpost_protect::rate_limit::Decision::Deny { retry_after, enforce } =
+                l.limit.check(&facts)
+            {
+                if enforce {
+                    l.blocked.inc();
+                    return Err(ProxyError::RateLimited {
+                        limit: l.limit.name.clone(),
+                        retry_after,
+                        policy: l.limit.policy_header(),
+                    });
+                }
+                l.logged.inc();
+                log.rate_limited = Some(l.limit.name.clone());
+            }
+        }
+    }
     let pool = site.pool.clone();
     log.deadline = Some(log.start + pool.config.request_timeout);
 
-    // 3. forward
+    // 4. forward
     let upgrade = headers::is_upgrade_request(req.headers()) && req.version() == Version::HTTP_11;
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (parts, incoming) = req.into_parts();
@@ -389,6 +416,21 @@ fn error_response(err: &ProxyError, snapshot: &Snapshot) -> Response<OutBody> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let ProxyError::RateLimited {
+        limit,
+        retry_after,
+        policy,
+    } = err
+    {
+        let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+        h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        if let Ok(v) = HeaderValue::from_str(policy) {
+            h.insert("ratelimit-policy", v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&format!("\"{limit}\";r=0;t={secs}")) {
+            h.insert("ratelimit", v);
+        }
+    }
     if matches!(err, ProxyError::Misdirected { .. } | ProxyError::AmbiguousFraming) {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
@@ -485,6 +527,8 @@ pub(crate) struct RequestLog {
     status: u16,
     retries: u32,
     error: Option<&'static str>,
+    /// A log-only rate limit this request exceeded.
+    rate_limited: Option<Arc<str>>,
     request_bytes: Option<Arc<std::sync::atomic::AtomicU64>>,
     body_limit: u64,
     finished: bool,
@@ -519,6 +563,7 @@ impl RequestLog {
             body_limit: snapshot.limits.max_body_bytes,
             retries: 0,
             error: None,
+            rate_limited: None,
             request_bytes: None,
         }
     }
@@ -578,6 +623,7 @@ impl RequestLog {
             "client_ip": self.client.ip().to_string(),
             "completed": completed,
             "error": self.error,
+            "rate_limited": self.rate_limited.as_deref(),
         });
         let mut text = line.to_string();
         text.push('\n');

@@ -78,6 +78,13 @@ async fn serve(
     listener: Arc<str>,
     stop: CancellationToken,
 ) {
+    let Some(_slot) = IpSlot::take(&shared, client) else {
+        let labels = ListenerLabels {
+            listener: listener.to_string(),
+        };
+        shared.metrics.connections_refused.get_or_create(&labels).inc();
+        return;
+    };
     let gauge = shared
         .metrics
         .active_connections
@@ -218,6 +225,46 @@ async fn drive<I>(
                         closing = true;
                         connection.as_mut().graceful_shutdown();
                     }
+                }
+            }
+        }
+    }
+}
+
+/// One open connection counted against its client IP's limit; released on drop.
+struct IpSlot<'a> {
+    shared: &'a Shared,
+    ip: Option<std::net::IpAddr>,
+}
+
+impl<'a> IpSlot<'a> {
+    /// None when the IP already has `limits.max_connections_per_ip` connections open.
+    fn take(shared: &'a Shared, client: SocketAddr) -> Option<Self> {
+        let limit = shared.snapshot.load().limits.max_connections_per_ip;
+        if limit == 0 {
+            return Some(Self { shared, ip: None });
+        }
+        let mut open = shared.connections_per_ip.lock().ok()?;
+        let count = open.entry(client.ip()).or_insert(0);
+        if *count >= limit {
+            return None;
+        }
+        *count += 1;
+        Some(Self {
+            shared,
+            ip: Some(client.ip()),
+        })
+    }
+}
+
+impl Drop for IpSlot<'_> {
+    fn drop(&mut self) {
+        let Some(ip) = self.ip else { return };
+        if let Ok(mut open) = self.shared.connections_per_ip.lock() {
+            if let Some(count) = open.get_mut(&ip) {
+                *count -= 1;
+                if *count == 0 {
+                    open.remove(&ip);
                 }
             }
         }

@@ -160,6 +160,9 @@ pub struct RequestBody {
     inner: Incoming,
     limit: u64,
     pub bytes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Set once the client has sent its whole body: until then, a stalled exchange is the
+    /// client's doing, not the origin's.
+    pub done: std::sync::Arc<std::sync::atomic::AtomicBool>,
     seen: u64,
 }
 
@@ -169,6 +172,7 @@ impl RequestBody {
             inner,
             limit,
             bytes: Default::default(),
+            done: Default::default(),
             seen: 0,
         }
     }
@@ -188,6 +192,9 @@ impl Body for RequestBody {
                 if let Some(data) = frame.data_ref() {
                     this.seen += data.len() as u64;
                     this.bytes.store(this.seen, std::sync::atomic::Ordering::Relaxed);
+                    if this.inner.is_end_stream() {
+                        this.done.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
                     if this.limit > 0 && this.seen > this.limit {
                         return Poll::Ready(Some(Err(Box::new(BodyLimitExceeded(this.limit)))));
                     }
@@ -195,7 +202,10 @@ impl Body for RequestBody {
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(None) => {
+                this.done.store(true, std::sync::atomic::Ordering::Relaxed);
+                Poll::Ready(None)
+            }
             Poll::Pending => Poll::Pending,
         }
     }

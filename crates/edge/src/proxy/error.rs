@@ -15,8 +15,8 @@ pub enum Side {
 pub enum ProxyError {
     #[error("request has no Host header or authority")]
     MissingHost,
-    #[error("request has both Content-Length and Transfer-Encoding")]
-    AmbiguousFraming,
+    #[error("the client did not send its request body in time")]
+    ClientBodyTimeout,
     #[error("no site is configured for host \"{0}\" on this PoP")]
     UnknownHost(String),
     #[error(
@@ -65,7 +65,8 @@ impl ProxyError {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::MissingHost | Self::ClientBody(_) | Self::AmbiguousFraming => StatusCode::BAD_REQUEST,
+            Self::MissingHost | Self::ClientBody(_) => StatusCode::BAD_REQUEST,
+            Self::ClientBodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::UnknownHost(_) => StatusCode::NOT_FOUND,
             Self::Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
             Self::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
@@ -82,7 +83,7 @@ impl ProxyError {
     pub fn side(&self) -> Side {
         match self {
             Self::MissingHost
-            | Self::AmbiguousFraming
+            | Self::ClientBodyTimeout
             | Self::UnknownHost(_)
             | Self::Misdirected { .. }
             | Self::UriTooLong { .. }
@@ -101,7 +102,7 @@ impl ProxyError {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::MissingHost => "missing_host",
-            Self::AmbiguousFraming => "ambiguous_framing",
+            Self::ClientBodyTimeout => "client_body_timeout",
             Self::UnknownHost(_) => "unknown_host",
             Self::Misdirected { .. } => "misdirected",
             Self::UriTooLong { .. } => "uri_too_long",

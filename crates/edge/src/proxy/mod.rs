@@ -94,14 +94,6 @@ async fn proxy(
     log: &mut RequestLog,
 ) -> Result<Response<OutBody>, ProxyError> {
     // 1. admit
-    // Both framings at once is the classic smuggling vector (RFC 9112 §6.1): hyper would let
-    // Transfer-Encoding win, but an intermediary that disagrees could be desynchronized, so the
-    // request is refused outright and the connection closed.
-    if req.headers().contains_key(header::TRANSFER_ENCODING)
-        && req.headers().contains_key(header::CONTENT_LENGTH)
-    {
-        return Err(ProxyError::AmbiguousFraming);
-    }
     let target_len = req.uri().path_and_query().map_or(1, |pq| pq.as_str().len());
     if target_len > snapshot.limits.max_uri_bytes {
         return Err(ProxyError::UriTooLong {
@@ -200,6 +192,7 @@ async fn proxy(
     } else {
         let counted = RequestBody::new(incoming, max_body);
         log.request_bytes = Some(counted.bytes.clone());
+        log.request_body_done = Some(counted.done.clone());
         counted.boxed()
     });
     let path_and_query = parts.uri.path_and_query().cloned();
@@ -376,6 +369,16 @@ async fn send(
                 reason: error_chain(e.as_ref()),
             })
         }
+        Err(_)
+            if log
+                .request_body_done
+                .as_ref()
+                .is_some_and(|done| !done.load(Ordering::Relaxed)) =>
+        {
+            // The client never finished sending its body: a slow or stalled upload, not a slow
+            // origin. 408, and no strike against the origin.
+            Err(ProxyError::ClientBodyTimeout)
+        }
         Err(_) => {
             origin.metrics.timeout.inc();
             pool.record_outcome(index, true);
@@ -431,7 +434,10 @@ fn error_response(err: &ProxyError, snapshot: &Snapshot) -> Response<OutBody> {
             h.insert("ratelimit", v);
         }
     }
-    if matches!(err, ProxyError::Misdirected { .. } | ProxyError::AmbiguousFraming) {
+    if matches!(
+        err,
+        ProxyError::Misdirected { .. } | ProxyError::ClientBodyTimeout
+    ) {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     h.append(header::VIA, snapshot.via(Version::HTTP_11).clone());
@@ -530,6 +536,7 @@ pub(crate) struct RequestLog {
     /// A log-only rate limit this request exceeded.
     rate_limited: Option<Arc<str>>,
     request_bytes: Option<Arc<std::sync::atomic::AtomicU64>>,
+    request_body_done: Option<Arc<std::sync::atomic::AtomicBool>>,
     body_limit: u64,
     finished: bool,
 }
@@ -565,6 +572,7 @@ impl RequestLog {
             error: None,
             rate_limited: None,
             request_bytes: None,
+            request_body_done: None,
         }
     }
 }

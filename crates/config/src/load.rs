@@ -89,10 +89,12 @@ pub fn quick_start(listen: SocketAddr, origin_url: &str, admin: Option<SocketAdd
         log: LogConfig::default(),
         limits: Limits::default(),
         timeouts: ClientTimeouts::default(),
+        client_ip: ClientIpConfig::default(),
         listeners: vec![ListenerConfig {
             name: "main".to_owned(),
             address: listen,
             tls: None,
+            proxy_protocol: false,
         }],
         certificates: Vec::new(),
         sites: vec![SiteConfig {

@@ -29,6 +29,8 @@ pub struct Config {
     pub limits: Limits,
     #[serde(default)]
     pub timeouts: ClientTimeouts,
+    #[serde(default)]
+    pub client_ip: ClientIpConfig,
     #[serde(default, rename = "listener")]
     pub listeners: Vec<ListenerConfig>,
     #[serde(default, rename = "certificate")]
@@ -201,6 +203,23 @@ pub struct ListenerConfig {
     /// Present for TLS listeners.
     #[serde(default)]
     pub tls: Option<ListenerTls>,
+    /// Every connection starts with a PROXY protocol header (v1 or v2) from a load balancer in
+    /// `client_ip.trusted_proxies`; its source address becomes the client address.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+}
+
+/// Where the client's address comes from when the PoP sits behind load balancers.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientIpConfig {
+    /// Networks whose PROXY protocol headers and forwarding headers are believed.
+    #[serde(default)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// A header (e.g. "x-forwarded-for") that names the client when the peer is a trusted
+    /// proxy: the right-most address in it that is not itself a trusted proxy.
+    #[serde(default)]
+    pub header: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

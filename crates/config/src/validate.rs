@@ -39,6 +39,7 @@ pub(crate) fn validate(config: &Config) -> Vec<Issue> {
     v.limits(&config.limits, &root.key("limits"));
     v.client_timeouts(&config.timeouts, &root.key("timeouts"));
     v.listeners(config);
+    v.client_ip(config);
     v.certificates(config);
     v.sites(config);
     v.pools(config);
@@ -170,6 +171,31 @@ impl Validator {
         self.duration(path.key("tls_handshake"), timeouts.tls_handshake, true);
         // Zero drain is meaningful: close connections as soon as SIGTERM arrives.
         self.duration(path.key("drain"), timeouts.drain, false);
+    }
+
+    fn client_ip(&mut self, config: &Config) {
+        let path = FieldPath::root().key("client_ip");
+        if let Some(name) = &config.client_ip.header {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                self.error(
+                    path.key("header"),
+                    format!("\"{name}\" is not a valid header name"),
+                );
+            } else if config.client_ip.trusted_proxies.is_empty() {
+                self.error(
+                    path.key("header"),
+                    "a client address header is only believed from client_ip.trusted_proxies; list them",
+                );
+            }
+        }
+        for (i, listener) in config.listeners.iter().enumerate() {
+            if listener.proxy_protocol && config.client_ip.trusted_proxies.is_empty() {
+                self.error(
+                    FieldPath::root().key("listener").index(i).key("proxy_protocol"),
+                    "PROXY protocol headers are only accepted from client_ip.trusted_proxies; list them",
+                );
+            }
+        }
     }
 
     fn listeners(&mut self, config: &Config) {

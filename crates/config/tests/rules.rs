@@ -610,3 +610,29 @@ fn rate_limits_are_checked() {
         "duplicate rate_limit name",
     );
 }
+
+#[test]
+fn proxy_protocol_and_client_headers_need_trusted_proxies() {
+    let text = config("", "").replace(
+        "address = \"127.0.0.1:8080\"",
+        "address = \"127.0.0.1:8080\"\nproxy_protocol = true # <-",
+    );
+    check(&text, "listener[0].proxy_protocol", "trusted_proxies");
+    let text = format!(
+        "[client_ip]\nheader = \"x-forwarded-for\" # <-\n{}",
+        config("", "")
+    );
+    check(&text, "client_ip.header", "trusted_proxies");
+    let text = format!(
+        "[client_ip]\ntrusted_proxies = [\"10.0.0.0/33\"] # <-\n{}",
+        config("", "")
+    );
+    let errors = errors(&text);
+    assert!(
+        errors[0].to_string().contains("client_ip.trusted_proxies"),
+        "{}",
+        errors[0]
+    );
+    let ok = format!("[client_ip]\ntrusted_proxies = [\"10.0.0.0/8\", \"2001:db8::/32\"]\nheader = \"x-forwarded-for\"\n{}", config("", ""));
+    parse_str(&ok, "edge.toml", None).unwrap();
+}

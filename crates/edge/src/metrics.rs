@@ -62,6 +62,12 @@ pub struct ListenerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    pub listener: String,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HandshakeLabels {
     pub listener: String,
     pub result: &'static str,
@@ -112,7 +118,7 @@ pub struct Metrics {
     pub config_info: Family<ConfigInfoLabels, Gauge>,
     pub access_log_dropped: Counter,
     pub rate_limited: Family<RateLimitLabels, Counter>,
-    pub connections_refused: Family<ListenerLabels, Counter>,
+    pub connections_refused: Family<RefusedLabels, Counter>,
 }
 
 impl Metrics {
@@ -230,7 +236,7 @@ impl Metrics {
         );
         r.register(
             "connections_refused",
-            "Client connections closed at accept because their IP had too many open",
+            "Client connections closed at accept, by reason (per-IP limit, untrusted or invalid PROXY header)",
             m.connections_refused.clone(),
         );
         Self { registry, ..m }

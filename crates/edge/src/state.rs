@@ -34,6 +34,42 @@ pub struct SiteLimit {
     pub logged: prometheus_client::metrics::counter::Counter,
 }
 
+/// Whom the PoP believes about the client's address.
+pub struct ClientIpPolicy {
+    pub trusted: Vec<ipnet::IpNet>,
+    pub header: Option<http::HeaderName>,
+}
+
+impl ClientIpPolicy {
+    pub fn is_trusted(&self, ip: std::net::IpAddr) -> bool {
+        self.trusted.iter().any(|net| net.contains(&ip))
+    }
+
+    /// The client of a request that arrived from `peer`: when the peer is a trusted proxy and
+    /// a client header is configured, the right-most address in it that is not a trusted
+    /// proxy itself (addresses further left were written by the client and prove nothing).
+    pub fn client_of(&self, peer: std::net::IpAddr, headers: &http::HeaderMap) -> std::net::IpAddr {
+        let Some(name) = &self.header else { return peer };
+        if !self.is_trusted(peer) {
+            return peer;
+        }
+        let mut hops: Vec<&str> = Vec::new();
+        for value in headers.get_all(name) {
+            let Ok(value) = value.to_str() else { return peer };
+            hops.extend(value.split(',').map(str::trim));
+        }
+        for hop in hops.iter().rev() {
+            match hop.parse::<std::net::IpAddr>() {
+                Ok(ip) if self.is_trusted(ip) => continue,
+                Ok(ip) => return ip,
+                // A malformed entry ends the chain we can believe.
+                Err(_) => return peer,
+            }
+        }
+        peer
+    }
+}
+
 pub struct Snapshot {
     pub loaded: LoadedConfig,
     /// Increments with every applied config; 1 is the config the PoP started with.
@@ -49,6 +85,9 @@ pub struct Snapshot {
     pub limits: Limits,
     pub timeouts: ClientTimeouts,
     pub access_log: Arc<AccessLog>,
+    pub client_ip: ClientIpPolicy,
+    /// Listeners whose connections start with a PROXY protocol header.
+    pub proxy_protocol: std::collections::HashSet<String>,
     /// Stops this version's background tasks (health checks) once it is replaced.
     pub tasks: CancellationToken,
 }
@@ -187,6 +226,22 @@ impl Snapshot {
             limits: cfg.limits.clone(),
             timeouts: cfg.timeouts.clone(),
             access_log,
+            client_ip: ClientIpPolicy {
+                trusted: cfg.client_ip.trusted_proxies.clone(),
+                header: cfg
+                    .client_ip
+                    .header
+                    .as_deref()
+                    .map(|h| http::HeaderName::from_bytes(h.as_bytes()))
+                    .transpose()
+                    .map_err(|e| format!("client_ip.header: {e}"))?,
+            },
+            proxy_protocol: cfg
+                .listeners
+                .iter()
+                .filter(|l| l.proxy_protocol)
+                .map(|l| l.name.clone())
+                .collect(),
             tasks: CancellationToken::new(),
             loaded,
         })

@@ -145,7 +145,7 @@ async fn proxy(
     // 3. protect
     if !site.rate_limits.is_empty() {
         let facts = outpost_protect::rate_limit::RequestFacts {
-            client_ip: conn.client.ip(),
+            client_ip: log.client_ip,
             path: req.uri().path(),
             headers: req.headers(),
         };
@@ -173,7 +173,7 @@ async fn proxy(
     let upgrade = headers::is_upgrade_request(req.headers()) && req.version() == Version::HTTP_11;
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (parts, incoming) = req.into_parts();
-    let hash = pool.request_hash(&parts.uri, &parts.headers, &host, conn.client.ip());
+    let hash = pool.request_hash(&parts.uri, &parts.headers, &host, log.client_ip);
     let mut headers = parts.headers;
     headers::remove_hop_by_hop(&mut headers, upgrade);
     if parts.version == Version::HTTP_2 && pool.config.protocol == outpost_config::UpstreamProtocol::Http1 {
@@ -524,7 +524,8 @@ pub(crate) struct RequestLog {
     deadline: Option<Instant>,
     upstream_done: Option<Instant>,
     trace: TraceContext,
-    client: SocketAddr,
+    /// The client as far as the PoP can tell (see `ClientIpPolicy`).
+    client_ip: std::net::IpAddr,
     method: Method,
     path: Option<String>,
     site: Option<SiteMetrics>,
@@ -558,7 +559,7 @@ impl RequestLog {
             deadline: None,
             upstream_done: None,
             trace,
-            client: conn.client,
+            client_ip: snapshot.client_ip.client_of(conn.client.ip(), req.headers()),
             method: req.method().clone(),
             path: logging.then(|| req.uri().path().to_owned()),
             site: None,
@@ -628,7 +629,7 @@ impl RequestLog {
             "upstream_ms": upstream_ms,
             "upstream": self.origin.as_ref().map(|(p, i)| p.origins[*i].url.as_str()),
             "retries": self.retries,
-            "client_ip": self.client.ip().to_string(),
+            "client_ip": self.client_ip.to_string(),
             "completed": completed,
             "error": self.error,
             "rate_limited": self.rate_limited.as_deref(),

@@ -18,8 +18,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use super::idle::{Activity, IdleIo};
+use super::proxy_protocol::PrefixedIo;
 use super::tls::classify_handshake_error;
-use crate::metrics::{HandshakeLabels, ListenerLabels};
+use crate::metrics::{HandshakeLabels, ListenerLabels, RefusedLabels};
 use crate::proxy::headers::ClientAddr;
 use crate::proxy::{self, ConnInfo};
 use crate::Shared;
@@ -78,11 +79,37 @@ async fn serve(
     listener: Arc<str>,
     stop: CancellationToken,
 ) {
-    let Some(_slot) = IpSlot::take(&shared, client) else {
-        let labels = ListenerLabels {
+    let snapshot = shared.snapshot.load_full();
+    let refuse = |reason: &'static str| {
+        let labels = RefusedLabels {
             listener: listener.to_string(),
+            reason,
         };
         shared.metrics.connections_refused.get_or_create(&labels).inc();
+    };
+    let mut client = client;
+    let mut stream = stream;
+    let mut early_bytes = Vec::new();
+    if snapshot.proxy_protocol.contains(&*listener) {
+        if !snapshot.client_ip.is_trusted(client.ip()) {
+            refuse("untrusted_proxy");
+            return;
+        }
+        match super::proxy_protocol::read_header(&mut stream, snapshot.timeouts.header).await {
+            Ok((source, rest)) => {
+                // LOCAL/UNKNOWN (the balancer's own checks) keep the peer address.
+                client = source.unwrap_or(client);
+                early_bytes = rest;
+            }
+            Err(e) => {
+                tracing::debug!(peer = %client, error = %e, "PROXY header refused");
+                refuse("proxy_protocol");
+                return;
+            }
+        }
+    }
+    let Some(_slot) = IpSlot::take(&shared, client) else {
+        refuse("per_ip_limit");
         return;
     };
     let gauge = shared
@@ -93,9 +120,8 @@ async fn serve(
         })
         .clone();
     gauge.inc();
-    let snapshot = shared.snapshot.load_full();
     let activity = Activity::default();
-    let io = IdleIo::new(stream, activity.clone());
+    let io = IdleIo::new(PrefixedIo::new(early_bytes, stream), activity.clone());
     let tls_config = snapshot.tls.get(&*listener).cloned();
     match tls_config {
         None => {

@@ -3,4 +3,5 @@
 
 pub mod idle;
 pub mod listener;
+pub mod proxy_protocol;
 pub mod tls;

@@ -103,6 +103,7 @@ pub fn quick_start(listen: SocketAddr, origin_url: &str, admin: Option<SocketAdd
             pool: "default".to_owned(),
             listeners: Vec::new(),
             rate_limits: Vec::new(),
+            waf_rules: Vec::new(),
         }],
         pools: vec![pool],
     }

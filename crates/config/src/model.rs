@@ -257,6 +257,68 @@ pub struct SiteConfig {
     /// Request rate limits, checked in order; every matching limit must allow the request.
     #[serde(default, rename = "rate_limit")]
     pub rate_limits: Vec<RateLimitConfig>,
+    /// Custom WAF rules, evaluated by ascending priority.
+    #[serde(default, rename = "waf_rule")]
+    pub waf_rules: Vec<WafRuleConfig>,
+}
+
+/// One custom WAF rule: when every condition matches, the action applies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WafRuleConfig {
+    /// Names the rule in metrics and the access log.
+    pub id: String,
+    /// Lower runs first; rules of equal priority run in file order.
+    #[serde(default = "default_waf_priority")]
+    pub priority: u32,
+    #[serde(default)]
+    pub action: WafAction,
+    /// Status of a block (403 by default).
+    #[serde(default = "default_waf_status")]
+    pub status: u16,
+    /// Body of a block; a short default names the rule.
+    #[serde(default)]
+    pub body: Option<String>,
+    /// All must match (AND).
+    #[serde(rename = "match")]
+    pub conditions: Vec<WafConditionConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WafAction {
+    #[default]
+    Block,
+    /// Only counted and logged (detection mode).
+    Log,
+    /// Lets the request through and skips the remaining rules.
+    Allow,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WafConditionConfig {
+    /// `method`, `path`, `query`, `args` (every query argument), `arg:NAME`, `headers`,
+    /// `header:NAME`, `cookies`, `cookie:NAME` or `client_ip`.
+    pub target: String,
+    /// `equals`, `prefix`, `contains`, `regex`, `cidr`, `gt`, `lt` or `eq` (numeric).
+    pub operator: String,
+    /// One or more values; the condition matches when any matches.
+    pub values: Vec<String>,
+    /// Applied in order before matching: `url_decode`, `url_decode_repeat`, `lowercase`,
+    /// `normalize_whitespace`, `remove_comments`, `html_entity_decode`.
+    #[serde(default)]
+    pub transforms: Vec<String>,
+    /// Matches when the operator does not.
+    #[serde(default)]
+    pub negate: bool,
+}
+
+fn default_waf_priority() -> u32 {
+    100
+}
+fn default_waf_status() -> u16 {
+    403
 }
 
 /// What a rate limit counts requests by.

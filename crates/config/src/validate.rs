@@ -328,6 +328,7 @@ impl Validator {
                 );
             }
             self.rate_limits(site, &path);
+            self.waf_rules(site, &path);
             for (j, listener) in site.listeners.iter().enumerate() {
                 let listener_path = path.key("listeners").index(j);
                 if !listeners.contains(&listener.as_str()) {
@@ -379,6 +380,80 @@ impl Validator {
             }
             if limit.max_keys == 0 {
                 self.error(path.key("max_keys"), "must be at least 1");
+            }
+        }
+    }
+
+    fn waf_rules(&mut self, site: &SiteConfig, site_path: &FieldPath) {
+        let mut ids = HashMap::new();
+        for (i, rule) in site.waf_rules.iter().enumerate() {
+            let path = site_path.key("waf_rule").index(i);
+            self.name(path.key("id"), &rule.id, "waf_rule", &mut ids, i);
+            if !(400..=599).contains(&rule.status) {
+                self.error(path.key("status"), "a block answers with a 4xx or 5xx status");
+            }
+            if rule.conditions.is_empty() {
+                self.error(
+                    path.key("id"),
+                    "a rule needs at least one [[site.waf_rule.match]]",
+                );
+            }
+            for (j, cond) in rule.conditions.iter().enumerate() {
+                let cpath = path.key("match").index(j);
+                if let Some(problem) = waf_target_problem(&cond.target) {
+                    self.error(cpath.key("target"), problem);
+                }
+                const OPERATORS: [&str; 8] =
+                    ["equals", "prefix", "contains", "regex", "cidr", "gt", "lt", "eq"];
+                if !OPERATORS.contains(&cond.operator.as_str()) {
+                    self.error(
+                        cpath.key("operator"),
+                        format!(
+                            "unknown operator \"{}\"; use one of {}",
+                            cond.operator,
+                            OPERATORS.join(", ")
+                        ),
+                    );
+                }
+                if cond.values.is_empty() {
+                    self.error(cpath.key("values"), "at least one value");
+                }
+                for (k, value) in cond.values.iter().enumerate() {
+                    let vpath = cpath.key("values").index(k);
+                    let problem = match cond.operator.as_str() {
+                        "regex" => regex::Regex::new(value).err().map(|e| {
+                            format!("invalid regex: {}", e.to_string().lines().last().unwrap_or(""))
+                        }),
+                        "cidr"
+                            if value.parse::<ipnet::IpNet>().is_err() && value.parse::<IpAddr>().is_err() =>
+                        {
+                            Some(format!("\"{value}\" is not an address or CIDR network"))
+                        }
+                        "gt" | "lt" | "eq" if value.parse::<f64>().is_err() => {
+                            Some(format!("\"{value}\" is not a number"))
+                        }
+                        _ => None,
+                    };
+                    if let Some(problem) = problem {
+                        self.error(vpath, problem);
+                    }
+                }
+                const TRANSFORMS: [&str; 6] = [
+                    "url_decode",
+                    "url_decode_repeat",
+                    "lowercase",
+                    "normalize_whitespace",
+                    "remove_comments",
+                    "html_entity_decode",
+                ];
+                for (k, t) in cond.transforms.iter().enumerate() {
+                    if !TRANSFORMS.contains(&t.as_str()) {
+                        self.error(
+                            cpath.key("transforms").index(k),
+                            format!("unknown transform \"{t}\"; use one of {}", TRANSFORMS.join(", ")),
+                        );
+                    }
+                }
             }
         }
     }
@@ -642,6 +717,32 @@ pub(crate) fn dns_name_problem(name: &str) -> Option<String> {
         }
     }
     None
+}
+
+fn waf_target_problem(target: &str) -> Option<String> {
+    const WHOLE: [&str; 7] = [
+        "method",
+        "path",
+        "query",
+        "args",
+        "headers",
+        "cookies",
+        "client_ip",
+    ];
+    if WHOLE.contains(&target) {
+        return None;
+    }
+    for prefix in ["arg:", "header:", "cookie:"] {
+        if let Some(name) = target.strip_prefix(prefix) {
+            return name
+                .is_empty()
+                .then(|| format!("\"{target}\" needs a name after the colon"));
+        }
+    }
+    Some(format!(
+        "unknown target \"{target}\"; use {}, arg:NAME, header:NAME or cookie:NAME",
+        WHOLE.join(", ")
+    ))
 }
 
 fn rate_key_problem(key: &str) -> Option<String> {

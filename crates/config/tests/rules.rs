@@ -636,3 +636,42 @@ fn proxy_protocol_and_client_headers_need_trusted_proxies() {
     let ok = format!("[client_ip]\ntrusted_proxies = [\"10.0.0.0/8\", \"2001:db8::/32\"]\nheader = \"x-forwarded-for\"\n{}", config("", ""));
     parse_str(&ok, "edge.toml", None).unwrap();
 }
+
+#[test]
+fn waf_rules_are_checked() {
+    let with_rule = |body: &str| {
+        config("", "").replace(
+            "pool = \"web\"\n\n[[pool]]",
+            &format!("pool = \"web\"\n[[site.waf_rule]]\nid = \"r\"\n{body}\n\n[[pool]]"),
+        )
+    };
+    let good = "[[site.waf_rule.match]]\ntarget = \"arg:q\"\noperator = \"regex\"\nvalues = [\"(?i)union\\\\s+select\"]";
+    parse_str(&with_rule(good), "edge.toml", None).unwrap();
+    check(
+        &with_rule("[[site.waf_rule.match]]\ntarget = \"arg:q\"\noperator = \"regex\"\nvalues = [\"(unclosed\"] # <-"),
+        "site[0].waf_rule[0].match[0].values[0]",
+        "invalid regex",
+    );
+    check(
+        &with_rule(
+            "[[site.waf_rule.match]]\ntarget = \"body\" # <-\noperator = \"contains\"\nvalues = [\"x\"]",
+        ),
+        "site[0].waf_rule[0].match[0].target",
+        "unknown target",
+    );
+    check(
+        &with_rule("[[site.waf_rule.match]]\ntarget = \"path\"\noperator = \"like\" # <-\nvalues = [\"x\"]"),
+        "site[0].waf_rule[0].match[0].operator",
+        "unknown operator",
+    );
+    check(
+        &with_rule("[[site.waf_rule.match]]\ntarget = \"client_ip\"\noperator = \"cidr\"\nvalues = [\"10.0.0.0/99\"] # <-"),
+        "site[0].waf_rule[0].match[0].values[0]",
+        "not an address",
+    );
+    check(
+        &with_rule("status = 200 # <-\n[[site.waf_rule.match]]\ntarget = \"path\"\noperator = \"prefix\"\nvalues = [\"/\"]"),
+        "site[0].waf_rule[0].status",
+        "4xx or 5xx",
+    );
+}

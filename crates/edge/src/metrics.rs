@@ -28,6 +28,13 @@ pub struct RateLimitLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WafLabels {
+    pub site: String,
+    pub rule: String,
+    pub action: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SiteLabels {
     pub site: String,
 }
@@ -118,6 +125,7 @@ pub struct Metrics {
     pub config_info: Family<ConfigInfoLabels, Gauge>,
     pub access_log_dropped: Counter,
     pub rate_limited: Family<RateLimitLabels, Counter>,
+    pub waf_hits: Family<WafLabels, Counter>,
     pub connections_refused: Family<RefusedLabels, Counter>,
 }
 
@@ -144,6 +152,7 @@ impl Metrics {
             config_info: Family::default(),
             access_log_dropped: Counter::default(),
             rate_limited: Family::default(),
+            waf_hits: Family::default(),
             connections_refused: Family::default(),
             registry: Registry::default(),
         };
@@ -233,6 +242,11 @@ impl Metrics {
             "rate_limited",
             "Requests over a rate limit, by site, limit and action (blocked or logged)",
             m.rate_limited.clone(),
+        );
+        r.register(
+            "waf_rule_hits",
+            "WAF rule matches, by site, rule and action",
+            m.waf_hits.clone(),
         );
         r.register(
             "connections_refused",

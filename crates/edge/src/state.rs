@@ -25,6 +25,10 @@ pub struct Site {
     pub pool: Arc<Pool>,
     pub metrics: SiteMetrics,
     pub rate_limits: Vec<SiteLimit>,
+    /// Custom WAF rules; None when the site has none.
+    pub waf: Option<outpost_protect::waf::Waf>,
+    /// Hit counters by rule id.
+    pub waf_hits: HashMap<Arc<str>, prometheus_client::metrics::counter::Counter>,
 }
 
 /// A rate limit of one site with its pre-resolved counters.
@@ -169,11 +173,32 @@ impl Snapshot {
                     logged: counter("logged"),
                 });
             }
+            let waf = outpost_protect::waf::Waf::compile(&s.waf_rules)
+                .map_err(|e| format!("site \"{}\": {e}", s.name))?;
+            let waf_hits = waf
+                .rules()
+                .iter()
+                .map(|r| {
+                    let action = match r.action {
+                        outpost_config::WafAction::Block => "block",
+                        outpost_config::WafAction::Log => "log",
+                        outpost_config::WafAction::Allow => "allow",
+                    };
+                    let labels = crate::metrics::WafLabels {
+                        site: s.name.clone(),
+                        rule: r.id.to_string(),
+                        action,
+                    };
+                    (r.id.clone(), metrics.waf_hits.get_or_create(&labels).clone())
+                })
+                .collect();
             sites.push(Site {
                 name: s.name.as_str().into(),
                 pool,
                 metrics: metrics.site(&s.name),
                 rate_limits,
+                waf: (!waf.is_empty()).then_some(waf),
+                waf_hits,
             });
             for (listener, router) in routers.iter_mut() {
                 if s.listeners.is_empty() || s.listeners.iter().any(|l| l == listener) {

@@ -41,7 +41,9 @@ pub enum Key {
 /// The facts about a request a limit looks at.
 pub struct RequestFacts<'a> {
     pub client_ip: IpAddr,
+    pub method: &'a http::Method,
     pub path: &'a str,
+    pub query: Option<&'a str>,
     pub headers: &'a HeaderMap,
 }
 
@@ -233,7 +235,9 @@ mod tests {
     fn facts<'a>(ip: &str, path: &'a str, headers: &'a HeaderMap) -> RequestFacts<'a> {
         RequestFacts {
             client_ip: ip.parse().unwrap(),
+            method: &http::Method::GET,
             path,
+            query: None,
             headers,
         }
     }

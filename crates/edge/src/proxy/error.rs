@@ -39,6 +39,12 @@ pub enum ProxyError {
     Upgrade(String),
     #[error("the request body could not be read from the client: {0}")]
     ClientBody(String),
+    #[error("blocked by WAF rule \"{rule}\"")]
+    WafBlocked {
+        rule: std::sync::Arc<str>,
+        status: u16,
+        body: std::sync::Arc<str>,
+    },
     #[error("too many requests (limit \"{limit}\"); retry in {retry_after:?}")]
     RateLimited {
         limit: std::sync::Arc<str>,
@@ -59,6 +65,7 @@ impl ProxyError {
                 "the origin's answer could not be used".to_owned()
             }
             Self::ClientBody(_) => "the request body could not be read".to_owned(),
+            Self::WafBlocked { body, .. } => body.trim_end().to_owned(),
             other => other.to_string(),
         }
     }
@@ -77,6 +84,7 @@ impl ProxyError {
             }
             Self::OriginTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::WafBlocked { status, .. } => StatusCode::from_u16(*status).unwrap_or(StatusCode::FORBIDDEN),
         }
     }
 
@@ -89,7 +97,8 @@ impl ProxyError {
             | Self::UriTooLong { .. }
             | Self::BodyTooLarge { .. }
             | Self::ClientBody(_)
-            | Self::RateLimited { .. } => Side::Client,
+            | Self::RateLimited { .. }
+            | Self::WafBlocked { .. } => Side::Client,
             Self::NoHealthyOrigin { .. }
             | Self::OriginConnect { .. }
             | Self::OriginTimeout { .. }
@@ -114,6 +123,7 @@ impl ProxyError {
             Self::Upgrade(_) => "upgrade_failed",
             Self::ClientBody(_) => "client_body",
             Self::RateLimited { .. } => "rate_limited",
+            Self::WafBlocked { .. } => "waf_blocked",
         }
     }
 }

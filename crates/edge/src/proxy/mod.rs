@@ -4,7 +4,8 @@
 //! 1. admit: limits on the request target and declared body size (414, 413);
 //! 2. route: Host/:authority to a site (400 without a host, 404 for an unknown one,
 //!    421 when the host does not fit the TLS connection's certificate);
-//! 3. protect: the site's rate limits (429 with Retry-After, or only counted in log mode);
+//! 3. protect: the site's WAF rules (block with the rule's status, or only log), then its
+//!    rate limits (429 with Retry-After, or only counted in log mode);
 //! 4. forward: choose an origin, rewrite headers, send; retry idempotent bodiless requests
 //!    on another origin within the pool's retry budget;
 //! 5. respond: strip hop-by-hop headers, add Via, stream the body back; metrics and the
@@ -143,12 +144,39 @@ async fn proxy(
     log.site = Some(site.metrics.clone());
     log.site_name = Some(site.name.clone());
     // 3. protect
-    if !site.rate_limits.is_empty() {
+    if site.waf.is_some() || !site.rate_limits.is_empty() {
         let facts = outpost_protect::rate_limit::RequestFacts {
             client_ip: log.client_ip,
+            method: req.method(),
             path: req.uri().path(),
+            query: req.uri().query(),
             headers: req.headers(),
         };
+        if let Some(waf) = &site.waf {
+            let count = |hit: &outpost_protect::waf::Hit| {
+                if let Some(c) = site.waf_hits.get(&hit.rule) {
+                    c.inc();
+                }
+            };
+            match waf.evaluate(&facts) {
+                outpost_protect::waf::Verdict::Pass { logged } => {
+                    logged.iter().for_each(count);
+                    log.waf = logged.into_iter().next();
+                }
+                outpost_protect::waf::Verdict::Block {
+                    hit,
+                    status,
+                    body,
+                    logged,
+                } => {
+                    logged.iter().for_each(count);
+                    count(&hit);
+                    let rule = hit.rule.clone();
+                    log.waf = Some(hit);
+                    return Err(ProxyError::WafBlocked { rule, status, body });
+                }
+            }
+        }
         for l in &site.rate_limits {
             if let outpost_protect::rate_limit::Decision::Deny { retry_after, enforce } =
                 l.limit.check(&facts)
@@ -536,6 +564,8 @@ pub(crate) struct RequestLog {
     error: Option<&'static str>,
     /// A log-only rate limit this request exceeded.
     rate_limited: Option<Arc<str>>,
+    /// The WAF rule that blocked the request, or the first detection-only match.
+    waf: Option<outpost_protect::waf::Hit>,
     request_bytes: Option<Arc<std::sync::atomic::AtomicU64>>,
     request_body_done: Option<Arc<std::sync::atomic::AtomicBool>>,
     body_limit: u64,
@@ -572,6 +602,7 @@ impl RequestLog {
             retries: 0,
             error: None,
             rate_limited: None,
+            waf: None,
             request_bytes: None,
             request_body_done: None,
         }
@@ -633,6 +664,12 @@ impl RequestLog {
             "completed": completed,
             "error": self.error,
             "rate_limited": self.rate_limited.as_deref(),
+            "waf": self.waf.as_ref().map(|h| serde_json::json!({
+                "rule": &*h.rule,
+                "action": format!("{:?}", h.action).to_lowercase(),
+                "location": h.location,
+                "value": h.value,
+            })),
         });
         let mut text = line.to_string();
         text.push('\n');

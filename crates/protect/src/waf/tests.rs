@@ -1,0 +1,287 @@
+use http::{HeaderMap, Method};
+use outpost_config::{WafAction, WafConditionConfig, WafRuleConfig};
+
+use super::*;
+
+fn cond(target: &str, operator: &str, values: &[&str], transforms: &[&str]) -> WafConditionConfig {
+    WafConditionConfig {
+        target: target.into(),
+        operator: operator.into(),
+        values: values.iter().map(|v| v.to_string()).collect(),
+        transforms: transforms.iter().map(|v| v.to_string()).collect(),
+        negate: false,
+    }
+}
+
+fn rule(id: &str, priority: u32, action: WafAction, conditions: Vec<WafConditionConfig>) -> WafRuleConfig {
+    WafRuleConfig {
+        id: id.into(),
+        priority,
+        action,
+        status: 403,
+        body: None,
+        conditions,
+    }
+}
+
+struct Req {
+    method: Method,
+    path: String,
+    query: Option<String>,
+    headers: HeaderMap,
+    ip: IpAddr,
+}
+
+fn req(method: Method, target: &str, headers: &[(&str, &str)], ip: &str) -> Req {
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
+        None => (target.to_owned(), None),
+    };
+    let mut h = HeaderMap::new();
+    for (k, v) in headers {
+        h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+    }
+    Req {
+        method,
+        path,
+        query,
+        headers: h,
+        ip: ip.parse().unwrap(),
+    }
+}
+
+fn eval(waf: &Waf, r: &Req) -> Verdict {
+    waf.evaluate(&RequestFacts {
+        client_ip: r.ip,
+        method: &r.method,
+        path: &r.path,
+        query: r.query.as_deref(),
+        headers: &r.headers,
+    })
+}
+
+fn blocked_by(v: &Verdict) -> Option<(&str, &str, &str)> {
+    match v {
+        Verdict::Block { hit, .. } => Some((&hit.rule, &hit.location, &hit.value)),
+        Verdict::Pass { .. } => None,
+    }
+}
+
+#[test]
+fn every_operator_on_its_targets() {
+    let waf = Waf::compile(&[
+        rule(
+            "m",
+            1,
+            WafAction::Block,
+            vec![cond("method", "equals", &["TRACE"], &[])],
+        ),
+        rule(
+            "p",
+            2,
+            WafAction::Block,
+            vec![cond("path", "prefix", &["/wp-admin"], &[])],
+        ),
+        rule(
+            "a",
+            3,
+            WafAction::Block,
+            vec![cond(
+                "arg:q",
+                "contains",
+                &["<script"],
+                &["url_decode", "lowercase"],
+            )],
+        ),
+        rule(
+            "r",
+            4,
+            WafAction::Block,
+            vec![cond("header:user-agent", "regex", &["(?i)sqlmap|nikto"], &[])],
+        ),
+        rule(
+            "ip",
+            5,
+            WafAction::Block,
+            vec![cond("client_ip", "cidr", &["203.0.113.0/24"], &[])],
+        ),
+        rule(
+            "n",
+            6,
+            WafAction::Block,
+            vec![cond("arg:page", "gt", &["1000"], &[])],
+        ),
+        rule(
+            "c",
+            7,
+            WafAction::Block,
+            vec![cond("cookie:role", "equals", &["admin"], &[])],
+        ),
+    ])
+    .unwrap();
+    let ok = "192.0.2.1";
+    assert_eq!(
+        blocked_by(&eval(&waf, &req(Method::TRACE, "/", &[], ok)))
+            .unwrap()
+            .0,
+        "m"
+    );
+    assert_eq!(
+        blocked_by(&eval(&waf, &req(Method::GET, "/wp-admin/x.php", &[], ok)))
+            .unwrap()
+            .0,
+        "p"
+    );
+    let xss = eval(&waf, &req(Method::GET, "/search?q=%3CSCRIPT%3Ealert(1)", &[], ok));
+    assert_eq!(blocked_by(&xss), Some(("a", "arg:q", "<script>alert(1)")));
+    assert_eq!(
+        blocked_by(&eval(
+            &waf,
+            &req(Method::GET, "/", &[("user-agent", "sqlmap/1.7")], ok)
+        ))
+        .unwrap()
+        .0,
+        "r"
+    );
+    assert_eq!(
+        blocked_by(&eval(&waf, &req(Method::GET, "/", &[], "203.0.113.50")))
+            .unwrap()
+            .0,
+        "ip"
+    );
+    assert_eq!(
+        blocked_by(&eval(&waf, &req(Method::GET, "/list?page=5000", &[], ok)))
+            .unwrap()
+            .0,
+        "n"
+    );
+    let cookie = eval(&waf, &req(Method::GET, "/", &[("cookie", "a=1; role=admin")], ok));
+    assert_eq!(
+        blocked_by(&cookie),
+        Some(("c", "cookie:role", "[redacted]")),
+        "cookie values never reach the log"
+    );
+    // Benign traffic that merely looks similar passes.
+    for benign in [
+        req(
+            Method::GET,
+            "/search?q=script+writing+tips",
+            &[("user-agent", "Mozilla/5.0")],
+            ok,
+        ),
+        req(Method::GET, "/list?page=12", &[], ok),
+        req(Method::GET, "/wp-content/a.css", &[("cookie", "role=user")], ok),
+    ] {
+        assert_eq!(eval(&waf, &benign), Verdict::Pass { logged: vec![] });
+    }
+}
+
+#[test]
+fn priorities_allow_log_and_negation() {
+    let mut allow = rule(
+        "office",
+        1,
+        WafAction::Allow,
+        vec![cond("client_ip", "cidr", &["198.51.100.0/24"], &[])],
+    );
+    allow.priority = 1;
+    let mut admin = rule(
+        "admin-only",
+        10,
+        WafAction::Block,
+        vec![cond("path", "prefix", &["/admin"], &[])],
+    );
+    admin.status = 404;
+    admin.body = Some("not here\n".into());
+    let watch = rule(
+        "watch",
+        5,
+        WafAction::Log,
+        vec![cond("path", "contains", &["admin"], &[])],
+    );
+    let mut no_ua = cond("header:user-agent", "regex", &[".+"], &[]);
+    no_ua.negate = true;
+    let bots = rule("no-ua", 20, WafAction::Block, vec![no_ua]);
+    // File order differs from priority order on purpose.
+    let waf = Waf::compile(&[admin, bots, watch, allow]).unwrap();
+
+    let from_office = eval(&waf, &req(Method::GET, "/admin", &[], "198.51.100.9"));
+    assert_eq!(
+        from_office,
+        Verdict::Pass { logged: vec![] },
+        "allow stops evaluation before any other rule"
+    );
+    match eval(
+        &waf,
+        &req(Method::GET, "/admin", &[("user-agent", "x")], "192.0.2.1"),
+    ) {
+        Verdict::Block {
+            hit,
+            status,
+            body,
+            logged,
+        } => {
+            assert_eq!((&*hit.rule, status, &*body), ("admin-only", 404, "not here\n"));
+            assert_eq!(logged.len(), 1, "the log-only rule ran first and was recorded");
+            assert_eq!(&*logged[0].rule, "watch");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        blocked_by(&eval(&waf, &req(Method::GET, "/", &[], "192.0.2.1")))
+            .unwrap()
+            .0,
+        "no-ua"
+    );
+    assert!(matches!(
+        eval(
+            &waf,
+            &req(Method::GET, "/", &[("user-agent", "curl")], "192.0.2.1")
+        ),
+        Verdict::Pass { .. }
+    ));
+}
+
+#[test]
+fn conditions_are_anded_and_values_ored() {
+    let waf = Waf::compile(&[rule(
+        "post-login",
+        1,
+        WafAction::Block,
+        vec![
+            cond("method", "equals", &["POST", "PUT"], &[]),
+            cond("path", "equals", &["/login"], &[]),
+        ],
+    )])
+    .unwrap();
+    assert!(blocked_by(&eval(&waf, &req(Method::PUT, "/login", &[], "192.0.2.1"))).is_some());
+    assert!(blocked_by(&eval(&waf, &req(Method::GET, "/login", &[], "192.0.2.1"))).is_none());
+    assert!(blocked_by(&eval(&waf, &req(Method::POST, "/logout", &[], "192.0.2.1"))).is_none());
+}
+
+#[test]
+fn long_values_are_truncated_in_hits() {
+    let waf = Waf::compile(&[rule(
+        "big",
+        1,
+        WafAction::Block,
+        vec![cond("query", "contains", &["x"], &[])],
+    )])
+    .unwrap();
+    let long = format!("/?{}", "x".repeat(500));
+    let verdict = eval(&waf, &req(Method::GET, &long, &[], "192.0.2.1"));
+    let (_, _, value) = blocked_by(&verdict).unwrap();
+    assert_eq!(value.len(), 64);
+}
+
+#[test]
+fn bad_rules_are_refused_with_their_id() {
+    let err = Waf::compile(&[rule(
+        "broken",
+        1,
+        WafAction::Block,
+        vec![cond("path", "regex", &["(unclosed"], &[])],
+    )])
+    .unwrap_err();
+    assert!(err.contains("waf_rule \"broken\""), "{err}");
+}

@@ -337,14 +337,16 @@ async fn send(
         match &pool.h2 {
             Some(h2) => {
                 let cfg = &pool.config;
-                crate::upstream::h2::send(
+                // Boxed: the HTTP/2 connect path (TCP + TLS handshake) would otherwise make every
+                // request's future several kilobytes larger, all of it copied on every move.
+                Box::pin(crate::upstream::h2::send(
                     &origin.state.h2,
                     &origin.scheme,
                     &origin.authority,
                     h2.tls.as_ref(),
                     cfg.connect_timeout,
                     req,
-                )
+                ))
                 .await
                 .map_err(|e| match e {
                     crate::upstream::h2::H2Error::Connect(reason) => Failure::Connect(reason),

@@ -351,6 +351,16 @@ impl Validator {
         for (i, limit) in site.rate_limits.iter().enumerate() {
             let path = site_path.key("rate_limit").index(i);
             self.name(path.key("name"), &limit.name, "rate_limit", &mut names, i);
+            if !limit
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+            {
+                self.error(
+                    path.key("name"),
+                    "use letters, digits, '-', '_', '.' or ':' (it is sent in RateLimit headers)",
+                );
+            }
             if let Some(problem) = rate_key_problem(&limit.key) {
                 self.error(path.key("key"), problem);
             }
@@ -361,6 +371,23 @@ impl Validator {
                 );
             }
             self.duration(path.key("per"), limit.per, true);
+            // RateLimit-Policy advertises the window in whole seconds; a year bounds the bucket
+            // arithmetic (period x burst must fit in 64-bit nanoseconds).
+            if limit.per.subsec_nanos() != 0 || limit.per > Duration::from_secs(365 * 24 * 3600) {
+                self.error(
+                    path.key("per"),
+                    "must be a whole number of seconds, at most a year (\"8760h\")",
+                );
+            } else if limit.rate > 0 {
+                let period_ns = limit.per.as_nanos() / u128::from(limit.rate);
+                let burst = u128::from(limit.burst.unwrap_or(limit.rate).max(1));
+                if period_ns * burst > u128::from(u64::MAX) {
+                    self.error(
+                        path.key("burst"),
+                        "burst x (per / rate) exceeds what the limiter can count; lower burst",
+                    );
+                }
+            }
             if limit.burst == Some(0) {
                 self.error(path.key("burst"), "must be at least 1");
             }

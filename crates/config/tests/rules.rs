@@ -675,3 +675,27 @@ fn waf_rules_are_checked() {
         "4xx or 5xx",
     );
 }
+
+#[test]
+fn rate_limit_windows_and_names_fit_the_headers() {
+    check(
+        &rate_limited("rate = 5\nper = \"1500ms\" # <-"),
+        "site[0].rate_limit[0].per",
+        "whole number of seconds",
+    );
+    check(
+        &rate_limited("rate = 5\nper = \"9000h\" # <-"),
+        "site[0].rate_limit[0].per",
+        "at most a year",
+    );
+    check(
+        &rate_limited("rate = 1\nper = \"8760h\"\nburst = 4000000000 # <-"),
+        "site[0].rate_limit[0].burst",
+        "lower burst",
+    );
+    let named = config("", "").replace(
+        "pool = \"web\"\n\n[[pool]]",
+        "pool = \"web\"\n[[site.rate_limit]]\nname = \"a \\\"b\\\"\" # <-\nrate = 1\n\n[[pool]]",
+    );
+    check(&named, "site[0].rate_limit[0].name", "letters, digits");
+}

@@ -63,7 +63,7 @@ impl ClientIpPolicy {
             hops.extend(value.split(',').map(str::trim));
         }
         for hop in hops.iter().rev() {
-            match hop.parse::<std::net::IpAddr>() {
+            match hop.parse::<std::net::IpAddr>().map(|ip| ip.to_canonical()) {
                 Ok(ip) if self.is_trusted(ip) => continue,
                 Ok(ip) => return ip,
                 // A malformed entry ends the chain we can believe.

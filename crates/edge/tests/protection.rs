@@ -138,6 +138,13 @@ action = \"log\"
         get_with(addr, "/api/x", key_a).await.status,
         StatusCode::TOO_MANY_REQUESTS
     );
+    for evasive in ["//api/x", "/./api/x", "/%61pi/x", "/static/../api/x"] {
+        assert_eq!(
+            get_with(addr, evasive, key_a).await.status,
+            StatusCode::TOO_MANY_REQUESTS,
+            "{evasive} is the same route"
+        );
+    }
     assert_eq!(
         get_with(addr, "/api/x", key_b).await.status,
         StatusCode::OK,

@@ -5,5 +5,6 @@
 //! allow or deny; it must not know about sockets, the HTTP server, proxying or the config file
 //! format (it takes the typed config model).
 
+pub mod path;
 pub mod rate_limit;
 pub mod waf;

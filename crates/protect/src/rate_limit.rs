@@ -1,17 +1,26 @@
-//! Rate limits: one keyed GCRA limiter (governor, the ecosystem's standard) per configured
-//! limit. Keys are the client IP, its network prefix, a header, a cookie, or the site itself.
+//! Rate limits: per configured limit, a table of GCRA buckets (governor, the ecosystem's
+//! standard) keyed by the client IP, its network prefix, a header, a cookie, or the site.
 //!
-//! Memory is bounded: at most `max_keys` buckets are tracked; past that, new clients share one
-//! overflow bucket until `sweep` (run periodically by the edge) drops idle keys.
+//! Memory is bounded: at most `max_keys` buckets are tracked, each a few dozen bytes whatever
+//! the key (header and cookie values are hashed with a per-process random seed, so long or
+//! crafted values neither grow memory nor collide on purpose). Past the cap only *new* keys
+//! share one overflow bucket, so a flood of fresh keys cannot take the budget of clients already
+//! tracked; `sweep` (run periodically by the edge) drops buckets that have refilled completely.
+//!
+//! The table is a DashMap of governor's direct limiters rather than governor's keyed store,
+//! because the cap needs "is this key already tracked?", which the keyed store does not answer.
 
+use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use governor::clock::{Clock, DefaultClock};
-use governor::middleware::StateInformationMiddleware;
-use governor::state::keyed::DashMapStateStore;
+use dashmap::DashMap;
+use governor::clock::{Clock, DefaultClock, Reference};
+use governor::middleware::NoOpMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 use http::header::{self, HeaderMap};
 use outpost_config::{RateLimitAction, RateLimitConfig};
@@ -31,17 +40,17 @@ enum KeySpec {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Key {
     Ip(u128),
-    Value(Box<[u8]>),
+    /// A header or cookie value, hashed (see the module comment).
+    Value(u64),
     Missing,
     Site,
-    /// Shared by new keys while the table is full.
-    Overflow,
 }
 
-/// The facts about a request a limit looks at.
+/// The facts about a request a protection decision looks at.
 pub struct RequestFacts<'a> {
     pub client_ip: IpAddr,
     pub method: &'a http::Method,
+    /// The normalized path (see `path::normalize`).
     pub path: &'a str,
     pub query: Option<&'a str>,
     pub headers: &'a HeaderMap,
@@ -59,13 +68,26 @@ pub enum Decision {
     },
 }
 
-type Limiter<C> = RateLimiter<Key, DashMapStateStore<Key>, C, StateInformationMiddleware>;
+type Bucket<C> = RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<<C as Clock>::Instant>>;
+
+struct Entry<C: Clock> {
+    bucket: Bucket<C>,
+    /// When the bucket was last used, in nanoseconds since the limit was built.
+    last_used: AtomicU64,
+}
 
 pub struct RateLimit<C: Clock = DefaultClock> {
     pub name: Arc<str>,
     config: RateLimitConfig,
     key: KeySpec,
-    limiter: Limiter<C>,
+    quota: Quota,
+    clock: C,
+    start: C::Instant,
+    /// A bucket untouched this long has refilled completely and can be forgotten.
+    refill: Duration,
+    buckets: DashMap<Key, Entry<C>>,
+    overflow: Entry<C>,
+    hasher: std::hash::RandomState,
 }
 
 impl RateLimit<DefaultClock> {
@@ -74,7 +96,7 @@ impl RateLimit<DefaultClock> {
     }
 }
 
-impl<C: Clock> RateLimit<C> {
+impl<C: Clock + Clone> RateLimit<C> {
     pub fn with_clock(config: &RateLimitConfig, clock: C) -> Result<Self, String> {
         let key = parse_key(config)?;
         let rate = NonZeroU32::new(config.rate).ok_or("rate must be at least 1")?;
@@ -83,13 +105,22 @@ impl<C: Clock> RateLimit<C> {
         let quota = Quota::with_period(period)
             .ok_or_else(|| format!("{} requests per {:?} is too fine-grained", rate, config.per))?
             .allow_burst(burst);
-        let limiter =
-            RateLimiter::dashmap_with_clock(quota, clock).with_middleware::<StateInformationMiddleware>();
+        let start = clock.now();
+        let overflow = Entry {
+            bucket: RateLimiter::direct_with_clock(quota, clock.clone()),
+            last_used: AtomicU64::new(0),
+        };
         Ok(Self {
             name: config.name.as_str().into(),
             config: config.clone(),
             key,
-            limiter,
+            quota,
+            refill: period.saturating_mul(burst.get()),
+            clock,
+            start,
+            buckets: DashMap::new(),
+            overflow,
+            hasher: std::hash::RandomState::new(),
         })
     }
 
@@ -108,31 +139,48 @@ impl<C: Clock> RateLimit<C> {
                 return Decision::Skip;
             }
         }
-        let mut key = self.key_for(facts);
-        if self.limiter.len() >= self.config.max_keys {
-            key = Key::Overflow;
+        let key = self.key_for(facts);
+        let now = self.clock.now();
+        let since_start = now.duration_since(self.start).as_u64();
+        let verdict = |entry: &Entry<C>| {
+            entry.last_used.store(since_start, Ordering::Relaxed);
+            match entry.bucket.check() {
+                Ok(()) => Decision::Allow,
+                Err(not_until) => Decision::Deny {
+                    retry_after: not_until.wait_time_from(now),
+                    enforce: self.config.action == RateLimitAction::Block,
+                },
+            }
+        };
+        if let Some(entry) = self.buckets.get(&key) {
+            return verdict(&entry);
         }
-        match self.limiter.check_key(&key) {
-            Ok(_) => Decision::Allow,
-            Err(not_until) => Decision::Deny {
-                retry_after: not_until.wait_time_from(self.limiter.clock().now()),
-                enforce: self.config.action == RateLimitAction::Block,
-            },
+        if self.buckets.len() >= self.config.max_keys {
+            return verdict(&self.overflow);
         }
+        let entry = self.buckets.entry(key).or_insert_with(|| Entry {
+            bucket: RateLimiter::direct_with_clock(self.quota, self.clock.clone()),
+            last_used: AtomicU64::new(since_start),
+        });
+        verdict(&entry)
     }
 
     /// Drops buckets that have refilled completely (idle keys), so memory follows the active
     /// clients, not every client ever seen.
     pub fn sweep(&self) {
-        self.limiter.retain_recent();
-        self.limiter.shrink_to_fit();
+        let now = self.clock.now().duration_since(self.start).as_u64();
+        let refill = u64::try_from(self.refill.as_nanos()).unwrap_or(u64::MAX);
+        self.buckets
+            .retain(|_, e| now.saturating_sub(e.last_used.load(Ordering::Relaxed)) < refill);
+        self.buckets.shrink_to_fit();
     }
 
     pub fn tracked_keys(&self) -> usize {
-        self.limiter.len()
+        self.buckets.len()
     }
 
     /// `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers) naming this limit's quota.
+    /// Validation keeps `per` to whole seconds and names to header-safe characters.
     pub fn policy_header(&self) -> String {
         format!(
             "\"{}\";q={};w={}",
@@ -147,11 +195,11 @@ impl<C: Clock> RateLimit<C> {
             KeySpec::ClientIp => Key::Ip(ip_bits(facts.client_ip)),
             KeySpec::IpPrefix { v4, v6 } => Key::Ip(prefix_bits(facts.client_ip, *v4, *v6)),
             KeySpec::Header(name) => match facts.headers.get(name) {
-                Some(v) => Key::Value(v.as_bytes().into()),
+                Some(v) => Key::Value(self.hasher.hash_one(v.as_bytes())),
                 None => Key::Missing,
             },
             KeySpec::Cookie(name) => match cookie(facts.headers, name) {
-                Some(v) => Key::Value(v.as_bytes().into()),
+                Some(v) => Key::Value(self.hasher.hash_one(v.as_bytes())),
                 None => Key::Missing,
             },
             KeySpec::Site => Key::Site,
@@ -179,19 +227,22 @@ fn parse_key(config: &RateLimitConfig) -> Result<KeySpec, String> {
     })
 }
 
-/// IPv4 addresses are mapped into the IPv6 space so both fit one key type.
+/// IPv4 addresses (also when they arrive IPv4-mapped on a dual-stack socket) are mapped into
+/// the IPv6 space so both fit one key type.
 fn ip_bits(ip: IpAddr) -> u128 {
-    match ip {
+    match ip.to_canonical() {
         IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
         IpAddr::V6(v6) => u128::from(v6),
     }
 }
 
 fn prefix_bits(ip: IpAddr, v4: u8, v6: u8) -> u128 {
-    let (bits, keep) = match ip {
-        IpAddr::V4(_) => (ip_bits(ip), 96 + u32::from(v4)),
-        IpAddr::V6(_) => (ip_bits(ip), u32::from(v6)),
+    let canonical = ip.to_canonical();
+    let keep = match canonical {
+        IpAddr::V4(_) => 96 + u32::from(v4),
+        IpAddr::V6(_) => u32::from(v6),
     };
+    let bits = ip_bits(canonical);
     if keep >= 128 {
         bits
     } else {
@@ -354,6 +405,27 @@ mod tests {
     }
 
     #[test]
+    fn a_full_table_does_not_starve_tracked_clients() {
+        let clock = FakeRelativeClock::default();
+        let mut cfg = config("client_ip", 1, Duration::from_secs(60), Some(2));
+        cfg.max_keys = 10;
+        let limit = RateLimit::with_clock(&cfg, clock).unwrap();
+        let h = HeaderMap::new();
+        assert_eq!(allowed(&limit, &facts("192.0.2.1", "/", &h), 1), 1);
+        for i in 0..500u32 {
+            let ip = std::net::Ipv4Addr::from(0x0a00_0000 + i).to_string();
+            limit.check(&facts(&ip, "/", &h));
+        }
+        assert_eq!(
+            allowed(&limit, &facts("192.0.2.1", "/", &h), 5),
+            1,
+            "its own bucket, not the flooded overflow"
+        );
+        // IPv4-mapped IPv6 peers count as the IPv4 client they are.
+        assert_eq!(allowed(&limit, &facts("::ffff:192.0.2.1", "/", &h), 1), 0);
+    }
+
+    #[test]
     fn memory_is_bounded_and_idle_keys_expire() {
         let clock = FakeRelativeClock::default();
         let mut cfg = config("client_ip", 1, Duration::from_secs(1), None);
@@ -364,7 +436,7 @@ mod tests {
             let ip = std::net::Ipv4Addr::from(0x0a00_0000 + i).to_string();
             limit.check(&facts(&ip, "/", &h));
         }
-        assert!(limit.tracked_keys() <= 101, "tracked {}", limit.tracked_keys());
+        assert_eq!(limit.tracked_keys(), 100, "the table stops at max_keys");
         clock.advance(Duration::from_secs(5));
         limit.sweep();
         assert_eq!(limit.tracked_keys(), 0, "idle buckets are dropped");

@@ -145,10 +145,12 @@ async fn proxy(
     log.site_name = Some(site.name.clone());
     // 3. protect
     if site.waf.is_some() || !site.rate_limits.is_empty() {
+        // Rules see the path as the origin will (`//admin`, `/./admin`, `/%61dmin` are `/admin`).
+        let path = outpost_protect::path::normalize(req.uri().path());
         let facts = outpost_protect::rate_limit::RequestFacts {
             client_ip: log.client_ip,
             method: req.method(),
-            path: req.uri().path(),
+            path: &path,
             query: req.uri().query(),
             headers: req.headers(),
         };

@@ -87,7 +87,8 @@ async fn serve(
         };
         shared.metrics.connections_refused.get_or_create(&labels).inc();
     };
-    let mut client = client;
+    // Dual-stack sockets report IPv4 clients as ::ffff:a.b.c.d; every decision wants a.b.c.d.
+    let mut client = SocketAddr::new(client.ip().to_canonical(), client.port());
     let mut stream = stream;
     let mut early_bytes = Vec::new();
     if snapshot.proxy_protocol.contains(&*listener) {
@@ -98,7 +99,9 @@ async fn serve(
         match super::proxy_protocol::read_header(&mut stream, snapshot.timeouts.header).await {
             Ok((source, rest)) => {
                 // LOCAL/UNKNOWN (the balancer's own checks) keep the peer address.
-                client = source.unwrap_or(client);
+                if let Some(source) = source {
+                    client = SocketAddr::new(source.ip().to_canonical(), source.port());
+                }
                 early_bytes = rest;
             }
             Err(e) => {

@@ -39,6 +39,9 @@ pub async fn read_header<I: AsyncRead + Unpin>(
             }
             let (len, source) = match parsed {
                 HeaderResult::V1(Ok(h)) => (h.header.len(), v1_source(&h.addresses)),
+                // LOCAL: the balancer speaking for itself (health checks); its addresses are not a
+                // client's, whatever the address block says.
+                HeaderResult::V2(Ok(h)) if h.command == ppp::v2::Command::Local => (h.len(), None),
                 HeaderResult::V2(Ok(h)) => (h.len(), v2_source(&h.addresses)),
                 HeaderResult::V1(Err(e)) => return Err(format!("invalid PROXY v1 header: {e}")),
                 HeaderResult::V2(Err(e)) => return Err(format!("invalid PROXY v2 header: {e}")),

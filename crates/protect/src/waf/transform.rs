@@ -84,19 +84,26 @@ fn remove_comments(value: Cow<'_, str>) -> Cow<'_, str> {
     while let Some(start) = rest.find("/*") {
         out.push_str(&rest[..start]);
         out.push(' ');
-        match rest[start + 2..].find("*/") {
-            Some(end) => rest = &rest[start + 2 + end + 2..],
-            None => {
-                rest = "";
-            }
+        let body_and_rest = &rest[start + 2..];
+        let (body, after) = match body_and_rest.find("*/") {
+            Some(end) => (&body_and_rest[..end], &body_and_rest[end + 2..]),
+            None => (body_and_rest, ""),
+        };
+        // MySQL executes `/*! ... */` (optionally `/*!50000 ... */`): keep what it would run.
+        if let Some(code) = body.strip_prefix('!') {
+            let code = code.trim_start_matches(|c: char| c.is_ascii_digit());
+            out.push_str(code);
+            out.push(' ');
         }
+        rest = after;
     }
     out.push_str(rest);
     Cow::Owned(out)
 }
 
-/// The entities attackers use to smuggle markup past filters: named ones for markup
-/// characters and every numeric form. A full HTML5 entity table buys nothing here.
+/// The entities attackers use to smuggle markup past filters: named ones for markup and
+/// spacing characters and every numeric form, with or without the closing `;` and with any
+/// number of leading zeros, as browsers accept them. A full HTML5 entity table buys nothing.
 fn html_entity_decode(value: Cow<'_, str>) -> Cow<'_, str> {
     if !value.contains('&') {
         return value;
@@ -105,43 +112,76 @@ fn html_entity_decode(value: Cow<'_, str>) -> Cow<'_, str> {
     let mut rest = &*value;
     while let Some(amp) = rest.find('&') {
         out.push_str(&rest[..amp]);
-        let tail = &rest[amp..];
-        let decoded = tail.find(';').filter(|&end| end <= 10).and_then(|end| {
-            let entity = &tail[1..end];
-            let ch = match entity {
-                "lt" => Some('<'),
-                "gt" => Some('>'),
-                "amp" => Some('&'),
-                "quot" => Some('"'),
-                "apos" => Some('\''),
-                "sol" => Some('/'),
-                "colon" => Some(':'),
-                "lpar" => Some('('),
-                "rpar" => Some(')'),
-                e => {
-                    let num = e.strip_prefix('#')?;
-                    let code = match num.strip_prefix(['x', 'X']) {
-                        Some(hex) => u32::from_str_radix(hex, 16).ok()?,
-                        None => num.parse().ok()?,
-                    };
-                    char::from_u32(code)
-                }
-            }?;
-            Some((ch, end + 1))
-        });
-        match decoded {
-            Some((ch, len)) => {
+        let tail = &rest[amp + 1..];
+        match decode_entity(tail) {
+            Some((ch, used)) => {
                 out.push(ch);
-                rest = &tail[len..];
+                rest = &tail[used..];
             }
             None => {
                 out.push('&');
-                rest = &tail[1..];
+                rest = tail;
             }
         }
     }
     out.push_str(rest);
     Cow::Owned(out)
+}
+
+/// Decodes the entity at the start of `tail` (after the `&`): the character and bytes used.
+fn decode_entity(tail: &str) -> Option<(char, usize)> {
+    if let Some(num) = tail.strip_prefix('#') {
+        let (hex, digits_at) = match num.strip_prefix(['x', 'X']) {
+            Some(_) => (true, 2),
+            None => (false, 1),
+        };
+        let digits: &str = {
+            let body = &tail[digits_at..];
+            let len = body
+                .find(|c: char| {
+                    if hex {
+                        !c.is_ascii_hexdigit()
+                    } else {
+                        !c.is_ascii_digit()
+                    }
+                })
+                .unwrap_or(body.len());
+            &body[..len]
+        };
+        if digits.is_empty() {
+            return None;
+        }
+        let significant = digits.trim_start_matches('0');
+        let code = if significant.is_empty() {
+            0
+        } else if significant.len() > 8 {
+            return None;
+        } else {
+            u32::from_str_radix(significant, if hex { 16 } else { 10 }).ok()?
+        };
+        let mut used = digits_at + digits.len();
+        if tail[used..].starts_with(';') {
+            used += 1;
+        }
+        return Some((char::from_u32(code).unwrap_or('\u{fffd}'), used));
+    }
+    const NAMED: [(&str, char); 12] = [
+        ("lt", '<'),
+        ("gt", '>'),
+        ("amp", '&'),
+        ("quot", '"'),
+        ("apos", '\''),
+        ("sol", '/'),
+        ("colon", ':'),
+        ("lpar", '('),
+        ("rpar", ')'),
+        ("Tab", '\t'),
+        ("NewLine", '\n'),
+        ("nbsp", ' '),
+    ];
+    let end = tail.find(';').filter(|&e| e <= 10)?;
+    let name = &tail[..end];
+    NAMED.iter().find(|(n, _)| *n == name).map(|&(_, c)| (c, end + 1))
 }
 
 #[cfg(test)]
@@ -182,5 +222,13 @@ mod tests {
             "union select 1"
         );
         assert_eq!(t(Transform::RemoveComments, "a/* unterminated"), "a ");
+        assert_eq!(
+            t(
+                Transform::NormalizeWhitespace,
+                &t(Transform::RemoveComments, "1 /*!50000UNION*/ /*!SELECT*/ pw")
+            ),
+            "1 UNION SELECT pw",
+            "MySQL executable comments keep their code"
+        );
     }
 }

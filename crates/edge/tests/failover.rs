@@ -308,3 +308,84 @@ async fn slow_origins_get_504_and_are_not_retried() {
         Some(1.0)
     );
 }
+
+/// A listener that accepts nothing and whose backlog is full: a connect to it hangs (the kernel
+/// drops the SYN), which is how an unreachable origin looks, but on loopback.
+fn black_hole() -> (
+    Vec<std::net::TcpStream>,
+    tokio::net::TcpListener,
+    std::net::SocketAddr,
+) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Fill the accept queue; further handshakes cannot complete.
+    let mut fillers = Vec::new();
+    for _ in 0..8 {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            Ok(s) => fillers.push(s),
+            Err(_) => break,
+        }
+    }
+    (fillers, listener, addr)
+}
+
+#[tokio::test]
+async fn connect_timeout_fails_over_to_a_reachable_origin() {
+    let (_fillers, _hole, hole_addr) = black_hole();
+    let probe = std::net::TcpStream::connect_timeout(&hole_addr, Duration::from_millis(300));
+    assert_eq!(
+        probe.map(|_| ()).map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::TimedOut),
+        "the black hole must make connects hang, or this test proves nothing"
+    );
+    let alive = Origin::start("alive").await;
+    let dir = TempDir::new("connect-timeout");
+    let config = format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+[log]
+access_log = "off"
+[[listener]]
+name = "http"
+address = "127.0.0.1:0"
+[[site]]
+name = "site"
+hosts = ["*"]
+pool = "p"
+[[pool]]
+name = "p"
+connect_timeout = "200ms"
+outlier = {{ consecutive_failures = 0 }}
+[[pool.origin]]
+url = "http://{hole_addr}"
+[[pool.origin]]
+url = "{}"
+"#,
+        alive.url()
+    );
+    let edge = start_edge(&dir, &config).await;
+    let addr = edge.listener_addr("http").unwrap();
+    for _ in 0..4 {
+        let started = std::time::Instant::now();
+        let resp = get(addr, "x", "/").await;
+        assert_eq!(resp.status, StatusCode::OK, "{}", resp.body);
+        assert_eq!(resp.body, "alive");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "the hung connect was cut at connect_timeout"
+        );
+    }
+    let text = metrics(&edge).await;
+    let errors = metric_value(
+        &text,
+        "outpost_upstream_requests_total",
+        &[
+            ("origin", &format!("http://{hole_addr}")),
+            ("result", "connect_error"),
+        ],
+    );
+    assert!(errors.unwrap_or(0.0) >= 1.0, "{text}");
+}

@@ -10,33 +10,8 @@ use common::*;
 use http::{Method, StatusCode};
 
 fn pool_config(origins: &[(&Origin, bool)], pool_extra: &str) -> String {
-    let mut s = String::from(
-        r#"
-[pop]
-id = "fo"
-[admin]
-listen = "127.0.0.1:0"
-[log]
-access_log = "off"
-[[listener]]
-name = "http"
-address = "127.0.0.1:0"
-[[site]]
-name = "site"
-hosts = ["*"]
-pool = "p"
-[[pool]]
-name = "p"
-"#,
-    );
-    s.push_str(pool_extra);
-    for (o, backup) in origins {
-        s.push_str(&format!(
-            "\n[[pool.origin]]\nurl = \"{}\"\nbackup = {backup}\n",
-            o.url()
-        ));
-    }
-    s
+    let origins: Vec<(String, bool)> = origins.iter().map(|(o, backup)| (o.url(), *backup)).collect();
+    pop_config("", pool_extra, &origins)
 }
 
 #[tokio::test]
@@ -342,29 +317,10 @@ async fn connect_timeout_fails_over_to_a_reachable_origin() {
     );
     let alive = Origin::start("alive").await;
     let dir = TempDir::new("connect-timeout");
-    let config = format!(
-        r#"
-[admin]
-listen = "127.0.0.1:0"
-[log]
-access_log = "off"
-[[listener]]
-name = "http"
-address = "127.0.0.1:0"
-[[site]]
-name = "site"
-hosts = ["*"]
-pool = "p"
-[[pool]]
-name = "p"
-connect_timeout = "200ms"
-outlier = {{ consecutive_failures = 0 }}
-[[pool.origin]]
-url = "http://{hole_addr}"
-[[pool.origin]]
-url = "{}"
-"#,
-        alive.url()
+    let config = pop_config(
+        "",
+        "connect_timeout = \"200ms\"\noutlier = { consecutive_failures = 0 }",
+        &[(format!("http://{hole_addr}"), false), (alive.url(), false)],
     );
     let edge = start_edge(&dir, &config).await;
     let addr = edge.listener_addr("http").unwrap();

@@ -16,29 +16,7 @@ const READ_LIMIT: Duration = Duration::from_secs(5);
 /// A PoP with one catch-all site in front of `origin`. `sections` is extra top-level TOML
 /// (`[limits]`, `[timeouts]`); `pool_keys` are extra keys of the `[[pool]]` table.
 async fn start_pop(dir: &TempDir, origin: &Origin, sections: &str, pool_keys: &str) -> outpost_edge::Edge {
-    let config = format!(
-        r#"
-[admin]
-listen = "127.0.0.1:0"
-[log]
-access_log = "off"
-{sections}
-[[listener]]
-name = "http"
-address = "127.0.0.1:0"
-[[site]]
-name = "s"
-hosts = ["*"]
-pool = "p"
-[[pool]]
-name = "p"
-{pool_keys}
-[[pool.origin]]
-url = "{}"
-"#,
-        origin.url()
-    );
-    start_edge(dir, &config).await
+    start_edge(dir, &pop_config(sections, pool_keys, &[(origin.url(), false)])).await
 }
 
 /// Starts an origin and a PoP in front of it; returns them with the PoP's plain listener.

@@ -8,28 +8,10 @@ use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn edge_with_timeouts(dir: &TempDir, origin: &Origin) -> outpost_edge::Edge {
-    let config = format!(
-        r#"
-[admin]
-listen = "127.0.0.1:0"
-[log]
-access_log = "off"
-[timeouts]
-header = "300ms"
-idle = "400ms"
-[[listener]]
-name = "http"
-address = "127.0.0.1:0"
-[[site]]
-name = "s"
-hosts = ["*"]
-pool = "p"
-[[pool]]
-name = "p"
-[[pool.origin]]
-url = "{}"
-"#,
-        origin.url()
+    let config = pop_config(
+        "[timeouts]\nheader = \"300ms\"\nidle = \"400ms\"",
+        "",
+        &[(origin.url(), false)],
     );
     start_edge(dir, &config).await
 }

@@ -1,6 +1,8 @@
-//! Idle tracking for client connections: hyper has no keep-alive idle timeout of its own, so
-//! the socket counts its reads and writes and the connection task closes it gracefully once
-//! the count has not moved for the idle timeout while no request was in flight.
+//! The client socket as the HTTP server sees it: bytes already read before HTTP started (after
+//! a PROXY protocol header) are replayed first, and every read and write is counted for idle
+//! tracking (hyper has no keep-alive idle timeout of its own, so the connection task closes a
+//! connection gracefully once the count has not moved for the idle timeout while no request was
+//! in flight).
 //!
 //! A counter rather than a timestamp: reading the clock on every socket operation costs more
 //! than the whole check, which runs a few times per idle period.
@@ -29,11 +31,19 @@ impl Activity {
 pub struct IdleIo<T> {
     inner: T,
     activity: Activity,
+    /// Bytes read ahead of HTTP (after a PROXY header) that belong to the request.
+    prefix: Vec<u8>,
+    offset: usize,
 }
 
 impl<T> IdleIo<T> {
-    pub fn new(inner: T, activity: Activity) -> Self {
-        Self { inner, activity }
+    pub fn new(inner: T, activity: Activity, prefix: Vec<u8>) -> Self {
+        Self {
+            inner,
+            activity,
+            prefix,
+            offset: 0,
+        }
     }
 }
 
@@ -43,6 +53,15 @@ impl<T: AsyncRead + Unpin> AsyncRead for IdleIo<T> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
+        if self.offset < self.prefix.len() {
+            let this = &mut *self;
+            let rest = &this.prefix[this.offset..];
+            let n = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..n]);
+            this.offset += n;
+            this.activity.touch();
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let res = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(res, Poll::Ready(Ok(()))) && buf.filled().len() > before {

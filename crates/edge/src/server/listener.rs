@@ -18,7 +18,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use super::idle::{Activity, IdleIo};
-use super::proxy_protocol::PrefixedIo;
 use super::tls::classify_handshake_error;
 use crate::metrics::{HandshakeLabels, ListenerLabels, RefusedLabels};
 use crate::proxy::headers::ClientAddr;
@@ -124,7 +123,7 @@ async fn serve(
         .clone();
     gauge.inc();
     let activity = Activity::default();
-    let io = IdleIo::new(PrefixedIo::new(early_bytes, stream), activity.clone());
+    let io = IdleIo::new(stream, activity.clone(), early_bytes);
     let tls_config = snapshot.tls.get(&*listener).cloned();
     match tls_config {
         None => {

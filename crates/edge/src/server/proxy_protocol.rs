@@ -2,15 +2,13 @@
 //! of the PoP prefixes each connection with the client's real address.
 //!
 //! The header is read (not peeked) in chunks, so bytes of the request that arrive in the same
-//! segment are kept and replayed by `PrefixedIo` before the socket is read again.
+//! segment are returned to the caller, which replays them (`idle::IdleIo`) before reading on.
 
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use ppp::{HeaderResult, PartialResult};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// A v2 header with TLVs can be long; anything past this is not a header we accept.
 const MAX_HEADER: usize = 4096;
@@ -67,70 +65,6 @@ fn v2_source(addresses: &ppp::v2::Addresses) -> Option<SocketAddr> {
         ppp::v2::Addresses::IPv4(a) => Some(SocketAddr::from((a.source_address, a.source_port))),
         ppp::v2::Addresses::IPv6(a) => Some(SocketAddr::from((a.source_address, a.source_port))),
         ppp::v2::Addresses::Unspecified | ppp::v2::Addresses::Unix(_) => None,
-    }
-}
-
-/// A socket with some already-read bytes to hand out first.
-pub struct PrefixedIo<T> {
-    prefix: Vec<u8>,
-    offset: usize,
-    inner: T,
-}
-
-impl<T> PrefixedIo<T> {
-    pub fn new(prefix: Vec<u8>, inner: T) -> Self {
-        Self {
-            prefix,
-            offset: 0,
-            inner,
-        }
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for PrefixedIo<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        if self.offset < self.prefix.len() {
-            let rest = &self.prefix[self.offset..];
-            let n = rest.len().min(buf.remaining());
-            buf.put_slice(&rest[..n]);
-            self.offset += n;
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for PrefixedIo<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

@@ -428,6 +428,23 @@ pub async fn tls_get(
     Ok((collect(resp).await, presented))
 }
 
+/// The config most tests need: admin on an ephemeral loopback port, no access log, one plain
+/// listener "http" on an ephemeral port, one site "site" for every host, one pool "p". `top`
+/// adds global tables (not [admin] or [log]); `pool` adds keys to the pool; each origin is
+/// `(url, backup)`.
+pub fn pop_config(top: &str, pool: &str, origins: &[(String, bool)]) -> String {
+    let mut s = format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[log]\naccess_log = \"off\"\n{top}\n\
+         [[listener]]\nname = \"http\"\naddress = \"127.0.0.1:0\"\n\
+         [[site]]\nname = \"site\"\nhosts = [\"*\"]\npool = \"p\"\n\
+         [[pool]]\nname = \"p\"\n{pool}\n"
+    );
+    for (url, backup) in origins {
+        s.push_str(&format!("[[pool.origin]]\nurl = \"{url}\"\nbackup = {backup}\n"));
+    }
+    s
+}
+
 /// Starts a PoP from TOML text (written to `dir/edge.toml` so reloads can re-read it).
 pub async fn start_edge(dir: &TempDir, toml: &str) -> Edge {
     let path = dir.path("edge.toml");

@@ -16,7 +16,7 @@ peers=${PEERS_SH:-$root/../shared/bench/peers.sh}
 (cd "$root" && cargo build --release --locked -p outpost)
 results=${RESULTS_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/outpost-passthrough.XXXXXX")}
 
-export TARGET_CMD="exec $root/target/release/outpost edge --listen 127.0.0.1:\$TARGET_PORT --origin http://\$ORIGIN_ADDR --admin off --access-log off --workers 1"
+export TARGET_CMD="exec $root/target/release/outpost edge --listen 127.0.0.1:\$TARGET_PORT --origin http://\$ORIGIN_ADDR --admin off --access-log off --waf off --workers 1"
 export TARGET_NAME=outpost
 export TARGET_PORT=${TARGET_PORT:-18086}
 export TARGET_H2_PORT=$TARGET_PORT   # the plain listener speaks h2c with prior knowledge too

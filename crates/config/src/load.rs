@@ -104,6 +104,7 @@ pub fn quick_start(listen: SocketAddr, origin_url: &str, admin: Option<SocketAdd
             listeners: Vec::new(),
             rate_limits: Vec::new(),
             waf_rules: Vec::new(),
+            waf: ManagedWafConfig::default(),
         }],
         pools: vec![pool],
     }

@@ -260,6 +260,65 @@ pub struct SiteConfig {
     /// Custom WAF rules, evaluated by ascending priority.
     #[serde(default, rename = "waf_rule")]
     pub waf_rules: Vec<WafRuleConfig>,
+    /// The built-in managed rule set (after the custom rules).
+    #[serde(default)]
+    pub waf: ManagedWafConfig,
+}
+
+/// The managed rule set: SQL injection, XSS, path traversal, command injection, scanners.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManagedWafConfig {
+    #[serde(default)]
+    pub mode: WafMode,
+    /// 1 (default): high-confidence signatures only; 2 and 3 add broader ones, catching more
+    /// at the price of more false positives.
+    #[serde(default = "default_sensitivity")]
+    pub sensitivity: u8,
+    /// Status of a block.
+    #[serde(default = "default_waf_status")]
+    pub status: u16,
+    /// Where a rule (by id) or a class (`sqli`, `xss`, `traversal`, `cmdi`, `scanner`) does not
+    /// apply: under a path prefix, for one argument, or both.
+    #[serde(default, rename = "exclusion")]
+    pub exclusions: Vec<WafExclusionConfig>,
+}
+
+impl Default for ManagedWafConfig {
+    fn default() -> Self {
+        Self {
+            mode: WafMode::Off,
+            sensitivity: default_sensitivity(),
+            status: default_waf_status(),
+            exclusions: Vec::new(),
+        }
+    }
+}
+
+fn default_sensitivity() -> u8 {
+    1
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WafMode {
+    #[default]
+    Off,
+    /// Matches are counted and logged, nothing is blocked (for a safe rollout).
+    Detect,
+    Block,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WafExclusionConfig {
+    /// A rule id (e.g. `sqli-tautology`) or a class (`sqli`).
+    pub rule: String,
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    /// A query argument name.
+    #[serde(default)]
+    pub arg: Option<String>,
 }
 
 /// One custom WAF rule: when every condition matches, the action applies.

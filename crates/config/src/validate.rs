@@ -329,6 +329,25 @@ impl Validator {
             }
             self.rate_limits(site, &path);
             self.waf_rules(site, &path);
+            let waf = path.key("waf");
+            if !(1..=3).contains(&site.waf.sensitivity) {
+                self.error(waf.key("sensitivity"), "must be 1, 2 or 3");
+            }
+            if !(400..=599).contains(&site.waf.status) {
+                self.error(waf.key("status"), "a block answers with a 4xx or 5xx status");
+            }
+            for (j, ex) in site.waf.exclusions.iter().enumerate() {
+                let ex_path = waf.key("exclusion").index(j);
+                if ex.rule.trim().is_empty() {
+                    self.error(
+                        ex_path.key("rule"),
+                        "name a rule id or a class (sqli, xss, traversal, cmdi, scanner)",
+                    );
+                }
+                if ex.path_prefix.is_none() && ex.arg.is_none() {
+                    self.error(ex_path.key("rule"), "an exclusion needs a path_prefix, an arg, or both (to turn a rule off everywhere, lower the sensitivity)");
+                }
+            }
             for (j, listener) in site.listeners.iter().enumerate() {
                 let listener_path = path.key("listeners").index(j);
                 if !listeners.contains(&listener.as_str()) {

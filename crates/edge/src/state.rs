@@ -173,23 +173,23 @@ impl Snapshot {
                     logged: counter("logged"),
                 });
             }
-            let waf = outpost_protect::waf::Waf::compile(&s.waf_rules)
+            let waf = outpost_protect::waf::Waf::compile(&s.waf_rules, &s.waf)
                 .map_err(|e| format!("site \"{}\": {e}", s.name))?;
             let waf_hits = waf
-                .rules()
-                .iter()
-                .map(|r| {
-                    let action = match r.action {
+                .rule_ids()
+                .into_iter()
+                .map(|(id, action)| {
+                    let action = match action {
                         outpost_config::WafAction::Block => "block",
                         outpost_config::WafAction::Log => "log",
                         outpost_config::WafAction::Allow => "allow",
                     };
                     let labels = crate::metrics::WafLabels {
                         site: s.name.clone(),
-                        rule: r.id.to_string(),
+                        rule: id.to_string(),
                         action,
                     };
-                    (r.id.clone(), metrics.waf_hits.get_or_create(&labels).clone())
+                    (id, metrics.waf_hits.get_or_create(&labels).clone())
                 })
                 .collect();
             sites.push(Site {

@@ -24,12 +24,23 @@ pub struct EdgeArgs {
     /// Quick start: access log destination: stdout, off, or a file path.
     #[arg(long, default_value = "stdout")]
     access_log: String,
+    /// Quick start: the managed WAF rule set (SQL injection, XSS, traversal, command injection,
+    /// scanners) at default sensitivity: off, detect (count and log only) or block.
+    #[arg(long, value_enum, default_value_t = WafFlag::Detect)]
+    waf: WafFlag,
     /// Worker threads (default: one per CPU). 1 runs everything on a single thread.
     #[arg(long, env = "OUTPOST_WORKERS")]
     workers: Option<usize>,
     /// Operational log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum WafFlag {
+    Off,
+    Detect,
+    Block,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -89,6 +100,13 @@ async fn serve(args: EdgeArgs) -> ExitCode {
             };
             let mut config = outpost_config::quick_start(*listen, origin, admin);
             config.log.access_log = args.access_log.clone();
+            for site in &mut config.sites {
+                site.waf.mode = match args.waf {
+                    WafFlag::Off => outpost_config::WafMode::Off,
+                    WafFlag::Detect => outpost_config::WafMode::Detect,
+                    WafFlag::Block => outpost_config::WafMode::Block,
+                };
+            }
             outpost_config::from_config(config, "<command line>")
         }
         _ => {

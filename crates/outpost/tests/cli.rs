@@ -127,6 +127,37 @@ fn quick_start_proxies_every_host_to_the_origin() {
 }
 
 #[test]
+fn quick_start_waf_detects_by_default_and_blocks_when_asked() {
+    let origin = free_addr();
+    let _o = spawn(&["origin", "--listen", &origin.to_string()]);
+    let attack = "/search?q=%27%20OR%201%3D1--";
+    for (mode, expected) in [("detect", 200), ("block", 403)] {
+        let listen = free_addr();
+        let mut args = vec!["edge", "--admin", "off", "--access-log", "off"];
+        let (l, o) = (listen.to_string(), format!("http://{origin}"));
+        args.extend(["--listen", &l, "--origin", &o, "--waf", mode]);
+        let _e = spawn(&args);
+        assert!(
+            wait_until(Duration::from_secs(10), || http(listen, "GET", "h", "/", None)
+                .is_ok_and(|(s, _)| s == 200)),
+            "{mode}: PoP up"
+        );
+        assert_eq!(
+            http(listen, "GET", "h", attack, None).unwrap().0,
+            expected,
+            "--waf {mode}"
+        );
+        assert_eq!(
+            http(listen, "GET", "h", "/search?q=O%27Reilly+books", None)
+                .unwrap()
+                .0,
+            200,
+            "--waf {mode}: benign"
+        );
+    }
+}
+
+#[test]
 fn sighup_reloads_refuses_bad_configs_and_sigterm_drains() {
     let dir = temp_dir("reload");
     let (oa, ob, listen, admin) = (free_addr(), free_addr(), free_addr(), free_addr());

@@ -1,9 +1,10 @@
 //! The WAF's custom rules: operator-written conditions on a request, evaluated by priority.
 //! Pure decision logic: it reads request facts and returns a verdict, nothing else.
 //!
-//! Not here yet: the managed rule set (SQL injection, XSS, traversal, command injection,
-//! scanners) and request body inspection.
+//! Custom rules run first (by priority); then the managed rule set (`managed.rs`), unless a
+//! custom rule allowed the request. Request bodies are not inspected yet.
 
+pub mod managed;
 pub mod transform;
 
 use std::borrow::Cow;
@@ -83,14 +84,19 @@ pub enum Verdict {
     },
 }
 
-/// A site's compiled rules, sorted by priority.
-#[derive(Debug, Clone, Default)]
+/// A site's compiled rules, sorted by priority, and its managed rule set.
+#[derive(Default)]
 pub struct Waf {
     rules: Vec<Rule>,
+    managed: Option<managed::Managed>,
 }
 
 impl Waf {
-    pub fn compile(configs: &[WafRuleConfig]) -> Result<Self, String> {
+    pub fn compile(
+        configs: &[WafRuleConfig],
+        managed: &outpost_config::ManagedWafConfig,
+    ) -> Result<Self, String> {
+        let managed = managed::Managed::compile(managed)?;
         let mut ordered: Vec<&WafRuleConfig> = configs.iter().collect();
         ordered.sort_by_key(|r| r.priority);
         let rules = ordered
@@ -115,11 +121,11 @@ impl Waf {
                 })
             })
             .collect::<Result<Vec<_>, String>>()?;
-        Ok(Self { rules })
+        Ok(Self { rules, managed })
     }
 
     pub fn is_empty(&self) -> bool {
-        self.rules.is_empty()
+        self.rules.is_empty() && self.managed.is_none()
     }
 
     pub fn rules(&self) -> &[Rule] {
@@ -139,7 +145,7 @@ impl Waf {
                 location,
             };
             match rule.action {
-                WafAction::Allow => break,
+                WafAction::Allow => return Verdict::Pass { logged },
                 WafAction::Log => logged.push(hit),
                 WafAction::Block => {
                     return Verdict::Block {
@@ -151,7 +157,30 @@ impl Waf {
                 }
             }
         }
+        if let Some(managed) = &self.managed {
+            if let Some(hit) = managed.evaluate(facts) {
+                if hit.action == WafAction::Block {
+                    return Verdict::Block {
+                        hit,
+                        status: managed.status,
+                        body: Arc::from("request blocked by the WAF\n"),
+                        logged,
+                    };
+                }
+                logged.push(hit);
+            }
+        }
         Verdict::Pass { logged }
+    }
+
+    /// Ids and actions of every rule that can hit, for pre-resolving metrics.
+    pub fn rule_ids(&self) -> Vec<(Arc<str>, WafAction)> {
+        let mut ids: Vec<(Arc<str>, WafAction)> =
+            self.rules.iter().map(|r| (r.id.clone(), r.action)).collect();
+        if let Some(m) = &self.managed {
+            ids.extend(m.rule_ids());
+        }
+        ids
     }
 }
 
@@ -341,7 +370,7 @@ fn for_each_item(
 }
 
 /// Never log credentials; keep the rest short.
-fn loggable(location: &str, value: &str) -> String {
+pub(crate) fn loggable(location: &str, value: &str) -> String {
     let secret = location.starts_with("cookie:")
         || matches!(
             location,

@@ -3,6 +3,10 @@ use outpost_config::{WafAction, WafConditionConfig, WafRuleConfig};
 
 use super::*;
 
+fn compile(rules: &[WafRuleConfig]) -> Result<Waf, String> {
+    Waf::compile(rules, &outpost_config::ManagedWafConfig::default())
+}
+
 fn cond(target: &str, operator: &str, values: &[&str], transforms: &[&str]) -> WafConditionConfig {
     WafConditionConfig {
         target: target.into(),
@@ -69,7 +73,7 @@ fn blocked_by(v: &Verdict) -> Option<(&str, &str, &str)> {
 
 #[test]
 fn every_operator_on_its_targets() {
-    let waf = Waf::compile(&[
+    let waf = compile(&[
         rule(
             "m",
             1,
@@ -203,7 +207,7 @@ fn priorities_allow_log_and_negation() {
     no_ua.negate = true;
     let bots = rule("no-ua", 20, WafAction::Block, vec![no_ua]);
     // File order differs from priority order on purpose.
-    let waf = Waf::compile(&[admin, bots, watch, allow]).unwrap();
+    let waf = compile(&[admin, bots, watch, allow]).unwrap();
 
     let from_office = eval(&waf, &req(Method::GET, "/admin", &[], "198.51.100.9"));
     assert_eq!(
@@ -244,7 +248,7 @@ fn priorities_allow_log_and_negation() {
 
 #[test]
 fn conditions_are_anded_and_values_ored() {
-    let waf = Waf::compile(&[rule(
+    let waf = compile(&[rule(
         "post-login",
         1,
         WafAction::Block,
@@ -261,7 +265,7 @@ fn conditions_are_anded_and_values_ored() {
 
 #[test]
 fn long_values_are_truncated_in_hits() {
-    let waf = Waf::compile(&[rule(
+    let waf = compile(&[rule(
         "big",
         1,
         WafAction::Block,
@@ -276,12 +280,88 @@ fn long_values_are_truncated_in_hits() {
 
 #[test]
 fn bad_rules_are_refused_with_their_id() {
-    let err = Waf::compile(&[rule(
+    let err = compile(&[rule(
         "broken",
         1,
         WafAction::Block,
         vec![cond("path", "regex", &["(unclosed"], &[])],
     )])
-    .unwrap_err();
+    .err()
+    .expect("the rule must be refused");
     assert!(err.contains("waf_rule \"broken\""), "{err}");
+}
+
+#[test]
+fn managed_rules_detect_block_and_honour_exclusions() {
+    use outpost_config::{ManagedWafConfig, WafExclusionConfig, WafMode};
+    let sqli = req(
+        Method::GET,
+        "/search?q=1%27%20union%20select%20password%20from%20users--",
+        &[],
+        "192.0.2.1",
+    );
+    let block = Waf::compile(
+        &[],
+        &ManagedWafConfig {
+            mode: WafMode::Block,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        blocked_by(&eval(&block, &sqli)).map(|b| (b.0.to_owned(), b.1.to_owned())),
+        Some(("sqli-union".to_owned(), "arg:q".to_owned()))
+    );
+    let detect = Waf::compile(
+        &[],
+        &ManagedWafConfig {
+            mode: WafMode::Detect,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    match eval(&detect, &sqli) {
+        Verdict::Pass { logged } => assert_eq!(&*logged[0].rule, "sqli-union"),
+        other => panic!("{other:?}"),
+    }
+    let excluded = ManagedWafConfig {
+        mode: WafMode::Block,
+        exclusions: vec![WafExclusionConfig {
+            rule: "sqli".into(),
+            path_prefix: Some("/search".into()),
+            arg: Some("q".into()),
+        }],
+        ..Default::default()
+    };
+    let waf = Waf::compile(&[], &excluded).unwrap();
+    assert!(
+        blocked_by(&eval(&waf, &sqli)).is_none(),
+        "excluded for q under /search"
+    );
+    let elsewhere = req(
+        Method::GET,
+        "/other?q=1%27%20union%20select%201--",
+        &[],
+        "192.0.2.1",
+    );
+    assert!(
+        blocked_by(&eval(&waf, &elsewhere)).is_some(),
+        "still active on other paths"
+    );
+    // A custom allow rule skips the managed rules too.
+    let allow = rule(
+        "trusted",
+        1,
+        WafAction::Allow,
+        vec![cond("client_ip", "cidr", &["192.0.2.0/24"], &[])],
+    );
+    let waf = Waf::compile(
+        &[allow],
+        &ManagedWafConfig {
+            mode: WafMode::Block,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(blocked_by(&eval(&waf, &sqli)).is_none());
 }

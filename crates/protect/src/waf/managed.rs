@@ -99,45 +99,94 @@ const SCANNER_PATH: &[Signature] = &[
     ("scanner-named-probe", 1, r"(acunetix|nessus|netsparker|appscan|burpcollaborator|qualys)"),
 ];
 
-struct Class {
-    name: &'static str,
-    ids: Vec<&'static str>,
+/// Signatures of one or more classes compiled into one regex set, so a value is scanned once.
+struct Set {
+    /// (class, rule id) by pattern index.
+    ids: Vec<(&'static str, &'static str)>,
     set: RegexSet,
 }
 
-impl Class {
-    fn build(name: &'static str, sigs: &[Signature], level: u8) -> Result<Self, String> {
-        let chosen: Vec<&Signature> = sigs.iter().filter(|s| s.1 <= level).collect();
-        let set = RegexSet::new(chosen.iter().map(|s| s.2)).map_err(|e| format!("managed rule set: {e}"))?;
+impl Set {
+    fn build(classes: &[(&'static str, &[Signature])], level: u8) -> Result<Self, String> {
+        let chosen: Vec<(&'static str, &Signature)> = classes
+            .iter()
+            .flat_map(|(c, sigs)| sigs.iter().filter(|s| s.1 <= level).map(move |s| (*c, s)))
+            .collect();
+        // ASCII classes and word boundaries: values are lower-cased ASCII in practice, and the
+        // Unicode versions keep the regex engine off its fast DFA path.
+        let ascii = |p: &str| {
+            p.replace(r"\b", r"(?-u:\b)")
+                .replace(r"\w", "[0-9A-Za-z_]")
+                .replace(r"\s", r"[\t\n\x0B\x0C\r ]")
+                .replace(r"\d", "[0-9]")
+        };
+        let set = regex::RegexSetBuilder::new(chosen.iter().map(|(_, s)| ascii(s.2)))
+            .dfa_size_limit(8 << 20)
+            .build()
+            .map_err(|e| format!("managed rule set: {e}"))?;
         Ok(Self {
-            name,
-            ids: chosen.iter().map(|s| s.0).collect(),
+            ids: chosen.iter().map(|(c, s)| (*c, s.0)).collect(),
             set,
         })
     }
 
-    fn first_match(&self, value: &str) -> Option<&'static str> {
-        self.set.matches(value).iter().next().map(|i| self.ids[i])
+    /// Matches in pattern order, restricted to `class` when given.
+    fn matches<'a>(
+        &'a self,
+        value: &str,
+        class: Option<&'a str>,
+    ) -> impl Iterator<Item = (&'static str, &'static str)> + 'a {
+        // Almost every value is benign: the early-exit check is far cheaper than collecting
+        // every matching pattern, which only a hit needs.
+        let matched = if self.set.is_match(value) {
+            self.set.matches(value).into_iter().collect()
+        } else {
+            Vec::new()
+        };
+        matched
+            .into_iter()
+            .map(|i| self.ids[i])
+            .filter(move |(c, _)| class.is_none_or(|want| *c == want))
     }
 }
 
 pub struct Managed {
     action: WafAction,
     pub status: u16,
-    injection: Vec<Class>,
-    scanner_ua: Class,
-    scanner_path: Class,
+    injection: Set,
+    scanner_ua: Set,
+    scanner_path: Set,
     exclusions: Vec<WafExclusionConfig>,
 }
 
 // Whitespace is not collapsed: a newline separates shell commands, and the patterns use \s.
-// Comments are removed only for the SQL class (in `check`): a `/*` in a shell path such as
+// Comments are removed only for the SQL class (see `first_hit`): a `/*` in a shell path such as
 // `rm -rf /tmp/*;wget ...` must not hide the rest from the other classes.
 const NORMALIZE: [Transform; 3] = [
     Transform::UrlDecodeRepeat,
     Transform::HtmlEntityDecode,
     Transform::Lowercase,
 ];
+
+/// Where a value came from, built into a location string only for a hit.
+#[derive(Clone, Copy)]
+enum Place<'a> {
+    Path,
+    Arg(&'a str),
+    Header(&'a str),
+    Cookie(&'a str),
+}
+
+impl Place<'_> {
+    fn location(self) -> String {
+        match self {
+            Place::Path => "path".to_owned(),
+            Place::Arg(name) => format!("arg:{name}"),
+            Place::Header(name) => format!("header:{name}"),
+            Place::Cookie(name) => format!("cookie:{name}"),
+        }
+    }
+}
 
 impl Managed {
     /// None when the managed rules are off.
@@ -151,61 +200,65 @@ impl Managed {
         Ok(Some(Self {
             action,
             status: cfg.status,
-            injection: vec![
-                Class::build("sqli", SQLI, level)?,
-                Class::build("xss", XSS, level)?,
-                Class::build("traversal", TRAVERSAL, level)?,
-                Class::build("cmdi", CMDI, level)?,
-            ],
-            scanner_ua: Class::build("scanner", SCANNER_UA, level)?,
-            scanner_path: Class::build("scanner", SCANNER_PATH, level)?,
+            injection: Set::build(
+                &[
+                    ("sqli", SQLI),
+                    ("xss", XSS),
+                    ("traversal", TRAVERSAL),
+                    ("cmdi", CMDI),
+                ],
+                level,
+            )?,
+            scanner_ua: Set::build(&[("scanner", SCANNER_UA)], level)?,
+            scanner_path: Set::build(&[("scanner", SCANNER_PATH)], level)?,
             exclusions: cfg.exclusions.clone(),
         }))
     }
 
     pub fn rule_ids(&self) -> Vec<(Arc<str>, WafAction)> {
-        self.injection
+        [&self.injection, &self.scanner_ua, &self.scanner_path]
             .iter()
-            .chain([&self.scanner_ua, &self.scanner_path])
-            .flat_map(|c| c.ids.iter().map(|id| (Arc::from(*id), self.action)))
+            .flat_map(|set| set.ids.iter().map(|(_, id)| (Arc::from(*id), self.action)))
             .collect()
     }
 
     /// The first signature that matches, if any.
     pub fn evaluate(&self, facts: &RequestFacts<'_>) -> Option<Hit> {
-        let ua = facts
-            .headers
-            .get(http::header::USER_AGENT)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).to_lowercase());
-        if let Some(ua) = &ua {
-            if let Some(hit) = self.check(&self.scanner_ua, "header:user-agent", ua, facts) {
+        for (name, value) in facts.headers {
+            if let Some(hit) = self.first_hit(
+                &self.scanner_ua,
+                Place::Header(name.as_str()),
+                name.as_str(),
+                facts,
+            ) {
                 return Some(hit);
             }
-        }
-        for name in facts.headers.keys() {
-            if let Some(hit) = self.check(&self.scanner_ua, &format!("header:{name}"), name.as_str(), facts) {
-                return Some(hit);
+            if name == http::header::USER_AGENT {
+                let ua = String::from_utf8_lossy(value.as_bytes()).to_lowercase();
+                if let Some(hit) = self.first_hit(&self.scanner_ua, Place::Header("user-agent"), &ua, facts) {
+                    return Some(hit);
+                }
             }
         }
         let path = normalize(facts.path);
-        if let Some(hit) = self.check(&self.scanner_path, "path", &path, facts) {
+        if let Some(hit) = self.first_hit(&self.scanner_path, Place::Path, &path, facts) {
             return Some(hit);
         }
-        for class in &self.injection {
-            // The path: traversal and injections hidden in path segments.
-            if let Some(hit) = self.check(class, "path", &path, facts) {
-                return Some(hit);
-            }
+        if let Some(hit) = self.first_hit(&self.injection, Place::Path, &path, facts) {
+            return Some(hit);
         }
         for (name, value) in form_urlencoded::parse(facts.query.unwrap_or("").as_bytes()) {
-            let location = format!("arg:{name}");
             let value = normalize(&value);
-            let name_norm = normalize(&name);
-            for class in &self.injection {
-                if let Some(hit) = self.check(class, &location, &value, facts) {
-                    return Some(hit);
-                }
-                if let Some(hit) = self.check(class, &location, &name_norm, facts) {
+            if let Some(hit) = self.first_hit(&self.injection, Place::Arg(&name), &value, facts) {
+                return Some(hit);
+            }
+            // Argument names are mostly plain identifiers; only odd ones are worth a scan.
+            if !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-.[]".contains(&b))
+            {
+                let name_norm = normalize(&name);
+                if let Some(hit) = self.first_hit(&self.injection, Place::Arg(&name), &name_norm, facts) {
                     return Some(hit);
                 }
             }
@@ -219,58 +272,60 @@ impl Managed {
         ] {
             for raw in facts.headers.get_all(&header) {
                 let raw = String::from_utf8_lossy(raw.as_bytes());
-                let values: Vec<(String, &str)> = if header == http::header::COOKIE {
-                    raw.split(';')
-                        .filter_map(|p| p.trim().split_once('='))
-                        .map(|(k, v)| (format!("cookie:{k}"), v))
-                        .collect()
-                } else {
-                    vec![(format!("header:{header}"), &*raw)]
-                };
-                for (location, value) in values {
-                    let value = normalize(value);
-                    for class in &self.injection {
-                        if let Some(hit) = self.check(class, &location, &value, facts) {
+                if header == http::header::COOKIE {
+                    for (name, value) in raw.split(';').filter_map(|p| p.trim().split_once('=')) {
+                        if let Some(hit) =
+                            self.first_hit(&self.injection, Place::Cookie(name), &normalize(value), facts)
+                        {
                             return Some(hit);
                         }
                     }
+                } else if let Some(hit) = self.first_hit(
+                    &self.injection,
+                    Place::Header(header.as_str()),
+                    &normalize(&raw),
+                    facts,
+                ) {
+                    return Some(hit);
                 }
             }
         }
         None
     }
 
-    fn check(&self, class: &Class, location: &str, value: &str, facts: &RequestFacts<'_>) -> Option<Hit> {
-        let uncommented;
-        let value = if class.name == "sqli" && value.contains("/*") {
-            uncommented = Transform::RemoveComments.apply(Cow::Borrowed(value)).into_owned();
-            uncommented.as_str()
-        } else {
-            value
-        };
-        let id = class.first_match(value).or_else(|| {
-            let unquoted = (class.name == "cmdi").then(|| unquote_shell(value)).flatten()?;
-            class.first_match(&unquoted)
-        })?;
-        if self.excluded(class.name, id, location, facts.path) {
-            return None;
+    /// The first match of `set` in `value` that no exclusion covers, as a hit.
+    fn first_hit(&self, set: &Set, place: Place<'_>, value: &str, facts: &RequestFacts<'_>) -> Option<Hit> {
+        let allowed =
+            |(class, id): &(&'static str, &'static str)| !self.excluded(class, id, place, facts.path);
+        let mut found = set.matches(value, None).find(allowed);
+        // SQL comments hide keywords (`union/**/select`); shell quoting hides commands (`c'a't`).
+        if found.is_none() && value.contains("/*") {
+            let uncommented = Transform::RemoveComments.apply(Cow::Borrowed(value));
+            found = set.matches(&uncommented, Some("sqli")).find(allowed);
         }
+        if found.is_none() {
+            if let Some(unquoted) = unquote_shell(value) {
+                found = set.matches(&unquoted, Some("cmdi")).find(allowed);
+            }
+        }
+        let (_, id) = found?;
+        let location = place.location();
         Some(Hit {
             rule: Arc::from(id),
             action: self.action,
-            location: location.to_owned(),
-            value: super::loggable(location, value),
+            value: super::loggable(&location, value),
+            location,
         })
     }
 
-    fn excluded(&self, class: &str, id: &str, location: &str, path: &str) -> bool {
+    fn excluded(&self, class: &str, id: &str, place: Place<'_>, path: &str) -> bool {
         self.exclusions.iter().any(|ex| {
             (ex.rule == class || ex.rule == id)
                 && ex.path_prefix.as_deref().is_none_or(|p| path.starts_with(p))
                 && ex
                     .arg
                     .as_deref()
-                    .is_none_or(|a| location.strip_prefix("arg:") == Some(a))
+                    .is_none_or(|a| matches!(place, Place::Arg(name) if name == a))
         })
     }
 }
@@ -290,7 +345,7 @@ fn normalize(value: &str) -> String {
     v
 }
 
-/// Shell quoting tricks (`c'a't`, `w\\hoami`) hide command names; the shell runs them anyway.
+/// Shell quoting tricks (`c'a't`, `w\hoami`) hide command names; the shell runs them anyway.
 fn unquote_shell(value: &str) -> Option<String> {
     value
         .contains(['\'', '"', '\\'])

@@ -34,6 +34,9 @@ impl Transform {
             Self::UrlDecodeRepeat => {
                 let mut value = value;
                 for _ in 0..5 {
+                    if !value.contains('%') && !value.contains('+') {
+                        break;
+                    }
                     let next = url_decode(Cow::Borrowed(&value)).into_owned();
                     if next == *value {
                         break;

@@ -166,6 +166,10 @@ pub struct ClientTimeouts {
     /// Time a TLS handshake may take.
     #[serde(default = "default_handshake_timeout", with = "serde_duration")]
     pub tls_handshake: Duration,
+    /// Longest pause allowed between two pieces of a request body (slow-POST protection, like
+    /// nginx's client_body_timeout); past it the client gets 408.
+    #[serde(default = "default_body_timeout", with = "serde_duration")]
+    pub body: Duration,
     /// How long SIGTERM waits for in-flight requests before closing connections.
     #[serde(default = "default_drain_timeout", with = "serde_duration")]
     pub drain: Duration,
@@ -177,6 +181,7 @@ impl Default for ClientTimeouts {
             header: default_header_timeout(),
             idle: default_idle_timeout(),
             tls_handshake: default_handshake_timeout(),
+            body: default_body_timeout(),
             drain: default_drain_timeout(),
         }
     }
@@ -190,6 +195,9 @@ fn default_idle_timeout() -> Duration {
 }
 fn default_handshake_timeout() -> Duration {
     Duration::from_secs(10)
+}
+fn default_body_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 fn default_drain_timeout() -> Duration {
     Duration::from_secs(30)

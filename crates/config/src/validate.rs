@@ -169,6 +169,7 @@ impl Validator {
         self.duration(path.key("header"), timeouts.header, true);
         self.duration(path.key("idle"), timeouts.idle, true);
         self.duration(path.key("tls_handshake"), timeouts.tls_handshake, true);
+        self.duration(path.key("body"), timeouts.body, true);
         // Zero drain is meaningful: close connections as soon as SIGTERM arrives.
         self.duration(path.key("drain"), timeouts.drain, false);
     }

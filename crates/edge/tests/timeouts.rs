@@ -77,3 +77,42 @@ async fn idle_keep_alive_connections_are_closed_but_busy_ones_are_not() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn a_paused_request_body_gets_408_but_a_slow_steady_one_passes() {
+    let origin = Origin::start("o").await;
+    let dir = TempDir::new("body-pause");
+    let config = pop_config("[timeouts]\nbody = \"300ms\"", "", &[(origin.url(), false)]);
+    let edge = start_edge(&dir, &config).await;
+    let addr = edge.listener_addr("http").unwrap();
+
+    // Promises 100 bytes, sends 1, then goes quiet.
+    let mut stalled = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stalled
+        .write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nx")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let answer = read_to_close(&mut stalled).await.expect("answered and closed");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "cut at the body timeout, not a pool timeout"
+    );
+
+    // Five pieces 100 ms apart: slow, but never paused for 300 ms.
+    let mut steady = tokio::net::TcpStream::connect(addr).await.unwrap();
+    steady
+        .write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    for piece in b"hello" {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        steady.write_all(&[*piece]).await.unwrap();
+    }
+    let answer = read_to_close(&mut steady).await.expect("answered");
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.ends_with("hello"),
+        "{answer}"
+    );
+}

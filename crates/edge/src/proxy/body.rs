@@ -164,19 +164,29 @@ pub struct RequestBody {
     /// client's doing, not the origin's.
     pub done: std::sync::Arc<std::sync::atomic::AtomicBool>,
     seen: u64,
+    /// Longest pause allowed between two pieces of the body.
+    pause: std::time::Duration,
+    // Armed only while the client is silent, reset by every piece that arrives.
+    stall: Option<Pin<Box<Sleep>>>,
 }
 
 impl RequestBody {
-    pub fn new(inner: Incoming, limit: u64) -> Self {
+    pub fn new(inner: Incoming, limit: u64, pause: std::time::Duration) -> Self {
         Self {
             inner,
             limit,
             bytes: Default::default(),
             done: Default::default(),
             seen: 0,
+            pause,
+            stall: None,
         }
     }
 }
+
+#[derive(Debug, thiserror::Error)]
+#[error("the client paused its request body for longer than {0:?}")]
+pub struct BodyStalled(pub std::time::Duration);
 
 impl Body for RequestBody {
     type Data = Bytes;
@@ -189,6 +199,7 @@ impl Body for RequestBody {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
+                this.stall = None;
                 if let Some(data) = frame.data_ref() {
                     this.seen += data.len() as u64;
                     this.bytes.store(this.seen, std::sync::atomic::Ordering::Relaxed);
@@ -206,7 +217,16 @@ impl Body for RequestBody {
                 this.done.store(true, std::sync::atomic::Ordering::Relaxed);
                 Poll::Ready(None)
             }
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                let pause = this.pause;
+                let stall = this
+                    .stall
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(pause)));
+                if stall.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Some(Err(Box::new(BodyStalled(pause)))));
+                }
+                Poll::Pending
+            }
         }
     }
 

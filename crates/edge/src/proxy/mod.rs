@@ -220,7 +220,7 @@ async fn proxy(
     let mut body = Some(if body_empty {
         body::empty()
     } else {
-        let counted = RequestBody::new(incoming, max_body);
+        let counted = RequestBody::new(incoming, max_body, snapshot.timeouts.body);
         log.request_bytes = Some(counted.bytes.clone());
         log.request_body_done = Some(counted.done.clone());
         counted.boxed()
@@ -391,6 +391,9 @@ async fn send(
                     limit: log.body_limit,
                 });
             }
+            if has_cause::<body::BodyStalled>(e.as_ref()) {
+                return Err(ProxyError::ClientBodyTimeout);
+            }
             if is_client_body_error(e.as_ref()) {
                 return Err(ProxyError::ClientBody(error_chain(e.as_ref())));
             }
@@ -519,15 +522,19 @@ fn is_client_body_error(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-fn is_body_limit(e: &(dyn std::error::Error + 'static)) -> bool {
+fn has_cause<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = source {
-        if s.is::<body::BodyLimitExceeded>() {
+        if s.is::<T>() {
             return true;
         }
         source = s.source();
     }
     false
+}
+
+fn is_body_limit(e: &(dyn std::error::Error + 'static)) -> bool {
+    has_cause::<body::BodyLimitExceeded>(e)
 }
 
 /// Counts an exchange as outstanding until dropped, so a cancelled request (a client that

@@ -40,21 +40,6 @@ async fn send_raw(addr: std::net::SocketAddr, raw: &[u8]) -> TcpStream {
     s
 }
 
-/// Reads until the PoP closes the connection. None: still open after `READ_LIMIT`.
-/// A reset counts as closed (the PoP may close with unread request bytes in its buffer).
-async fn read_to_close(s: &mut TcpStream) -> Option<String> {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    let deadline = tokio::time::Instant::now() + READ_LIMIT;
-    loop {
-        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
-            Err(_) => return None,
-            Ok(Ok(0)) | Ok(Err(_)) => return Some(String::from_utf8_lossy(&out).into_owned()),
-            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
-        }
-    }
-}
-
 /// Reads one response head (up to the blank line) without waiting for the connection to close:
 /// answers the proxy makes itself keep the connection alive. Returns what arrived, possibly
 /// empty when the PoP closed without answering.

@@ -16,13 +16,6 @@ async fn edge_with_timeouts(dir: &TempDir, origin: &Origin) -> outpost_edge::Edg
     start_edge(dir, &config).await
 }
 
-/// Reads until the peer closes (or 5 s pass); returns what arrived.
-async fn read_to_close(s: &mut tokio::net::TcpStream) -> Option<String> {
-    let mut out = Vec::new();
-    let r = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
-    r.ok().map(|_| String::from_utf8_lossy(&out).into_owned())
-}
-
 #[tokio::test]
 async fn slow_request_heads_are_cut_off() {
     let origin = Origin::start("o").await;

@@ -8,3 +8,16 @@
 pub mod path;
 pub mod rate_limit;
 pub mod waf;
+
+/// Calls `visit(name, value)` for every cookie of every Cookie header until it returns true.
+/// One parser for the rate limits and both WAF rule kinds, so they agree on what a cookie is.
+pub(crate) fn for_each_cookie(headers: &http::HeaderMap, mut visit: impl FnMut(&str, &str) -> bool) {
+    for header in headers.get_all(http::header::COOKIE) {
+        let header = String::from_utf8_lossy(header.as_bytes());
+        for (name, value) in header.split(';').filter_map(|pair| pair.trim().split_once('=')) {
+            if visit(name, value) {
+                return;
+            }
+        }
+    }
+}

@@ -198,10 +198,17 @@ impl<C: Clock + Clone> RateLimit<C> {
                 Some(v) => Key::Value(self.hasher.hash_one(v.as_bytes())),
                 None => Key::Missing,
             },
-            KeySpec::Cookie(name) => match cookie(facts.headers, name) {
-                Some(v) => Key::Value(self.hasher.hash_one(v.as_bytes())),
-                None => Key::Missing,
-            },
+            KeySpec::Cookie(wanted) => {
+                let mut key = Key::Missing;
+                crate::for_each_cookie(facts.headers, |name, value| {
+                    let found = name == wanted;
+                    if found {
+                        key = Key::Value(self.hasher.hash_one(value.as_bytes()));
+                    }
+                    found
+                });
+                key
+            }
             KeySpec::Site => Key::Site,
         }
     }
@@ -248,19 +255,6 @@ fn prefix_bits(ip: IpAddr, v4: u8, v6: u8) -> u128 {
     } else {
         bits & !(u128::MAX >> keep)
     }
-}
-
-/// The value of cookie `name`, from every Cookie header.
-fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|pair| {
-            let (k, v) = pair.trim().split_once('=')?;
-            (k == name).then_some(v)
-        })
 }
 
 #[cfg(test)]

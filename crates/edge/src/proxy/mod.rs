@@ -499,38 +499,27 @@ fn is_idempotent(method: &Method) -> bool {
     )
 }
 
+/// The error and each of its sources, outermost first.
+fn causes<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(e), |e| e.source())
+}
+
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
+    causes(e).map(ToString::to_string).collect::<Vec<_>>().join(": ")
 }
 
 /// A failure while reading the client's request body (hyper flags those as "user" errors).
 fn is_client_body_error(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(s) = source {
-        if s.downcast_ref::<hyper::Error>().is_some_and(|h| h.is_user()) {
-            return true;
-        }
-        source = s.source();
-    }
-    false
+    causes(e).any(|c| {
+        c.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_user)
+    })
 }
 
 fn has_cause<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(s) = source {
-        if s.is::<T>() {
-            return true;
-        }
-        source = s.source();
-    }
-    false
+    causes(e).any(|c| c.is::<T>())
 }
 
 fn is_body_limit(e: &(dyn std::error::Error + 'static)) -> bool {

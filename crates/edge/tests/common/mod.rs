@@ -492,6 +492,22 @@ pub async fn eventually_get(
     }
 }
 
+/// Reads until the PoP closes the connection; None when it is still open after 5 s. A reset
+/// counts as closed (the PoP may close with unread request bytes in its buffer).
+pub async fn read_to_close(s: &mut tokio::net::TcpStream) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(String::from_utf8_lossy(&out).into_owned()),
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
 /// Fetches the PoP's Prometheus text from its admin listener.
 pub async fn metrics(edge: &Edge) -> String {
     let addr = edge.admin_addr().expect("admin listener");

@@ -263,29 +263,25 @@ impl Managed {
                 }
             }
         }
+        let mut hit = None;
+        crate::for_each_cookie(facts.headers, |name, value| {
+            hit = self.first_hit(&self.injection, Place::Cookie(name), &normalize(value), facts);
+            hit.is_some()
+        });
+        if hit.is_some() {
+            return hit;
+        }
         for header in [
-            http::header::COOKIE,
             http::header::REFERER,
             http::header::USER_AGENT,
             http::HeaderName::from_static("x-forwarded-for"),
             http::HeaderName::from_static("x-forwarded-host"),
         ] {
             for raw in facts.headers.get_all(&header) {
-                let raw = String::from_utf8_lossy(raw.as_bytes());
-                if header == http::header::COOKIE {
-                    for (name, value) in raw.split(';').filter_map(|p| p.trim().split_once('=')) {
-                        if let Some(hit) =
-                            self.first_hit(&self.injection, Place::Cookie(name), &normalize(value), facts)
-                        {
-                            return Some(hit);
-                        }
-                    }
-                } else if let Some(hit) = self.first_hit(
-                    &self.injection,
-                    Place::Header(header.as_str()),
-                    &normalize(&raw),
-                    facts,
-                ) {
+                let raw = normalize(&String::from_utf8_lossy(raw.as_bytes()));
+                if let Some(hit) =
+                    self.first_hit(&self.injection, Place::Header(header.as_str()), &raw, facts)
+                {
                     return Some(hit);
                 }
             }

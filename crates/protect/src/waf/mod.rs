@@ -349,22 +349,13 @@ fn for_each_item(
             }
         }
         Target::Cookies | Target::Cookie(_) => {
-            for header in facts.headers.get_all(http::header::COOKIE) {
-                let header = String::from_utf8_lossy(header.as_bytes());
-                for pair in header.split(';') {
-                    let Some((name, value)) = pair.trim().split_once('=') else {
-                        continue;
-                    };
-                    if let Target::Cookie(wanted) = target {
-                        if wanted != name {
-                            continue;
-                        }
-                    }
-                    if visit(&|| format!("cookie:{name}"), value) {
-                        return;
-                    }
-                }
-            }
+            crate::for_each_cookie(facts.headers, |name, value| {
+                let wanted = match target {
+                    Target::Cookie(wanted) => wanted == name,
+                    _ => true,
+                };
+                wanted && visit(&|| format!("cookie:{name}"), value)
+            });
         }
     }
 }

@@ -1,0 +1,204 @@
+//! Request collapsing: concurrent misses for one URL make one origin request.
+//!
+//! The first request becomes the leader and fetches; the others wait for its response head.
+//! A storable answer is shared as a `Fill` that every waiter streams as it arrives; an
+//! uncacheable one releases the waiters at once (each then goes to the origin itself) and
+//! marks the URL "pass" for a while so later requests do not queue behind each other
+//! (Varnish's hit-for-miss). A purge ends the sharing of fetches that started before it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use tokio::sync::watch;
+
+use crate::fill::Fill;
+
+/// How long an uncacheable answer keeps a URL out of collapsing.
+pub const PASS_FOR: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone)]
+pub enum Pending {
+    Waiting,
+    Ready(Arc<Fill>),
+    /// Not shared: fetch it yourself.
+    Pass,
+}
+
+#[derive(Debug)]
+struct Slot {
+    /// Purge sequence when the fetch started; a later purge makes it unjoinable.
+    seq: u64,
+    tx: Arc<watch::Sender<Pending>>,
+}
+
+#[derive(Debug, Default)]
+pub struct Collapser {
+    slots: DashMap<u64, Slot>,
+    pass: DashMap<u64, Instant>,
+}
+
+pub enum Join {
+    Leader(Leader),
+    Wait(watch::Receiver<Pending>),
+    /// The URL recently answered uncacheable: go straight to the origin.
+    Pass,
+}
+
+impl Collapser {
+    pub fn join(self: &Arc<Self>, hash: u64, seq: u64) -> Join {
+        if let Some(until) = self.pass.get(&hash).map(|u| *u) {
+            if until > Instant::now() {
+                return Join::Pass;
+            }
+            self.pass.remove_if(&hash, |_, u| *u <= Instant::now());
+        }
+        let mut slot = self.slots.entry(hash).or_insert_with(|| Slot {
+            seq,
+            tx: Arc::new(watch::channel(Pending::Waiting).0),
+        });
+        if slot.seq == seq && Arc::strong_count(&slot.tx) > 1 {
+            return Join::Wait(slot.tx.subscribe());
+        }
+        // A fresh slot, or one a purge made stale: this request leads a new fetch.
+        let tx = Arc::new(watch::channel(Pending::Waiting).0);
+        *slot = Slot { seq, tx: tx.clone() };
+        Join::Leader(Leader {
+            collapser: self.clone(),
+            hash,
+            tx: Some(tx),
+        })
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.slots.len()
+    }
+
+    fn release(&self, hash: u64, tx: &Arc<watch::Sender<Pending>>) {
+        self.slots.remove_if(&hash, |_, slot| Arc::ptr_eq(&slot.tx, tx));
+    }
+}
+
+/// The request that fetches for everyone waiting on its URL.
+pub struct Leader {
+    collapser: Arc<Collapser>,
+    hash: u64,
+    tx: Option<Arc<watch::Sender<Pending>>>,
+}
+
+impl Leader {
+    /// Shares the fill with waiters and with requests that arrive until `FillDone` drops.
+    pub fn share(mut self, fill: Arc<Fill>) -> FillDone {
+        let tx = self.tx.take();
+        if let Some(tx) = &tx {
+            tx.send_replace(Pending::Ready(fill));
+        }
+        FillDone {
+            collapser: self.collapser.clone(),
+            hash: self.hash,
+            tx,
+        }
+    }
+
+    /// The answer is not shared; with `remember`, the URL skips collapsing for `PASS_FOR`.
+    pub fn pass(mut self, remember: bool) {
+        if remember {
+            self.collapser.pass.insert(self.hash, Instant::now() + PASS_FOR);
+        }
+        self.abandon();
+    }
+
+    fn abandon(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            tx.send_replace(Pending::Pass);
+            self.collapser.release(self.hash, &tx);
+        }
+    }
+}
+
+impl Drop for Leader {
+    fn drop(&mut self) {
+        self.abandon();
+    }
+}
+
+/// Held by the task filling the cache; dropping it stops new requests joining the fill (they
+/// find the stored object instead, or start their own fetch if it was not stored).
+pub struct FillDone {
+    collapser: Arc<Collapser>,
+    hash: u64,
+    tx: Option<Arc<watch::Sender<Pending>>>,
+}
+
+impl Drop for FillDone {
+    fn drop(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            self.collapser.release(self.hash, &tx);
+        }
+    }
+}
+
+/// Waits (bounded) for the leader's outcome; `Pass` when it gave up, went away or took too long.
+pub async fn wait(mut rx: watch::Receiver<Pending>, limit: Duration) -> Pending {
+    let outcome = tokio::time::timeout(limit, rx.wait_for(|p| !matches!(p, Pending::Waiting))).await;
+    match outcome {
+        Ok(Ok(p)) => p.clone(),
+        _ => Pending::Pass,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn one_leader_then_waiters_share_its_fill() {
+        let c = Arc::new(Collapser::default());
+        let Join::Leader(leader) = c.join(1, 0) else {
+            panic!("first is leader")
+        };
+        let Join::Wait(rx) = c.join(1, 0) else {
+            panic!("second waits")
+        };
+        let fill = Fill::new(http::StatusCode::OK, http::HeaderMap::new(), Box::new([]), None);
+        let done = leader.share(fill.clone());
+        assert!(
+            matches!(wait(rx, Duration::from_secs(1)).await, Pending::Ready(f) if Arc::ptr_eq(&f, &fill))
+        );
+        let Join::Wait(_) = c.join(1, 0) else {
+            panic!("joins the fill while it runs")
+        };
+        drop(done);
+        assert!(
+            matches!(c.join(1, 0), Join::Leader(_)),
+            "after the fill, a new fetch leads"
+        );
+    }
+
+    #[tokio::test]
+    async fn uncacheable_releases_waiters_and_passes_for_a_while() {
+        let c = Arc::new(Collapser::default());
+        let Join::Leader(leader) = c.join(7, 0) else {
+            panic!()
+        };
+        let Join::Wait(rx) = c.join(7, 0) else { panic!() };
+        leader.pass(true);
+        assert!(matches!(wait(rx, Duration::from_secs(1)).await, Pending::Pass));
+        assert!(matches!(c.join(7, 0), Join::Pass));
+    }
+
+    #[tokio::test]
+    async fn a_purge_makes_running_fetches_unjoinable_and_a_gone_leader_releases() {
+        let c = Arc::new(Collapser::default());
+        let Join::Leader(first) = c.join(3, 0) else {
+            panic!()
+        };
+        let Join::Leader(second) = c.join(3, 1) else {
+            panic!("after a purge (seq 1) a new leader")
+        };
+        let Join::Wait(rx) = c.join(3, 1) else { panic!() };
+        drop(second);
+        assert!(matches!(wait(rx, Duration::from_secs(1)).await, Pending::Pass));
+        drop(first);
+    }
+}

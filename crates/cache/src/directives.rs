@@ -1,0 +1,235 @@
+//! Cache-Control (RFC 9111 §5.2) parsed once into the few facts a shared cache acts on.
+//!
+//! Parsing is lenient the way the RFC asks: unknown directives are ignored, a directive that
+//! repeats keeps its first value, and an invalid delta-seconds makes the directive count as
+//! present with the most conservative meaning (a max-age that cannot be read is max-age=0).
+
+use http::header::{self, HeaderMap, HeaderName};
+
+/// The response directives a shared cache honours.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ResponseDirectives {
+    pub max_age: Option<u64>,
+    pub s_maxage: Option<u64>,
+    pub no_store: bool,
+    /// `no-cache` without field names: every reuse needs a successful revalidation.
+    pub no_cache: bool,
+    /// `no-cache="a, b"`: those fields must not be sent from cache without revalidation.
+    pub no_cache_fields: Vec<HeaderName>,
+    /// `private` without field names: a shared cache must not store the response.
+    pub private: bool,
+    /// `private="a"`: a shared cache may store the response without those fields.
+    pub private_fields: Vec<HeaderName>,
+    pub public: bool,
+    pub must_revalidate: bool,
+    pub proxy_revalidate: bool,
+    pub must_understand: bool,
+    pub stale_while_revalidate: Option<u64>,
+    pub stale_if_error: Option<u64>,
+    pub immutable: bool,
+}
+
+/// The request directives a cache honours when choosing a stored response.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RequestDirectives {
+    pub max_age: Option<u64>,
+    /// `max-stale` without a value accepts any staleness (`Some(u64::MAX)`).
+    pub max_stale: Option<u64>,
+    pub min_fresh: Option<u64>,
+    pub no_cache: bool,
+    pub no_store: bool,
+    pub only_if_cached: bool,
+    pub stale_if_error: Option<u64>,
+}
+
+impl RequestDirectives {
+    /// `Pragma: no-cache` counts as `Cache-Control: no-cache` only when the request carries no
+    /// Cache-Control at all (RFC 9111 §5.4).
+    pub fn parse(headers: &HeaderMap) -> Self {
+        let mut d = Self::default();
+        let mut any = false;
+        for (name, value) in directives(headers) {
+            any = true;
+            match name.as_str() {
+                "max-age" => set_once(&mut d.max_age, seconds(value)),
+                "max-stale" => set_once(&mut d.max_stale, value.map_or(u64::MAX, |v| seconds(Some(v)))),
+                "min-fresh" => set_once(&mut d.min_fresh, seconds(value)),
+                "no-cache" => d.no_cache = true,
+                "no-store" => d.no_store = true,
+                "only-if-cached" => d.only_if_cached = true,
+                "stale-if-error" => set_once(&mut d.stale_if_error, seconds(value)),
+                _ => {}
+            }
+        }
+        if !any {
+            d.no_cache = headers
+                .get_all(header::PRAGMA)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .any(|t| t.trim().eq_ignore_ascii_case("no-cache"));
+        }
+        d
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+impl ResponseDirectives {
+    pub fn parse(headers: &HeaderMap) -> Self {
+        let mut d = Self::default();
+        for (name, value) in directives(headers) {
+            match name.as_str() {
+                "max-age" => set_once(&mut d.max_age, seconds(value)),
+                "s-maxage" => set_once(&mut d.s_maxage, seconds(value)),
+                "no-store" => d.no_store = true,
+                "no-cache" => match value.map(field_names) {
+                    Some(fields) if !fields.is_empty() => d.no_cache_fields.extend(fields),
+                    _ => d.no_cache = true,
+                },
+                "private" => match value.map(field_names) {
+                    Some(fields) if !fields.is_empty() => d.private_fields.extend(fields),
+                    _ => d.private = true,
+                },
+                "public" => d.public = true,
+                "must-revalidate" => d.must_revalidate = true,
+                "proxy-revalidate" => d.proxy_revalidate = true,
+                "must-understand" => d.must_understand = true,
+                "stale-while-revalidate" => set_once(&mut d.stale_while_revalidate, seconds(value)),
+                "stale-if-error" => set_once(&mut d.stale_if_error, seconds(value)),
+                "immutable" => d.immutable = true,
+                _ => {}
+            }
+        }
+        d
+    }
+
+    /// Whether stale reuse is forbidden (must-revalidate; for a shared cache also
+    /// proxy-revalidate and s-maxage, which carries proxy-revalidate's meaning).
+    pub fn forbids_stale(&self) -> bool {
+        self.must_revalidate || self.proxy_revalidate || self.s_maxage.is_some()
+    }
+
+    /// Whether the response carries any explicit freshness a shared cache uses.
+    pub fn has_explicit_lifetime(&self) -> bool {
+        self.s_maxage.is_some() || self.max_age.is_some()
+    }
+}
+
+fn set_once(slot: &mut Option<u64>, value: u64) {
+    if slot.is_none() {
+        *slot = Some(value);
+    }
+}
+
+/// delta-seconds; anything unreadable is 0 (the conservative reading), overflow saturates.
+fn seconds(value: Option<&str>) -> u64 {
+    let Some(v) = value else { return 0 };
+    let v = v.trim();
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return 0;
+    }
+    v.parse().unwrap_or(u64::MAX)
+}
+
+fn field_names(value: &str) -> Vec<HeaderName> {
+    value
+        .split(',')
+        .filter_map(|f| HeaderName::from_bytes(f.trim().as_bytes()).ok())
+        .collect()
+}
+
+/// Every directive of every Cache-Control field: lower-cased name and unquoted value.
+fn directives(headers: &HeaderMap) -> impl Iterator<Item = (String, Option<&str>)> {
+    headers
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(split_directives)
+}
+
+/// Splits `a, b=1, c="x, y"` on the commas outside quoted strings.
+fn split_directives(value: &str) -> Vec<(String, Option<&str>)> {
+    let mut out = Vec::new();
+    let bytes = value.as_bytes();
+    let mut start = 0;
+    let mut quoted = false;
+    for i in 0..=bytes.len() {
+        let end = i == bytes.len();
+        if !end && bytes[i] == b'"' {
+            quoted = !quoted;
+            continue;
+        }
+        if end || (bytes[i] == b',' && !quoted) {
+            let part = value[start..i].trim();
+            start = i + 1;
+            if part.is_empty() {
+                continue;
+            }
+            let (name, val) = match part.split_once('=') {
+                Some((n, v)) => {
+                    let v = v.trim();
+                    let v = v.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(v);
+                    (n.trim(), Some(v))
+                }
+                None => (part, None),
+            };
+            out.push((name.to_ascii_lowercase(), val));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(cc: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in cc {
+            h.append(header::CACHE_CONTROL, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn response_directives_with_quotes_and_repeats() {
+        let d = ResponseDirectives::parse(&headers(&[
+            "public, max-age=60, no-cache=\"set-cookie, x-a\"",
+            "max-age=5, S-MaxAge=30, stale-while-revalidate=10",
+        ]));
+        assert_eq!(d.max_age, Some(60), "the first max-age wins");
+        assert_eq!(d.s_maxage, Some(30));
+        assert!(d.public && !d.no_cache);
+        assert_eq!(d.no_cache_fields, vec!["set-cookie", "x-a"]);
+        assert_eq!(d.stale_while_revalidate, Some(10));
+        assert!(d.forbids_stale(), "s-maxage implies proxy-revalidate");
+    }
+
+    #[test]
+    fn unreadable_max_age_is_zero_and_bare_private_is_private() {
+        let d = ResponseDirectives::parse(&headers(&["max-age=abc, private"]));
+        assert_eq!(d.max_age, Some(0));
+        assert!(d.private);
+        let d = ResponseDirectives::parse(&headers(&["private=\"x-user\""]));
+        assert!(!d.private);
+        assert_eq!(d.private_fields, vec!["x-user"]);
+    }
+
+    #[test]
+    fn request_directives_and_pragma() {
+        let d = RequestDirectives::parse(&headers(&["max-stale, min-fresh=5"]));
+        assert_eq!(d.max_stale, Some(u64::MAX));
+        assert_eq!(d.min_fresh, Some(5));
+        let mut h = HeaderMap::new();
+        h.insert(header::PRAGMA, "no-cache".parse().unwrap());
+        assert!(RequestDirectives::parse(&h).no_cache);
+        h.insert(header::CACHE_CONTROL, "max-age=10".parse().unwrap());
+        assert!(
+            !RequestDirectives::parse(&h).no_cache,
+            "Cache-Control overrides Pragma"
+        );
+    }
+}

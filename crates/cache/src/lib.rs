@@ -1,0 +1,271 @@
+//! Outpost's HTTP cache: what a shared cache may store and reuse (RFC 9111, RFC 5861), the
+//! storage tiers, request collapsing and purge.
+//!
+//! It owns cache keys, freshness, validation, Vary, storage and purge rules. It knows nothing of
+//! sockets, origin pools or the proxy's request phases: the edge asks it questions (may this be
+//! stored? may this answer that request?) and hands it complete responses to keep.
+
+pub mod collapse;
+pub mod conditional;
+pub mod directives;
+pub mod fill;
+pub mod freshness;
+pub mod key;
+mod memory;
+pub mod object;
+pub mod purge;
+pub mod range;
+pub mod reuse;
+pub mod storable;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::HeaderMap;
+
+pub use collapse::{Collapser, Join, Pending};
+pub use directives::{RequestDirectives, ResponseDirectives};
+pub use fill::{Fill, FillReader};
+pub use freshness::{Freshness, LifetimePolicy};
+pub use key::{CacheKey, KeyPolicy, QueryMode};
+pub use object::Object;
+pub use purge::{Purge, PurgeRequest, Target, Verdict};
+pub use storable::{NotStored, StorePolicy};
+
+use memory::MemoryTier;
+use purge::Purges;
+
+/// A fill that takes longer than this is not stored: purge rules are retired on the assumption
+/// that no fetch older than this can still land (see `purge`).
+pub const MAX_FILL: Duration = Duration::from_secs(300);
+
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    pub memory_bytes: u64,
+}
+
+pub struct Cache {
+    memory: MemoryTier,
+    purges: Purges,
+    pub collapse: Arc<Collapser>,
+}
+
+/// Sizes of the tiers, for metrics.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TierStats {
+    pub memory_bytes: u64,
+    pub memory_objects: u64,
+    pub memory_evictions: u64,
+    pub in_flight_fills: usize,
+    pub live_purge_rules: usize,
+}
+
+impl Cache {
+    pub fn new(config: &CacheConfig) -> Self {
+        Self {
+            memory: MemoryTier::new(config.memory_bytes),
+            purges: Purges::default(),
+            collapse: Arc::new(Collapser::default()),
+        }
+    }
+
+    /// The sequence number a fetch records when it starts (see `Object::stored_seq`).
+    pub fn fetch_seq(&self) -> u64 {
+        self.purges.current_seq()
+    }
+
+    /// The stored response for this request, if any: the variant its headers select, with
+    /// purges applied (a hard-purged object is gone, a soft-purged one comes back stale).
+    pub fn lookup(&self, key: &CacheKey, request: &HeaderMap) -> Option<Arc<Object>> {
+        let variants = self.memory.get(key.hash)?;
+        let obj = variants
+            .iter()
+            .rev()
+            .find(|o| *o.url == *key.url && o.matches(request, key.extra.as_deref()))?;
+        match self.purges.verdict(obj) {
+            Verdict::Keep => Some(obj.clone()),
+            Verdict::Stale => {
+                obj.mark_soft_purged();
+                Some(obj.clone())
+            }
+            Verdict::Gone => {
+                self.memory.remove_object(key.hash, obj);
+                None
+            }
+        }
+    }
+
+    /// Keeps a complete response. Purges that arrived while it was fetched still apply.
+    pub fn store(&self, key: &CacheKey, obj: Object) -> Option<Arc<Object>> {
+        match self.purges.verdict(&obj) {
+            Verdict::Gone => return None,
+            Verdict::Stale => obj.mark_soft_purged(),
+            Verdict::Keep => {}
+        }
+        let obj = Arc::new(obj);
+        self.memory.put(key.hash, obj.clone());
+        Some(obj)
+    }
+
+    /// Drops every variant stored for a URL (after a successful unsafe request, §4.4).
+    pub fn invalidate(&self, key: &CacheKey) {
+        self.memory.remove(key.hash);
+    }
+
+    /// Applies a purge: effective for every lookup that starts after this returns. Returns the
+    /// purge's sequence number.
+    pub fn purge(&self, purge: Purge) -> u64 {
+        if let (Target::Url(url), false) = (&purge.target, purge.soft) {
+            for scheme in ["http://", "https://"] {
+                self.memory.remove(key::hash_url(&format!("{scheme}{url}")));
+            }
+        }
+        self.purges.add(purge)
+    }
+
+    /// One pass over the store applying live purge rules, then retiring the rules the pass
+    /// covered. Meant for a background thread: it never blocks lookups.
+    pub fn sweep(&self) {
+        let started = Instant::now();
+        if self.purges.live_rules() > 0 {
+            let mut gone = Vec::new();
+            self.memory.for_each(|hash, variants| {
+                for obj in variants.iter() {
+                    match self.purges.verdict(obj) {
+                        Verdict::Keep => {}
+                        Verdict::Stale => obj.mark_soft_purged(),
+                        Verdict::Gone => gone.push((hash, obj.clone())),
+                    }
+                }
+            });
+            for (hash, obj) in gone {
+                self.memory.remove_object(hash, &obj);
+            }
+            if let Some(before) = started.checked_sub(MAX_FILL) {
+                self.purges.retire(before);
+            }
+        }
+        self.memory.maintain();
+    }
+
+    pub fn stats(&self) -> TierStats {
+        TierStats {
+            memory_bytes: self.memory.bytes(),
+            memory_objects: self.memory.objects(),
+            memory_evictions: self.memory.evictions(),
+            in_flight_fills: self.collapse.in_flight(),
+            live_purge_rules: self.purges.live_rules(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http::StatusCode;
+
+    fn object(cache: &Cache, url: &str, tags: &str, site: &str) -> (CacheKey, Object) {
+        let key = CacheKey::for_url(url).unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("surrogate-key", tags.parse().unwrap());
+        let f = Freshness::compute(
+            0.0,
+            0.0,
+            StatusCode::OK,
+            &h,
+            &Default::default(),
+            &LifetimePolicy {
+                ttl_override: Some(Duration::from_secs(3600)),
+                default_ttl: None,
+            },
+        );
+        let obj = Object::new(
+            &key,
+            site.into(),
+            StatusCode::OK,
+            h,
+            Bytes::from_static(b"x"),
+            f,
+            Box::new([]),
+            cache.fetch_seq(),
+        );
+        (key, obj)
+    }
+
+    #[test]
+    fn purges_by_each_target() {
+        let cache = Cache::new(&CacheConfig {
+            memory_bytes: 1 << 20,
+        });
+        let none = HeaderMap::new();
+        for (url, tags, site) in [
+            ("http://a.test/img/1", "t1", "a"),
+            ("http://a.test/img/2", "t2", "a"),
+            ("https://a.test/css/1", "t1", "a"),
+            ("http://b.test/x", "t3", "b"),
+        ] {
+            let (k, o) = object(&cache, url, tags, site);
+            cache.store(&k, o);
+        }
+        let key = |u: &str| CacheKey::for_url(u).unwrap();
+        let p = |json: &str| {
+            serde_json::from_str::<PurgeRequest>(json)
+                .unwrap()
+                .into_purge()
+                .unwrap()
+        };
+
+        cache.purge(p(r#"{"url":"https://a.test/img/2"}"#));
+        assert!(
+            cache.lookup(&key("http://a.test/img/2"), &none).is_none(),
+            "scheme does not matter"
+        );
+        cache.purge(p(r#"{"tag":"t1","soft":true}"#));
+        let soft = cache.lookup(&key("http://a.test/img/1"), &none).unwrap();
+        assert!(soft.is_soft_purged());
+        cache.purge(p(r#"{"prefix":"http://a.test/css/"}"#));
+        assert!(cache.lookup(&key("https://a.test/css/1"), &none).is_none());
+        cache.purge(p(r#"{"site":"b"}"#));
+        assert!(cache.lookup(&key("http://b.test/x"), &none).is_none());
+        assert!(cache.lookup(&key("http://a.test/img/1"), &none).is_some());
+    }
+
+    #[test]
+    fn a_fetch_that_started_before_a_purge_is_not_served_after_it() {
+        let cache = Cache::new(&CacheConfig {
+            memory_bytes: 1 << 20,
+        });
+        let (k, o) = object(&cache, "http://a.test/slow", "t", "a");
+        cache.purge(
+            serde_json::from_str::<PurgeRequest>(r#"{"tag":"t"}"#)
+                .unwrap()
+                .into_purge()
+                .unwrap(),
+        );
+        assert!(cache.store(&k, o).is_none());
+    }
+
+    #[test]
+    fn sweep_removes_hard_purged_objects_and_keeps_memory_within_budget() {
+        let cache = Cache::new(&CacheConfig {
+            memory_bytes: 64 * 1024,
+        });
+        for i in 0..1000 {
+            let (k, o) = object(&cache, &format!("http://a.test/{i}"), "t", "a");
+            cache.store(&k, o);
+        }
+        cache.sweep();
+        let s = cache.stats();
+        assert!(s.memory_bytes <= 64 * 1024, "{s:?}");
+        assert!(s.memory_evictions > 0);
+        cache.purge(
+            serde_json::from_str::<PurgeRequest>(r#"{"site":"a"}"#)
+                .unwrap()
+                .into_purge()
+                .unwrap(),
+        );
+        cache.sweep();
+        assert_eq!(cache.stats().memory_objects, 0);
+    }
+}

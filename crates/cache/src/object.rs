@@ -1,0 +1,231 @@
+//! A stored response and the request facts it was selected by (Vary, RFC 9111 §4.1).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName};
+use http::StatusCode;
+
+use crate::freshness::Freshness;
+use crate::key::CacheKey;
+
+/// One stored response. Immutable once stored except for the soft-purge mark; a revalidation
+/// replaces the object rather than editing it, so readers never see half an update.
+#[derive(Debug)]
+pub struct Object {
+    pub url: Arc<str>,
+    pub site: Arc<str>,
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub freshness: Freshness,
+    /// The request's values of the fields named in Vary, normalised.
+    pub vary: Box<[(HeaderName, Option<Box<str>>)]>,
+    /// The operator's extra key parts (see `KeyPolicy`).
+    pub extra: Option<Box<str>>,
+    /// Surrogate keys from Surrogate-Key and Cache-Tag.
+    pub tags: Box<[Box<str>]>,
+    /// Purge sequence number when the fetch that produced this object started: purges after it
+    /// apply to the object even when they arrived while it was being fetched.
+    pub stored_seq: u64,
+    soft_purged: AtomicBool,
+}
+
+impl Object {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        key: &CacheKey,
+        site: Arc<str>,
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Bytes,
+        freshness: Freshness,
+        vary: Box<[(HeaderName, Option<Box<str>>)]>,
+        stored_seq: u64,
+    ) -> Self {
+        let tags = surrogate_keys(&headers);
+        Self {
+            url: key.url.as_str().into(),
+            site,
+            status,
+            headers,
+            body,
+            freshness,
+            vary,
+            extra: key.extra.clone(),
+            tags,
+            stored_seq,
+            soft_purged: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether this object answers a request with these headers and extra key parts.
+    pub fn matches(&self, request: &HeaderMap, extra: Option<&str>) -> bool {
+        self.extra.as_deref() == extra
+            && self
+                .vary
+                .iter()
+                .all(|(name, value)| normalized(request, name).as_deref() == value.as_deref())
+    }
+
+    /// Same selecting facts as `other`: a newer response for the same variant replaces it.
+    pub fn same_variant(&self, other: &Object) -> bool {
+        self.extra == other.extra && self.vary == other.vary
+    }
+
+    pub fn mark_soft_purged(&self) {
+        self.soft_purged.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_soft_purged(&self) -> bool {
+        self.soft_purged.load(Ordering::Relaxed)
+    }
+
+    /// Bytes this object holds, for the memory budget: body, header text and a fixed
+    /// allowance for the structures around them (see docs/cache.md for the measurement).
+    pub fn weight(&self) -> u32 {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 48)
+            .sum();
+        let total = self.body.len() + headers + self.url.len() + OVERHEAD;
+        u32::try_from(total).unwrap_or(u32::MAX)
+    }
+}
+
+/// Per-object bytes outside the body and headers: the object struct, the memory tier's entry.
+pub const OVERHEAD: usize = 320;
+
+/// The request's values for the fields a response varies on; `None` when `Vary: *` (such a
+/// response never matches a later request and is not stored).
+pub fn vary_values(
+    response: &HeaderMap,
+    request: &HeaderMap,
+) -> Option<Box<[(HeaderName, Option<Box<str>>)]>> {
+    let mut out = Vec::new();
+    for value in response.get_all(header::VARY) {
+        let Ok(value) = value.to_str() else { return None };
+        for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            if name == "*" {
+                return None;
+            }
+            let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else {
+                return None;
+            };
+            if !out.iter().any(|(n, _)| *n == name) {
+                let v = normalized(request, &name);
+                out.push((name, v));
+            }
+        }
+    }
+    Some(out.into_boxed_slice())
+}
+
+/// Field lines combined with ", " and whitespace around commas removed, so `a,b` and `a, b`
+/// select the same variant (RFC 9111 §4.1 allows this normalisation).
+pub(crate) fn normalized(headers: &HeaderMap, name: &HeaderName) -> Option<Box<str>> {
+    let mut values = headers.get_all(name).iter().peekable();
+    values.peek()?;
+    let mut out = String::new();
+    for v in values {
+        for part in String::from_utf8_lossy(v.as_bytes()).split(',') {
+            if !out.is_empty() {
+                out.push_str(", ");
+            }
+            out.push_str(part.trim());
+        }
+    }
+    Some(out.into_boxed_str())
+}
+
+fn surrogate_keys(headers: &HeaderMap) -> Box<[Box<str>]> {
+    let mut tags: Vec<Box<str>> = Vec::new();
+    for name in ["surrogate-key", "cache-tag"] {
+        for v in headers.get_all(name).iter().filter_map(|v| v.to_str().ok()) {
+            // Surrogate-Key separates with spaces, Cache-Tag with commas.
+            for t in v.split([' ', ',']).map(str::trim).filter(|t| !t.is_empty()) {
+                if !tags.iter().any(|x| &**x == t) {
+                    tags.push(t.into());
+                }
+            }
+        }
+    }
+    tags.into_boxed_slice()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::object::tests_support;
+
+    fn h(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+        }
+        m
+    }
+
+    #[test]
+    fn vary_selects_by_normalised_request_values() {
+        let resp = h(&[
+            ("vary", "Accept-Encoding, accept-language"),
+            ("vary", "accept-encoding"),
+        ]);
+        let req = h(&[("accept-encoding", "gzip,br")]);
+        let vary = vary_values(&resp, &req).unwrap();
+        assert_eq!(vary.len(), 2, "a field named twice counts once");
+        let key = CacheKey::for_url("http://a.test/").unwrap();
+        let obj = Object::new(
+            &key,
+            "s".into(),
+            StatusCode::OK,
+            resp,
+            Bytes::new(),
+            tests_support::freshness(),
+            vary,
+            0,
+        );
+        assert!(obj.matches(&h(&[("accept-encoding", "gzip, br")]), None));
+        assert!(!obj.matches(&h(&[("accept-encoding", "gzip")]), None));
+        assert!(!obj.matches(
+            &h(&[("accept-encoding", "gzip,br"), ("accept-language", "fr")]),
+            None
+        ));
+    }
+
+    #[test]
+    fn vary_star_never_stores() {
+        assert!(vary_values(&h(&[("vary", "*")]), &HeaderMap::new()).is_none());
+    }
+
+    #[test]
+    fn tags_from_both_headers() {
+        let t = surrogate_keys(&h(&[("surrogate-key", "a b  c"), ("cache-tag", "c,d")]));
+        assert_eq!(
+            &*t,
+            &["a".into(), "b".into(), "c".into(), "d".into()] as &[Box<str>]
+        );
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests_support {
+    use crate::freshness::Freshness;
+
+    pub fn freshness() -> Freshness {
+        Freshness {
+            request_time: 0.0,
+            response_time: 0.0,
+            initial_age: 0.0,
+            lifetime: 0.0,
+            heuristic: false,
+            forbids_stale: false,
+            always_revalidate: false,
+            stale_while_revalidate: 0,
+            stale_if_error: 0,
+        }
+    }
+}

@@ -22,7 +22,7 @@ pub struct Fill {
     /// The response's fields as stored (hop-by-hop removed), before Age and Cache-Status.
     pub headers: HeaderMap,
     /// What selects this response (Vary values, extra key parts), for requests that join.
-    pub vary: Box<[(http::HeaderName, Option<Box<str>>)]>,
+    pub vary: crate::object::VaryValues,
     pub extra: Option<Box<str>>,
     state: Mutex<State>,
 }
@@ -39,7 +39,7 @@ impl Fill {
     pub fn new(
         status: StatusCode,
         headers: HeaderMap,
-        vary: Box<[(http::HeaderName, Option<Box<str>>)]>,
+        vary: crate::object::VaryValues,
         extra: Option<Box<str>>,
     ) -> Arc<Self> {
         Arc::new(Self {

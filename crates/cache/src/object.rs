@@ -21,7 +21,7 @@ pub struct Object {
     pub body: Bytes,
     pub freshness: Freshness,
     /// The request's values of the fields named in Vary, normalised.
-    pub vary: Box<[(HeaderName, Option<Box<str>>)]>,
+    pub vary: VaryValues,
     /// The operator's extra key parts (see `KeyPolicy`).
     pub extra: Option<Box<str>>,
     /// Surrogate keys from Surrogate-Key and Cache-Tag.
@@ -41,7 +41,7 @@ impl Object {
         headers: HeaderMap,
         body: Bytes,
         freshness: Freshness,
-        vary: Box<[(HeaderName, Option<Box<str>>)]>,
+        vary: VaryValues,
         stored_seq: u64,
     ) -> Self {
         let tags = surrogate_keys(&headers);
@@ -95,15 +95,15 @@ impl Object {
     }
 }
 
+/// The request's values of the fields a response varies on, by field name.
+pub type VaryValues = Box<[(HeaderName, Option<Box<str>>)]>;
+
 /// Per-object bytes outside the body and headers: the object struct, the memory tier's entry.
 pub const OVERHEAD: usize = 320;
 
 /// The request's values for the fields a response varies on; `None` when `Vary: *` (such a
 /// response never matches a later request and is not stored).
-pub fn vary_values(
-    response: &HeaderMap,
-    request: &HeaderMap,
-) -> Option<Box<[(HeaderName, Option<Box<str>>)]>> {
+pub fn vary_values(response: &HeaderMap, request: &HeaderMap) -> Option<VaryValues> {
     let mut out = Vec::new();
     for value in response.get_all(header::VARY) {
         let Ok(value) = value.to_str() else { return None };

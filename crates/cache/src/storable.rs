@@ -93,9 +93,7 @@ pub fn check(
     {
         return Err(NotStored::Authorization);
     }
-    if response.contains_key(header::SET_COOKIE)
-        && !res.private_fields.iter().any(|f| f == header::SET_COOKIE)
-    {
+    if response.contains_key(header::SET_COOKIE) && !res.private_fields.contains(&header::SET_COOKIE) {
         return Err(NotStored::SetCookie);
     }
     if response

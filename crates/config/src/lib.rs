@@ -9,6 +9,7 @@
 
 pub mod duration;
 pub mod model;
+pub mod size;
 
 mod error;
 mod load;
@@ -20,3 +21,4 @@ pub use duration::parse_duration;
 pub use error::{ConfigError, ConfigErrors};
 pub use load::{from_config, load_file, parse_str, quick_start, LoadedConfig};
 pub use model::*;
+pub use size::parse_size;

@@ -105,8 +105,10 @@ pub fn quick_start(listen: SocketAddr, origin_url: &str, admin: Option<SocketAdd
             rate_limits: Vec::new(),
             waf_rules: Vec::new(),
             waf: ManagedWafConfig::default(),
+            cache: SiteCacheConfig::default(),
         }],
         pools: vec![pool],
+        cache: CacheConfig::default(),
     }
 }
 

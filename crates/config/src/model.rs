@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::duration::serde_duration;
+use crate::duration::{serde_duration, serde_opt_duration};
+use crate::size::serde_size;
 
 /// One PoP's whole configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -39,6 +40,115 @@ pub struct Config {
     pub sites: Vec<SiteConfig>,
     #[serde(default, rename = "pool")]
     pub pools: Vec<PoolConfig>,
+    #[serde(default)]
+    pub cache: CacheConfig,
+}
+
+/// The PoP's HTTP cache storage, shared by every site (each site's policy is `[site.cache]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Memory tier budget (`"256MiB"`); `0` turns caching off for the whole PoP.
+    #[serde(default = "default_cache_memory", with = "serde_size")]
+    pub memory: u64,
+    /// Disk tier budget; `0` (the default) keeps the cache in memory only. The disk tier
+    /// survives restarts.
+    #[serde(default, with = "serde_size")]
+    pub disk: u64,
+    /// Where the disk tier lives; defaults to `cache` under `pop.state_dir`.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            memory: default_cache_memory(),
+            disk: 0,
+            dir: None,
+        }
+    }
+}
+
+fn default_cache_memory() -> u64 {
+    256 << 20
+}
+
+/// How one site uses the cache. The defaults honour what the origin says (RFC 9111).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteCacheConfig {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Lifetime of responses that carry no freshness information (instead of the RFC's
+    /// Last-Modified heuristic).
+    #[serde(default, with = "serde_opt_duration", skip_serializing_if = "Option::is_none")]
+    pub default_ttl: Option<Duration>,
+    /// Lifetime of every stored response, whatever the origin says.
+    #[serde(default, with = "serde_opt_duration", skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<Duration>,
+    /// Also store what the origin marks private or no-store, and answers without freshness
+    /// information (for origins that send no cache headers). Responses setting cookies are
+    /// never stored.
+    #[serde(default)]
+    pub cache_everything: bool,
+    /// Larger responses stream through without being stored.
+    #[serde(default = "default_max_object_size", with = "serde_size")]
+    pub max_object_size: u64,
+    /// Grace: how long past its lifetime a stored response may answer when the origin is down
+    /// or answers 5xx, beyond what the origin's stale-if-error allows.
+    #[serde(default = "zero_duration", with = "serde_duration")]
+    pub stale_if_error: Duration,
+    /// The query string in the cache key: `keep` (default), `sort` or `ignore`.
+    #[serde(default)]
+    pub query: CacheQuery,
+    /// Query parameters left out of the key (`utm_*` matches a prefix).
+    #[serde(default)]
+    pub ignore_params: Vec<String>,
+    /// Request headers added to the cache key.
+    #[serde(default)]
+    pub key_headers: Vec<String>,
+    /// Cookies (by name) added to the cache key.
+    #[serde(default)]
+    pub key_cookies: Vec<String>,
+}
+
+impl Default for SiteCacheConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            default_ttl: None,
+            ttl: None,
+            cache_everything: false,
+            max_object_size: default_max_object_size(),
+            stale_if_error: Duration::ZERO,
+            query: CacheQuery::Keep,
+            ignore_params: Vec::new(),
+            key_headers: Vec::new(),
+            key_cookies: Vec::new(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn zero_duration() -> Duration {
+    Duration::ZERO
+}
+
+fn default_max_object_size() -> u64 {
+    64 << 20
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheQuery {
+    #[default]
+    Keep,
+    Sort,
+    Ignore,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -271,6 +381,8 @@ pub struct SiteConfig {
     /// The built-in managed rule set (after the custom rules).
     #[serde(default)]
     pub waf: ManagedWafConfig,
+    #[serde(default)]
+    pub cache: SiteCacheConfig,
 }
 
 /// The managed rule set: SQL injection, XSS, path traversal, command injection, scanners.

@@ -43,6 +43,7 @@ pub(crate) fn validate(config: &Config) -> Vec<Issue> {
     v.certificates(config);
     v.sites(config);
     v.pools(config);
+    v.cache(config);
     v.issues
 }
 
@@ -361,6 +362,62 @@ impl Validator {
                     );
                 } else if site.listeners[..j].contains(listener) {
                     self.error(listener_path, format!("listener \"{listener}\" is listed twice"));
+                }
+            }
+        }
+    }
+
+    fn cache(&mut self, config: &Config) {
+        let path = FieldPath::root().key("cache");
+        if config.cache.disk > 0 && config.cache.dir.is_none() && config.pop.state_dir.is_none() {
+            self.error(
+                path.key("disk"),
+                "a disk tier needs a directory: set cache.dir or pop.state_dir",
+            );
+        }
+        if config.cache.disk > 0 && config.cache.memory == 0 {
+            self.error(
+                path.key("memory"),
+                "the disk tier is read through the memory tier; give memory a budget or set disk to 0",
+            );
+        }
+        for (i, site) in config.sites.iter().enumerate() {
+            let c = &site.cache;
+            let cpath = FieldPath::root().key("site").index(i).key("cache");
+            if c.max_object_size == 0 {
+                self.error(
+                    cpath.key("max_object_size"),
+                    "must be more than 0 (to store nothing, set enabled = false)",
+                );
+            }
+            if c.ttl == Some(Duration::ZERO) {
+                self.error(
+                    cpath.key("ttl"),
+                    "a zero ttl stores nothing; set enabled = false instead",
+                );
+            }
+            for (j, name) in c.key_headers.iter().enumerate() {
+                if http_header_name_problem(name) {
+                    self.error(
+                        cpath.key("key_headers").index(j),
+                        format!("\"{name}\" is not a valid header name"),
+                    );
+                }
+            }
+            for (j, p) in c.ignore_params.iter().enumerate() {
+                if p.trim().is_empty() || p.trim_end_matches('*').is_empty() {
+                    self.error(
+                        cpath.key("ignore_params").index(j),
+                        "name a parameter (a trailing * matches a prefix)",
+                    );
+                }
+            }
+            for (j, cookie) in c.key_cookies.iter().enumerate() {
+                if cookie.is_empty() || cookie.contains([';', '=', ' ']) {
+                    self.error(
+                        cpath.key("key_cookies").index(j),
+                        format!("\"{cookie}\" is not a cookie name"),
+                    );
                 }
             }
         }
@@ -957,4 +1014,12 @@ mod tests {
         assert_eq!(address_conflict(addr("127.0.0.1:0"), addr("127.0.0.1:0")), None);
         assert_eq!(address_conflict(addr("[::]:80"), addr("127.0.0.1:80")), None);
     }
+}
+
+/// RFC 9110 token characters, lower-case or not.
+fn http_header_name_problem(name: &str) -> bool {
+    name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }

@@ -10,12 +10,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
-use crate::{ApplyError, Shared};
+use crate::{ApplyError, PurgeError, Shared};
 
 pub fn spawn(shared: Arc<Shared>, addr: SocketAddr) -> std::io::Result<SocketAddr> {
     let std_listener = std::net::TcpListener::bind(addr)?;
@@ -165,7 +165,41 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> AdminResponse {
                 &e.messages(),
             ),
         },
-        (_, "/metrics" | "/config" | "/reload" | "/healthz" | "/readyz") => problem(
+        (&Method::POST, "/purge") => {
+            let body = match http_body_util::Limited::new(req.into_body(), 64 * 1024)
+                .collect()
+                .await
+            {
+                Ok(b) => b.to_bytes(),
+                Err(e) => {
+                    return problem(StatusCode::BAD_REQUEST, "Unreadable body", &e.to_string(), &[]);
+                }
+            };
+            let request: outpost_cache::PurgeRequest = match serde_json::from_slice(&body) {
+                Ok(r) => r,
+                Err(e) => {
+                    return problem(
+                        StatusCode::BAD_REQUEST,
+                        "Invalid purge",
+                        &format!(
+                            "expected {{\"url\"|\"prefix\"|\"tag\"|\"site\": ..., \"soft\": bool}}: {e}"
+                        ),
+                        &[],
+                    )
+                }
+            };
+            match shared.purge(request) {
+                Ok(done) => json(StatusCode::OK, &serde_json::to_value(&done).unwrap_or_default()),
+                Err(PurgeError::Invalid(e)) => problem(StatusCode::BAD_REQUEST, "Invalid purge", &e, &[]),
+                Err(PurgeError::NoCache) => problem(
+                    StatusCode::CONFLICT,
+                    "No cache",
+                    "this PoP runs without a cache (cache.memory = 0)",
+                    &[],
+                ),
+            }
+        }
+        (_, "/metrics" | "/config" | "/reload" | "/healthz" | "/readyz" | "/purge") => problem(
             StatusCode::METHOD_NOT_ALLOWED,
             "Method not allowed",
             "see the admin API in the README",
@@ -174,7 +208,7 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> AdminResponse {
         _ => problem(
             StatusCode::NOT_FOUND,
             "Not found",
-            "admin endpoints: /healthz /readyz /metrics /config POST /reload",
+            "admin endpoints: /healthz /readyz /metrics /config POST /reload POST /purge",
             &[],
         ),
     }

@@ -49,6 +49,9 @@ pub struct Shared {
     last_reload: Mutex<Option<ReloadRecord>>,
     /// Open client connections per IP, for `limits.max_connections_per_ip`.
     pub connections_per_ip: Mutex<std::collections::HashMap<std::net::IpAddr, u32>>,
+    /// The HTTP cache, shared by every site and kept across reloads; None when
+    /// `cache.memory` is 0.
+    pub cache: Option<Arc<outpost_cache::Cache>>,
 }
 
 /// The outcome of the latest reload attempt, shown by the admin API.
@@ -80,6 +83,24 @@ impl ApplyError {
     }
 }
 
+/// A purge that took effect on this PoP.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Purged {
+    pub kind: &'static str,
+    pub soft: bool,
+    /// The purge's sequence number on this PoP.
+    pub seq: u64,
+    pub duration_ms: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PurgeError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("this PoP runs without a cache")]
+    NoCache,
+}
+
 /// What a successful apply changed.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Applied {
@@ -106,6 +127,12 @@ impl Edge {
         let first =
             Snapshot::build(loaded, None, &metrics, &cert_store, epoch).map_err(ApplyError::Refused)?;
         let admin_cfg = first.loaded.config.admin.clone();
+        let cache_cfg = &first.loaded.config.cache;
+        let cache = (cache_cfg.memory > 0).then(|| {
+            Arc::new(outpost_cache::Cache::new(&outpost_cache::CacheConfig {
+                memory_bytes: cache_cfg.memory,
+            }))
+        });
         let shared = Arc::new(Shared {
             pop_id,
             metrics,
@@ -119,6 +146,7 @@ impl Edge {
             control: tokio::sync::Mutex::new(Vec::new()),
             last_reload: Mutex::new(None),
             connections_per_ip: Mutex::default(),
+            cache,
         });
         // The admin listener first: if it cannot bind, nothing else has started.
         let admin_addr = match admin_cfg.listen {
@@ -142,6 +170,7 @@ impl Edge {
             commit(&shared, &mut running, None, snapshot, bound);
         }
         spawn_certificate_watcher(&shared);
+        spawn_cache_sweeper(&shared);
         Ok(Self { shared, admin_addr })
     }
 
@@ -194,6 +223,46 @@ impl Shared {
 
     pub fn last_reload(&self) -> Option<ReloadRecord> {
         self.last_reload.lock().ok()?.clone()
+    }
+
+    /// Purges the cache: effective for every request that starts after this returns (objects
+    /// being fetched when it arrives included). A URL is matched as the cache keys it, with the
+    /// query policy of the site that serves its host.
+    pub fn purge(&self, request: outpost_cache::PurgeRequest) -> Result<Purged, PurgeError> {
+        let started = Instant::now();
+        let cache = self.cache.as_ref().ok_or(PurgeError::NoCache)?;
+        let mut purge = request.into_purge().map_err(PurgeError::Invalid)?;
+        if let outpost_cache::Target::Url(url) = &purge.target {
+            let (host, pq) = url.split_at(url.find('/').unwrap_or(url.len()));
+            let snapshot = self.snapshot.load();
+            let site = snapshot
+                .routers
+                .values()
+                .find_map(|r| r.route(host))
+                .and_then(|i| snapshot.sites[i].cache.clone());
+            if let Some(site) = site {
+                let pq = if pq.is_empty() { "/" } else { pq };
+                let key = outpost_cache::CacheKey::new("http", host, pq, &http::HeaderMap::new(), &site.key);
+                purge.target =
+                    outpost_cache::Target::Url(outpost_cache::purge::strip_scheme(&key.url).to_owned());
+            }
+        }
+        let kind = purge.target.kind();
+        let soft = purge.soft;
+        let seq = cache.purge(purge);
+        let took = started.elapsed();
+        self.metrics
+            .cache_purges
+            .get_or_create(&metrics::KindLabels { kind })
+            .inc();
+        self.metrics.cache_purge_duration.observe(took.as_secs_f64());
+        tracing::info!(kind, soft, seq, "cache purged");
+        Ok(Purged {
+            kind,
+            soft,
+            seq,
+            duration_ms: took.as_secs_f64() * 1e3,
+        })
     }
 
     pub fn is_ready(&self) -> bool {
@@ -426,6 +495,46 @@ fn spawn_rate_limit_sweeper(snapshot: &Snapshot) {
                     }
                 }
             }
+        }
+    });
+}
+
+/// Applies purge rules to stored objects and publishes the tiers' sizes, once a second, on a
+/// blocking thread: a sweep over millions of objects must not hold up a request.
+fn spawn_cache_sweeper(shared: &Arc<Shared>) {
+    let Some(cache) = shared.cache.clone() else { return };
+    let weak = Arc::downgrade(shared);
+    tokio::spawn(async move {
+        let mut evictions = 0;
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let Some(shared) = weak.upgrade() else { return };
+            if shared.stopped.is_cancelled() {
+                return;
+            }
+            let c = cache.clone();
+            let stats = match tokio::task::spawn_blocking(move || {
+                c.sweep();
+                c.stats()
+            })
+            .await
+            {
+                Ok(stats) => stats,
+                Err(_) => return,
+            };
+            let m = &shared.metrics;
+            let memory = metrics::TierLabels { tier: "memory" };
+            m.cache_bytes
+                .get_or_create(&memory)
+                .set(stats.memory_bytes as i64);
+            m.cache_objects
+                .get_or_create(&memory)
+                .set(stats.memory_objects as i64);
+            m.cache_evictions
+                .get_or_create(&memory)
+                .inc_by(stats.memory_evictions.saturating_sub(evictions));
+            evictions = stats.memory_evictions;
+            m.cache_purge_rules.set(stats.live_purge_rules as i64);
         }
     });
 }

@@ -40,6 +40,22 @@ pub struct SiteLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SiteResultLabels {
+    pub site: String,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TierLabels {
+    pub tier: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OriginLabels {
     pub pool: String,
     pub origin: String,
@@ -127,6 +143,20 @@ pub struct Metrics {
     pub rate_limited: Family<RateLimitLabels, Counter>,
     pub waf_hits: Family<WafLabels, Counter>,
     pub connections_refused: Family<RefusedLabels, Counter>,
+    /// Cache lookups by site and result: hit, miss, stale (served stale, by reason), pass.
+    pub cache_requests: Family<SiteResultLabels, Counter>,
+    /// Revalidations with the origin by result (304, 200 = replaced, error).
+    pub cache_revalidations: Family<SiteResultLabels, Counter>,
+    /// Requests that waited for another request's origin fetch instead of making their own.
+    pub cache_collapsed: Family<SiteLabels, Counter>,
+    /// Response body bytes received from origins (the backhaul), by site.
+    pub origin_bytes: Family<SiteLabels, Counter>,
+    pub cache_bytes: Family<TierLabels, Gauge>,
+    pub cache_objects: Family<TierLabels, Gauge>,
+    pub cache_evictions: Family<TierLabels, Counter>,
+    pub cache_purges: Family<KindLabels, Counter>,
+    pub cache_purge_duration: Histogram,
+    pub cache_purge_rules: Gauge,
 }
 
 impl Metrics {
@@ -154,6 +184,16 @@ impl Metrics {
             rate_limited: Family::default(),
             waf_hits: Family::default(),
             connections_refused: Family::default(),
+            cache_requests: Family::default(),
+            cache_revalidations: Family::default(),
+            cache_collapsed: Family::default(),
+            origin_bytes: Family::default(),
+            cache_bytes: Family::default(),
+            cache_objects: Family::default(),
+            cache_evictions: Family::default(),
+            cache_purges: Family::default(),
+            cache_purge_duration: Histogram::new(exponential_buckets(0.000_01, 4.0, 10)),
+            cache_purge_rules: Gauge::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -253,6 +293,56 @@ impl Metrics {
             "Client connections closed at accept, by reason (per-IP limit, untrusted or invalid PROXY header)",
             m.connections_refused.clone(),
         );
+        r.register(
+            "cache_requests",
+            "Cacheable requests by site and result (hit, miss, stale_swr, stale_if_error, stale_max_stale, revalidated, pass, bypass)",
+            m.cache_requests.clone(),
+        );
+        r.register(
+            "cache_revalidations",
+            "Conditional requests to origins by result (not_modified, replaced, error)",
+            m.cache_revalidations.clone(),
+        );
+        r.register(
+            "cache_collapsed",
+            "Requests served from another request's origin fetch (request collapsing)",
+            m.cache_collapsed.clone(),
+        );
+        r.register(
+            "origin_bytes",
+            "Response body bytes fetched from origins (backhaul), by site",
+            m.origin_bytes.clone(),
+        );
+        r.register(
+            "cache_bytes",
+            "Bytes held by each cache tier",
+            m.cache_bytes.clone(),
+        );
+        r.register(
+            "cache_objects",
+            "URLs held by each cache tier (a URL may hold several Vary variants)",
+            m.cache_objects.clone(),
+        );
+        r.register(
+            "cache_evictions",
+            "Objects evicted from a tier to stay within its budget",
+            m.cache_evictions.clone(),
+        );
+        r.register(
+            "cache_purges",
+            "Purges by kind (url, prefix, tag, site)",
+            m.cache_purges.clone(),
+        );
+        r.register(
+            "cache_purge_duration_seconds",
+            "Time a purge call took to become effective",
+            m.cache_purge_duration.clone(),
+        );
+        r.register(
+            "cache_purge_rules",
+            "Prefix, tag and site purges not yet swept through the store",
+            m.cache_purge_rules.clone(),
+        );
         Self { registry, ..m }
     }
 
@@ -287,6 +377,43 @@ impl Metrics {
             duration: self.request_duration.get_or_create(&labels).clone(),
             request_bytes: self.request_bytes.get_or_create(&labels).clone(),
             response_bytes: self.response_bytes.get_or_create(&labels).clone(),
+            origin_bytes: self.origin_bytes.get_or_create(&labels).clone(),
+        }
+    }
+
+    pub fn site_cache(&self, site: &str) -> CacheMetrics {
+        let result = |result: &'static str| {
+            self.cache_requests
+                .get_or_create(&SiteResultLabels {
+                    site: site.to_owned(),
+                    result,
+                })
+                .clone()
+        };
+        let revalidation = |result: &'static str| {
+            self.cache_revalidations
+                .get_or_create(&SiteResultLabels {
+                    site: site.to_owned(),
+                    result,
+                })
+                .clone()
+        };
+        let labels = SiteLabels {
+            site: site.to_owned(),
+        };
+        CacheMetrics {
+            hit: result("hit"),
+            miss: result("miss"),
+            stale_swr: result("stale_swr"),
+            stale_if_error: result("stale_if_error"),
+            stale_max_stale: result("stale_max_stale"),
+            revalidated: result("revalidated"),
+            pass: result("pass"),
+            bypass: result("bypass"),
+            not_modified: revalidation("not_modified"),
+            replaced: revalidation("replaced"),
+            revalidation_error: revalidation("error"),
+            collapsed: self.cache_collapsed.get_or_create(&labels).clone(),
         }
     }
 
@@ -347,12 +474,30 @@ pub struct SiteMetrics {
     pub duration: Histogram,
     pub request_bytes: Counter,
     pub response_bytes: Counter,
+    pub origin_bytes: Counter,
 }
 
 impl SiteMetrics {
     pub fn count_status(&self, status: u16) {
         self.by_class[class_index(status)].inc();
     }
+}
+
+/// Pre-resolved cache series for one site.
+#[derive(Clone)]
+pub struct CacheMetrics {
+    pub hit: Counter,
+    pub miss: Counter,
+    pub stale_swr: Counter,
+    pub stale_if_error: Counter,
+    pub stale_max_stale: Counter,
+    pub revalidated: Counter,
+    pub pass: Counter,
+    pub bypass: Counter,
+    pub not_modified: Counter,
+    pub replaced: Counter,
+    pub revalidation_error: Counter,
+    pub collapsed: Counter,
 }
 
 /// Pre-resolved series for one origin of one pool.

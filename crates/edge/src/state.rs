@@ -29,6 +29,58 @@ pub struct Site {
     pub waf: Option<outpost_protect::waf::Waf>,
     /// Hit counters by rule id.
     pub waf_hits: HashMap<Arc<str>, prometheus_client::metrics::counter::Counter>,
+    /// The site's cache policy; None when the site (or the PoP) does not cache.
+    pub cache: Option<Arc<SiteCache>>,
+}
+
+/// How one site uses the PoP's cache, resolved from `[site.cache]`.
+pub struct SiteCache {
+    pub site: Arc<str>,
+    pub key: outpost_cache::KeyPolicy,
+    pub lifetime: outpost_cache::LifetimePolicy,
+    pub store: outpost_cache::StorePolicy,
+    /// Seconds past its lifetime a stored response may answer when the origin fails.
+    pub grace_secs: u64,
+    pub metrics: crate::metrics::CacheMetrics,
+    /// The site's backhaul counter, for bytes that fills pull from origins.
+    pub origin_bytes: prometheus_client::metrics::counter::Counter,
+}
+
+impl SiteCache {
+    fn build(site: &outpost_config::SiteConfig, metrics: &Metrics) -> Result<Self, String> {
+        let c = &site.cache;
+        let headers = c
+            .key_headers
+            .iter()
+            .map(|h| http::HeaderName::from_bytes(h.as_bytes()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("site \"{}\" cache.key_headers: {e}", site.name))?;
+        Ok(Self {
+            site: site.name.as_str().into(),
+            key: outpost_cache::KeyPolicy {
+                query: match c.query {
+                    outpost_config::CacheQuery::Keep => outpost_cache::QueryMode::Keep,
+                    outpost_config::CacheQuery::Sort => outpost_cache::QueryMode::Sort,
+                    outpost_config::CacheQuery::Ignore => outpost_cache::QueryMode::Ignore,
+                },
+                ignore_params: c.ignore_params.clone(),
+                headers,
+                cookies: c.key_cookies.clone(),
+            },
+            lifetime: outpost_cache::LifetimePolicy {
+                default_ttl: c.default_ttl,
+                ttl_override: c.ttl,
+            },
+            store: outpost_cache::StorePolicy {
+                cache_everything: c.cache_everything,
+                has_default_ttl: c.default_ttl.is_some() || c.ttl.is_some(),
+                max_object_bytes: c.max_object_size,
+            },
+            grace_secs: c.stale_if_error.as_secs(),
+            metrics: metrics.site_cache(&site.name),
+            origin_bytes: metrics.site(&site.name).origin_bytes,
+        })
+    }
 }
 
 /// A rate limit of one site with its pre-resolved counters.
@@ -199,6 +251,11 @@ impl Snapshot {
                 rate_limits,
                 waf: (!waf.is_empty()).then_some(waf),
                 waf_hits,
+                cache: if s.cache.enabled && cfg.cache.memory > 0 {
+                    Some(Arc::new(SiteCache::build(s, metrics)?))
+                } else {
+                    None
+                },
             });
             for (listener, router) in routers.iter_mut() {
                 if s.listeners.is_empty() || s.listeners.iter().any(|l| l == listener) {

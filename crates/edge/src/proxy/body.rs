@@ -35,6 +35,8 @@ pub struct DeadlineExceeded;
 pub enum OutBody {
     Origin(Incoming),
     Local(Option<Bytes>),
+    /// A response being filled into the cache, shared with other requests.
+    Fill(outpost_cache::FillReader),
 }
 
 impl OutBody {
@@ -74,6 +76,7 @@ impl<C: Completion> ResponseBody<C> {
         match &self.inner {
             OutBody::Origin(b) => b.is_end_stream(),
             OutBody::Local(b) => b.is_none(),
+            OutBody::Fill(b) => b.is_end_stream(),
         }
     }
 }
@@ -94,6 +97,10 @@ impl<C: Completion> Body for ResponseBody<C> {
                 Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
                 Poll::Ready(None) => Poll::Ready(None),
                 Poll::Pending => Poll::Pending,
+            },
+            OutBody::Fill(body) => match Pin::new(body).poll_frame(cx) {
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BoxError::from(e)))),
+                other => other.map(|o| o.map(|r| r.map_err(BoxError::from))),
             },
         };
         match polled {
@@ -137,6 +144,7 @@ impl<C: Completion> Body for ResponseBody<C> {
         match &self.inner {
             OutBody::Origin(b) => b.size_hint(),
             OutBody::Local(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            OutBody::Fill(b) => b.size_hint(),
         }
     }
 }

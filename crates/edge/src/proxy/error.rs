@@ -45,6 +45,8 @@ pub enum ProxyError {
         status: u16,
         body: std::sync::Arc<str>,
     },
+    #[error("not in cache and the request said only-if-cached")]
+    NotCached,
     #[error("too many requests (limit \"{limit}\"); retry in {retry_after:?}")]
     RateLimited {
         limit: std::sync::Arc<str>,
@@ -82,7 +84,7 @@ impl ProxyError {
             Self::OriginConnect { .. } | Self::OriginProtocol { .. } | Self::Upgrade(_) => {
                 StatusCode::BAD_GATEWAY
             }
-            Self::OriginTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::OriginTimeout { .. } | Self::NotCached => StatusCode::GATEWAY_TIMEOUT,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::WafBlocked { status, .. } => StatusCode::from_u16(*status).unwrap_or(StatusCode::FORBIDDEN),
         }
@@ -98,6 +100,7 @@ impl ProxyError {
             | Self::BodyTooLarge { .. }
             | Self::ClientBody(_)
             | Self::RateLimited { .. }
+            | Self::NotCached
             | Self::WafBlocked { .. } => Side::Client,
             Self::NoHealthyOrigin { .. }
             | Self::OriginConnect { .. }
@@ -124,6 +127,7 @@ impl ProxyError {
             Self::ClientBody(_) => "client_body",
             Self::RateLimited { .. } => "rate_limited",
             Self::WafBlocked { .. } => "waf_blocked",
+            Self::NotCached => "not_cached",
         }
     }
 }

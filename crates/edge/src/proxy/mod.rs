@@ -12,6 +12,7 @@
 //!    access log are written when the body ends (`body::Completion`).
 
 pub mod body;
+mod cache;
 pub mod error;
 pub mod headers;
 pub mod trace;
@@ -216,15 +217,6 @@ async fn proxy(
     headers.insert("traceparent", trace.header_value());
 
     let body_empty = incoming.is_end_stream();
-    let retryable = body_empty && !upgrade && is_idempotent(&parts.method);
-    let mut body = Some(if body_empty {
-        body::empty()
-    } else {
-        let counted = RequestBody::new(incoming, max_body, snapshot.timeouts.body);
-        log.request_bytes = Some(counted.bytes.clone());
-        log.request_body_done = Some(counted.done.clone());
-        counted.boxed()
-    });
     let path_and_query = parts.uri.path_and_query().cloned();
     let site_authority: Option<http::uri::Authority> = if pool.h2.is_some() {
         headers.remove(header::HOST);
@@ -232,95 +224,228 @@ async fn proxy(
     } else {
         None
     };
+    let upstream = Upstream {
+        pool: pool.clone(),
+        site_authority,
+        hash,
+        deadline: log.deadline,
+        body_limit: max_body,
+    };
+    let cache = match (&conn.shared.cache, &site.cache) {
+        (Some(cache), Some(policy)) if !upgrade => Some((cache, policy)),
+        _ => None,
+    };
+    if let Some((cache, policy)) = cache {
+        if body_empty && (parts.method == Method::GET || parts.method == Method::HEAD) {
+            let request = cache::CacheRequest {
+                method: parts.method,
+                scheme: proto,
+                host: &host,
+                path_and_query,
+                headers,
+            };
+            return cache::serve(cache, policy, snapshot, &upstream, request, log).await;
+        }
+    }
+
+    let retryable = body_empty && !upgrade && is_idempotent(&parts.method);
+    let body = if body_empty {
+        body::empty()
+    } else {
+        let counted = RequestBody::new(incoming, max_body, snapshot.timeouts.body);
+        log.request_bytes = Some(counted.bytes.clone());
+        log.request_body_done = Some(counted.done.clone());
+        counted.boxed()
+    };
     let attempts = if retryable {
         (1 + pool.config.retry.attempts as usize).min(MAX_ATTEMPTS)
     } else {
         1
     };
-    pool.retry_budget.record_request(std::time::Instant::now());
-    // Origins already tried for this request; attempts are capped at MAX_ATTEMPTS.
-    let mut tried = [usize::MAX; MAX_ATTEMPTS];
-    let mut previous: Option<Result<Response<Incoming>, ProxyError>> = None;
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let index = match (pool.select(hash, &tried[..attempt - 1]), previous.take()) {
-            (Ok(index), _) => index,
-            // A retry found no origin left: the previous answer is more useful than a 503.
-            (Err(_), Some(previous)) => return previous.map(|resp| respond(resp, snapshot, false)),
-            (Err(e), None) => return Err(e),
-        };
-        tried[attempt - 1] = index;
-        let origin = &pool.origins[index];
-        log.origin = Some((pool.clone(), index));
-        let uri = {
-            // HTTP/2 names the site in :authority (the connection already goes to the origin);
-            // HTTP/1.1 puts the origin in the URI and the site in Host.
-            let authority = match (&pool.h2, &site_authority) {
-                (Some(_), Some(site)) => site.clone(),
-                _ => origin.authority.clone(),
-            };
-            let mut b = Uri::builder().scheme(origin.scheme.clone()).authority(authority);
-            if let Some(pq) = &path_and_query {
-                b = b.path_and_query(pq.clone());
-            }
-            b.build().map_err(|e| ProxyError::OriginProtocol {
-                origin: origin.url.clone(),
-                reason: e.to_string(),
-            })?
-        };
-        let last_attempt = attempt >= attempts;
-        let req_headers = if last_attempt {
-            std::mem::take(&mut headers)
-        } else {
-            headers.clone()
-        };
-        let req_body = if last_attempt {
-            body.take().unwrap_or_else(body::empty)
-        } else {
-            body::empty()
-        };
-        let mut upstream_req = Request::new(req_body);
-        *upstream_req.method_mut() = parts.method.clone();
-        *upstream_req.uri_mut() = uri;
-        *upstream_req.version_mut() = match pool.config.protocol {
-            outpost_config::UpstreamProtocol::Http1 => Version::HTTP_11,
-            outpost_config::UpstreamProtocol::Http2 => Version::HTTP_2,
-        };
-        *upstream_req.headers_mut() = req_headers;
+    let target = path_and_query.clone();
+    let mut rec = Attempts::default();
+    let result = upstream
+        .exchange(
+            &parts.method,
+            path_and_query,
+            headers,
+            body,
+            attempts,
+            log.request_body_done.as_ref(),
+            &mut rec,
+        )
+        .await;
+    log.record(rec);
+    let mut resp = result?;
+    log.upstream_done = Some(Instant::now());
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_upgrade) = client_upgrade {
+            upgrade::splice(&conn.shared, client_upgrade, hyper::upgrade::on(&mut resp));
+            let (mut p, _) = resp.into_parts();
+            headers::remove_hop_by_hop(&mut p.headers, true);
+            p.headers
+                .append(header::VIA, snapshot.via(Version::HTTP_11).clone());
+            return Ok(Response::from_parts(p, OutBody::empty()));
+        }
+    }
+    if let Some((cache, policy)) = cache {
+        // RFC 9111 §4.4: a successful unsafe request invalidates what the cache holds for
+        // its target and for the Location / Content-Location it names on the same host.
+        if !parts.method.is_safe() && (resp.status().is_success() || resp.status().is_redirection()) {
+            cache::invalidate_after_unsafe(cache, policy, proto, &host, target.as_ref(), resp.headers());
+        }
+    }
+    log.from_origin = true;
+    Ok(respond(resp, snapshot, upgrade))
+}
 
-        let outcome = send(&pool, index, upstream_req, log).await;
-        // Retry what another origin may answer better: gateway errors, failed connections and
-        // exchanges that broke before a response; never a timeout (the origin may be working).
-        let should_retry = match &outcome {
-            Ok(resp) => matches!(resp.status().as_u16(), 502..=504),
-            Err(e) => matches!(
-                e,
-                ProxyError::OriginConnect { .. } | ProxyError::OriginProtocol { .. }
-            ),
-        };
-        if !should_retry || last_attempt {
-            let mut resp = outcome?;
-            log.upstream_done = Some(Instant::now());
-            if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                if let Some(client_upgrade) = client_upgrade {
-                    upgrade::splice(&conn.shared, client_upgrade, hyper::upgrade::on(&mut resp));
-                    let (mut p, _) = resp.into_parts();
-                    headers::remove_hop_by_hop(&mut p.headers, true);
-                    p.headers
-                        .append(header::VIA, snapshot.via(Version::HTTP_11).clone());
-                    return Ok(Response::from_parts(p, OutBody::empty()));
+/// Where and how a request goes upstream: owned, so a background revalidation can use it
+/// after the client's request is gone.
+#[derive(Clone)]
+pub(crate) struct Upstream {
+    pub pool: Arc<Pool>,
+    /// For HTTP/2 origins, the site in `:authority` (the connection already goes to the origin).
+    pub site_authority: Option<http::uri::Authority>,
+    /// Balancing hash (consistent hashing pools).
+    pub hash: Option<u64>,
+    pub deadline: Option<Instant>,
+    pub body_limit: u64,
+}
+
+impl Upstream {
+    /// Sends the request to an origin of the pool, retrying on another origin (within the retry
+    /// budget) when an idempotent bodiless request meets a gateway error or a broken exchange.
+    pub(crate) async fn exchange(
+        &self,
+        method: &Method,
+        path_and_query: Option<http::uri::PathAndQuery>,
+        mut headers: HeaderMap,
+        body: body::ProxyBody,
+        attempts: usize,
+        request_body_done: Option<&Arc<std::sync::atomic::AtomicBool>>,
+        rec: &mut Attempts,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let pool = &self.pool;
+        let mut body = Some(body);
+        pool.retry_budget.record_request(std::time::Instant::now());
+        // Origins already tried for this request; attempts are capped at MAX_ATTEMPTS.
+        let mut tried = [usize::MAX; MAX_ATTEMPTS];
+        let mut previous: Option<Result<Response<Incoming>, ProxyError>> = None;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let index = match (pool.select(self.hash, &tried[..attempt - 1]), previous.take()) {
+                (Ok(index), _) => index,
+                // A retry found no origin left: the previous answer is more useful than a 503.
+                (Err(_), Some(previous)) => return previous,
+                (Err(e), None) => return Err(e),
+            };
+            tried[attempt - 1] = index;
+            let origin = &pool.origins[index];
+            rec.origin = Some((pool.clone(), index));
+            let uri = {
+                // HTTP/2 names the site in :authority (the connection already goes to the
+                // origin); HTTP/1.1 puts the origin in the URI and the site in Host.
+                let authority = match (&pool.h2, &self.site_authority) {
+                    (Some(_), Some(site)) => site.clone(),
+                    _ => origin.authority.clone(),
+                };
+                let mut b = Uri::builder().scheme(origin.scheme.clone()).authority(authority);
+                if let Some(pq) = &path_and_query {
+                    b = b.path_and_query(pq.clone());
                 }
+                b.build().map_err(|e| ProxyError::OriginProtocol {
+                    origin: origin.url.clone(),
+                    reason: e.to_string(),
+                })?
+            };
+            let last_attempt = attempt >= attempts;
+            let req_headers = if last_attempt {
+                std::mem::take(&mut headers)
+            } else {
+                headers.clone()
+            };
+            let req_body = if last_attempt {
+                body.take().unwrap_or_else(body::empty)
+            } else {
+                body::empty()
+            };
+            let mut upstream_req = Request::new(req_body);
+            *upstream_req.method_mut() = method.clone();
+            *upstream_req.uri_mut() = uri;
+            *upstream_req.version_mut() = match pool.config.protocol {
+                outpost_config::UpstreamProtocol::Http1 => Version::HTTP_11,
+                outpost_config::UpstreamProtocol::Http2 => Version::HTTP_2,
+            };
+            *upstream_req.headers_mut() = req_headers;
+
+            let outcome = send(
+                pool,
+                index,
+                upstream_req,
+                self.deadline,
+                self.body_limit,
+                request_body_done,
+            )
+            .await;
+            // Retry what another origin may answer better: gateway errors, failed connections
+            // and exchanges that broke before a response; never a timeout (the origin may be
+            // working).
+            let should_retry = match &outcome {
+                Ok(resp) => matches!(resp.status().as_u16(), 502..=504),
+                Err(e) => matches!(
+                    e,
+                    ProxyError::OriginConnect { .. } | ProxyError::OriginProtocol { .. }
+                ),
+            };
+            if !should_retry || last_attempt {
+                return outcome;
             }
-            return Ok(respond(resp, snapshot, upgrade));
+            if !pool.retry_budget.try_withdraw(std::time::Instant::now()) {
+                pool.retries_budget_exhausted.inc();
+                return outcome;
+            }
+            pool.retries_attempted.inc();
+            rec.retries += 1;
+            previous = Some(outcome);
         }
-        if !pool.retry_budget.try_withdraw(std::time::Instant::now()) {
-            pool.retries_budget_exhausted.inc();
-            return outcome.map(|resp| respond(resp, snapshot, false));
+    }
+
+    /// `exchange` for a bodiless idempotent request, with the pool's retry policy.
+    pub(crate) async fn fetch(
+        &self,
+        method: &Method,
+        path_and_query: Option<http::uri::PathAndQuery>,
+        headers: HeaderMap,
+        rec: &mut Attempts,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let attempts = (1 + self.pool.config.retry.attempts as usize).min(MAX_ATTEMPTS);
+        self.exchange(
+            method,
+            path_and_query,
+            headers,
+            body::empty(),
+            attempts,
+            None,
+            rec,
+        )
+        .await
+    }
+}
+
+/// Which origin an exchange went to last and how many retries it took (for the access log).
+#[derive(Default)]
+pub(crate) struct Attempts {
+    pub origin: Option<(Arc<Pool>, usize)>,
+    pub retries: u32,
+}
+
+impl RequestLog {
+    pub(crate) fn record(&mut self, rec: Attempts) {
+        if rec.origin.is_some() {
+            self.origin = rec.origin;
         }
-        pool.retries_attempted.inc();
-        log.retries += 1;
-        previous = Some(outcome);
+        self.retries += rec.retries;
     }
 }
 
@@ -329,12 +454,14 @@ async fn send(
     pool: &Arc<Pool>,
     index: usize,
     req: Request<body::ProxyBody>,
-    log: &RequestLog,
+    request_deadline: Option<Instant>,
+    body_limit: u64,
+    request_body_done: Option<&Arc<std::sync::atomic::AtomicBool>>,
 ) -> Result<Response<Incoming>, ProxyError> {
     let origin = &pool.origins[index];
     let sent = Instant::now();
     let header_deadline = sent + pool.config.response_header_timeout;
-    let deadline = log.deadline.map_or(header_deadline, |d| d.min(header_deadline));
+    let deadline = request_deadline.map_or(header_deadline, |d| d.min(header_deadline));
     let exchange = async {
         match &pool.h2 {
             Some(h2) => {
@@ -387,9 +514,7 @@ async fn send(
             // The client's own body failing (too large, aborted upload) says nothing about the
             // origin: no outlier strike, and the client is told what it did.
             if is_body_limit(e.as_ref()) {
-                return Err(ProxyError::BodyTooLarge {
-                    limit: log.body_limit,
-                });
+                return Err(ProxyError::BodyTooLarge { limit: body_limit });
             }
             if has_cause::<body::BodyStalled>(e.as_ref()) {
                 return Err(ProxyError::ClientBodyTimeout);
@@ -404,12 +529,7 @@ async fn send(
                 reason: error_chain(e.as_ref()),
             })
         }
-        Err(_)
-            if log
-                .request_body_done
-                .as_ref()
-                .is_some_and(|done| !done.load(Ordering::Relaxed)) =>
-        {
+        Err(_) if request_body_done.is_some_and(|done| !done.load(Ordering::Relaxed)) => {
             // The client never finished sending its body: a slow or stalled upload, not a slow
             // origin. 408, and no strike against the origin.
             Err(ProxyError::ClientBodyTimeout)
@@ -568,7 +688,10 @@ pub(crate) struct RequestLog {
     waf: Option<outpost_protect::waf::Hit>,
     request_bytes: Option<Arc<std::sync::atomic::AtomicU64>>,
     request_body_done: Option<Arc<std::sync::atomic::AtomicBool>>,
-    body_limit: u64,
+    /// The response body comes straight from an origin (counted as backhaul when it ends).
+    from_origin: bool,
+    /// `Cache-Status` outcome for the access log.
+    cache: Option<&'static str>,
     finished: bool,
 }
 
@@ -598,13 +721,14 @@ impl RequestLog {
             // Until a response exists, the client is the one who went away (nginx's 499).
             status: 499,
             finished: false,
-            body_limit: snapshot.limits.max_body_bytes,
             retries: 0,
             error: None,
             rate_limited: None,
             waf: None,
             request_bytes: None,
             request_body_done: None,
+            from_origin: false,
+            cache: None,
         }
     }
 }
@@ -638,6 +762,9 @@ impl RequestLog {
             site.count_status(self.status);
             site.duration.observe(total.as_secs_f64());
             site.response_bytes.inc_by(bytes);
+            if self.from_origin {
+                site.origin_bytes.inc_by(bytes);
+            }
             if bytes_in > 0 {
                 site.request_bytes.inc_by(bytes_in);
             }
@@ -664,6 +791,7 @@ impl RequestLog {
             "completed": completed,
             "error": self.error,
             "rate_limited": self.rate_limited.as_deref(),
+            "cache": self.cache,
             "waf": self.waf.as_ref().map(|h| serde_json::json!({
                 "rule": &*h.rule,
                 "action": format!("{:?}", h.action).to_lowercase(),

@@ -1,0 +1,91 @@
+//! Byte sizes as people write them: `"256MiB"`, `"1GiB"`, `"64KiB"`, `"512B"`, or a bare
+//! integer of bytes (unlike durations, a bare size has only one reading).
+
+const UNITS: [(&str, u64); 8] = [
+    ("KiB", 1 << 10),
+    ("MiB", 1 << 20),
+    ("GiB", 1 << 30),
+    ("TiB", 1 << 40),
+    ("KB", 1_000),
+    ("MB", 1_000_000),
+    ("GB", 1_000_000_000),
+    ("B", 1),
+];
+
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let digits = t.bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 {
+        return Err(format!(
+            "invalid size \"{text}\": expected a number of bytes or something like 64KiB, 256MiB, 1GiB"
+        ));
+    }
+    let (number, unit) = t.split_at(digits);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("invalid size \"{text}\": number too large"))?;
+    let unit = unit.trim();
+    let factor = if unit.is_empty() {
+        1
+    } else {
+        UNITS
+            .iter()
+            .find(|(name, _)| *name == unit)
+            .map(|(_, f)| *f)
+            .ok_or_else(|| {
+                format!("invalid size \"{text}\": unknown unit `{unit}`, use B, KiB, MiB, GiB, KB, MB or GB")
+            })?
+    };
+    number
+        .checked_mul(factor)
+        .ok_or_else(|| format!("invalid size \"{text}\": too large"))
+}
+
+/// Canonical text: the largest binary unit that divides the size exactly.
+pub fn format_size(bytes: u64) -> String {
+    for (name, factor) in UNITS[..4].iter().rev() {
+        if bytes >= *factor && bytes % factor == 0 {
+            return format!("{}{name}", bytes / factor);
+        }
+    }
+    format!("{bytes}B")
+}
+
+/// `#[serde(with = "serde_size")]` for `u64` byte-size fields: a string with a unit or an integer.
+pub mod serde_size {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &u64, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&super::format_size(*bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Text(String),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Int(n) => Ok(n),
+            Raw::Text(t) => super::parse_size(&t).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("256MiB"), Ok(256 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("10MB"), Ok(10_000_000));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("1PiB").unwrap_err().contains("unknown unit"));
+        assert!(parse_size("MiB").unwrap_err().contains("expected a number"));
+        assert_eq!(format_size(256 << 20), "256MiB");
+        assert_eq!(format_size(1500), "1500B");
+    }
+}

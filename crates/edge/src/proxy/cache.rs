@@ -1,0 +1,682 @@
+//! The cache phase of the request path, for GET and HEAD on sites that cache.
+//!
+//! `outpost_cache` decides (may this be stored, may that answer this request); this module does
+//! the I/O around those decisions: lookups, conditional requests to the origin, the task that
+//! fills the cache while clients stream the response, background revalidation, and the
+//! `Age` / `Cache-Status` headers on what leaves the PoP.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Method, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use outpost_cache::collapse::{self, FillDone, Leader};
+use outpost_cache::freshness::now_secs;
+use outpost_cache::object::vary_values;
+use outpost_cache::reuse::{self, Reuse};
+use outpost_cache::{
+    conditional, range, storable, Cache, CacheKey, Fill, Freshness, Join, NotStored, Object, Pending,
+    RequestDirectives, ResponseDirectives,
+};
+
+use super::body::OutBody;
+use super::error::ProxyError;
+use super::{headers as hop, Attempts, RequestLog, Upstream};
+use crate::state::{SiteCache, Snapshot};
+
+/// Cache identifier in `Cache-Status` (RFC 9211).
+const CACHE_NAME: &str = "Outpost";
+
+pub(super) struct CacheRequest<'a> {
+    pub method: Method,
+    pub scheme: &'static str,
+    pub host: &'a str,
+    pub path_and_query: Option<PathAndQuery>,
+    /// The request's fields as they go upstream (hop-by-hop removed, forwarding fields added).
+    pub headers: HeaderMap,
+}
+
+/// Everything one cacheable request needs, owned where a background task needs it.
+struct Ctx<'a> {
+    cache: &'a Arc<Cache>,
+    policy: &'a Arc<SiteCache>,
+    snapshot: &'a Arc<Snapshot>,
+    upstream: &'a Upstream,
+    key: CacheKey,
+    directives: RequestDirectives,
+    head: bool,
+    path_and_query: Option<PathAndQuery>,
+    headers: HeaderMap,
+}
+
+pub(super) async fn serve(
+    cache: &Arc<Cache>,
+    policy: &Arc<SiteCache>,
+    snapshot: &Arc<Snapshot>,
+    upstream: &Upstream,
+    req: CacheRequest<'_>,
+    log: &mut RequestLog,
+) -> Result<Response<OutBody>, ProxyError> {
+    let target = req.path_and_query.as_ref().map_or("/", PathAndQuery::as_str);
+    let key = CacheKey::new(req.scheme, req.host, target, &req.headers, &policy.key);
+    let directives =
+        if req.headers.contains_key(header::CACHE_CONTROL) || req.headers.contains_key(header::PRAGMA) {
+            RequestDirectives::parse(&req.headers)
+        } else {
+            RequestDirectives::default()
+        };
+    let ctx = Ctx {
+        cache,
+        policy,
+        snapshot,
+        upstream,
+        key,
+        directives,
+        head: req.method == Method::HEAD,
+        path_and_query: req.path_and_query,
+        headers: req.headers,
+    };
+    let m = &policy.metrics;
+    let now = now_secs();
+
+    if let Some(obj) = cache.lookup(&ctx.key, &ctx.headers) {
+        match reuse::decide(&obj, &ctx.directives, now) {
+            Reuse::Fresh => {
+                m.hit.inc();
+                log.cache = Some("hit");
+                return Ok(ctx.from_object(&obj, now, "hit"));
+            }
+            Reuse::StaleAccepted => {
+                m.stale_max_stale.inc();
+                log.cache = Some("stale");
+                return Ok(ctx.from_object(&obj, now, "hit; detail=max-stale"));
+            }
+            Reuse::StaleWhileRevalidate => {
+                m.stale_swr.inc();
+                log.cache = Some("stale");
+                ctx.spawn_revalidation(obj.clone());
+                return Ok(ctx.from_object(&obj, now, "hit; detail=stale-while-revalidate"));
+            }
+            Reuse::Revalidate if ctx.directives.only_if_cached => return Err(ProxyError::NotCached),
+            Reuse::Revalidate => return ctx.revalidate(obj, log).await,
+        }
+    }
+    if ctx.directives.only_if_cached {
+        return Err(ProxyError::NotCached);
+    }
+    if ctx.head || ctx.headers.contains_key(header::RANGE) {
+        // Not worth a whole-object fetch: forward as it came, store nothing.
+        m.pass.inc();
+        log.cache = Some("pass");
+        let mut rec = Attempts::default();
+        let result = ctx
+            .upstream
+            .fetch(
+                &Method::from(&ctx),
+                ctx.path_and_query.clone(),
+                ctx.headers.clone(),
+                &mut rec,
+            )
+            .await;
+        log.record(rec);
+        let resp = result?;
+        log.upstream_done = Some(Instant::now());
+        log.from_origin = true;
+        let (parts, body) = resp.into_parts();
+        return Ok(ctx.forwarded(parts, body, "fwd=bypass"));
+    }
+    ctx.miss(log).await
+}
+
+impl From<&Ctx<'_>> for Method {
+    fn from(ctx: &Ctx<'_>) -> Self {
+        if ctx.head {
+            Method::HEAD
+        } else {
+            Method::GET
+        }
+    }
+}
+
+impl Ctx<'_> {
+    async fn miss(&self, log: &mut RequestLog) -> Result<Response<OutBody>, ProxyError> {
+        let m = &self.policy.metrics;
+        let leader = match self.cache.collapse.join(self.key.hash, self.cache.fetch_seq()) {
+            Join::Leader(leader) => Some(leader),
+            Join::Pass => None,
+            Join::Wait(rx) => {
+                let limit = self.upstream.pool.config.response_header_timeout;
+                if let Pending::Ready(fill) = collapse::wait(rx, limit).await {
+                    if fill.matches(&self.headers, self.key.extra.as_deref()) {
+                        m.miss.inc();
+                        m.collapsed.inc();
+                        log.cache = Some("collapsed");
+                        return Ok(self.from_fill(&fill, "fwd=miss; collapsed"));
+                    }
+                }
+                None
+            }
+        };
+        m.miss.inc();
+        log.cache = Some("miss");
+        let request_time = now_secs();
+        let seq = self.cache.fetch_seq();
+        let resp = self.fetch_logged(None, log).await?;
+        Ok(self.admit_logged(resp, request_time, seq, leader, "fwd=miss", log))
+    }
+
+    /// A stale or must-revalidate object: ask the origin whether it is still current.
+    async fn revalidate(
+        &self,
+        obj: Arc<Object>,
+        log: &mut RequestLog,
+    ) -> Result<Response<OutBody>, ProxyError> {
+        let m = &self.policy.metrics;
+        let request_time = now_secs();
+        let seq = self.cache.fetch_seq();
+        let result = self.fetch_logged(Some(&obj), log).await;
+        let now = now_secs();
+        match result {
+            Ok(resp) if resp.status() == StatusCode::NOT_MODIFIED => {
+                if conditional::refreshes(&obj.headers, resp.headers()) {
+                    m.not_modified.inc();
+                    m.revalidated.inc();
+                    log.cache = Some("revalidated");
+                    let fresh = refreshed(
+                        &obj,
+                        resp.headers(),
+                        request_time,
+                        now,
+                        &self.key,
+                        self.policy,
+                        seq,
+                    );
+                    let stored = self.cache.store(&self.key, fresh);
+                    let current = stored.unwrap_or(obj);
+                    return Ok(self.from_object(&current, now, "fwd=stale; fwd-status=304"));
+                }
+                // A 304 about some other representation: ask for the whole thing.
+                m.miss.inc();
+                log.cache = Some("miss");
+                let resp = self.fetch_logged(None, log).await?;
+                Ok(self.admit_logged(resp, request_time, seq, None, "fwd=stale", log))
+            }
+            Ok(resp)
+                if resp.status().is_server_error()
+                    && reuse::stale_on_error(&obj, &self.directives, self.policy.grace_secs, now) =>
+            {
+                m.stale_if_error.inc();
+                m.revalidation_error.inc();
+                log.cache = Some("stale");
+                Ok(self.from_object(&obj, now, "hit; detail=stale-if-error"))
+            }
+            Ok(resp) => {
+                m.replaced.inc();
+                log.cache = Some("miss");
+                Ok(self.admit_logged(resp, request_time, seq, None, "fwd=stale", log))
+            }
+            Err(e) if reuse::stale_on_error(&obj, &self.directives, self.policy.grace_secs, now) => {
+                m.stale_if_error.inc();
+                m.revalidation_error.inc();
+                log.cache = Some("stale");
+                tracing::debug!(error = %e, "origin failed; serving stale");
+                Ok(self.from_object(&obj, now, "hit; detail=stale-if-error"))
+            }
+            Err(e) => {
+                m.revalidation_error.inc();
+                Err(e)
+            }
+        }
+    }
+
+    /// A GET to the origin without the client's own validators and ranges (the cache wants the
+    /// whole current response), with the stored object's validators when revalidating.
+    async fn fetch_for_cache(
+        &self,
+        revalidating: Option<&Object>,
+        rec: &mut Attempts,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let mut headers = self.headers.clone();
+        for name in [
+            header::IF_NONE_MATCH,
+            header::IF_MODIFIED_SINCE,
+            header::IF_MATCH,
+            header::IF_UNMODIFIED_SINCE,
+            header::IF_RANGE,
+            header::RANGE,
+        ] {
+            headers.remove(name);
+        }
+        if let Some(obj) = revalidating {
+            for (name, value) in conditional::validators(&obj.headers) {
+                headers.insert(name, value);
+            }
+        }
+        self.upstream
+            .fetch(&Method::GET, self.path_and_query.clone(), headers, rec)
+            .await
+    }
+
+    /// `fetch_for_cache` on behalf of a client request, recorded in its log.
+    async fn fetch_logged(
+        &self,
+        revalidating: Option<&Object>,
+        log: &mut RequestLog,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let mut rec = Attempts::default();
+        let result = self.fetch_for_cache(revalidating, &mut rec).await;
+        log.record(rec);
+        log.upstream_done = Some(Instant::now());
+        result
+    }
+
+    /// Decides whether the origin's answer is stored; a storable one is filled into the cache
+    /// by its own task while this client (and any that collapse onto it) stream it.
+    fn admit(
+        &self,
+        resp: Response<Incoming>,
+        request_time: f64,
+        seq: u64,
+        leader: Option<Leader>,
+        fwd: &str,
+    ) -> (Response<OutBody>, Delivery) {
+        let (mut parts, body) = resp.into_parts();
+        hop::remove_hop_by_hop(&mut parts.headers, false);
+        let response_time = now_secs();
+        let res_dirs = ResponseDirectives::parse(&parts.headers);
+        let verdict = storable::check(
+            &Method::GET,
+            &self.headers,
+            &self.directives,
+            parts.status,
+            &parts.headers,
+            &res_dirs,
+            &self.policy.store,
+        )
+        .and_then(|()| vary_values(&parts.headers, &self.headers).ok_or(NotStored::VaryStar));
+        let vary = match verdict {
+            Ok(vary) => vary,
+            Err(reason) => {
+                if let Some(leader) = leader {
+                    // Only the response's own reasons say the URL is uncacheable for everyone.
+                    let about_the_url =
+                        !matches!(reason, NotStored::RequestNoStore | NotStored::Authorization);
+                    leader.pass(about_the_url);
+                }
+                let status = format!("{fwd}; detail={}", reason.as_str());
+                return (self.forwarded(parts, body, &status), Delivery::FromOrigin);
+            }
+        };
+        for field in &res_dirs.private_fields {
+            parts.headers.remove(field);
+        }
+        let freshness = Freshness::compute(
+            request_time,
+            response_time,
+            parts.status,
+            &parts.headers,
+            &res_dirs,
+            &self.policy.lifetime,
+        );
+        let worthless = freshness.lifetime <= 0.0
+            && freshness.stale_if_error == 0
+            && self.policy.grace_secs == 0
+            && !parts.headers.contains_key(header::ETAG)
+            && !parts.headers.contains_key(header::LAST_MODIFIED);
+        if worthless {
+            // Stale on arrival and nothing to revalidate it with: storing it would help nobody.
+            if let Some(leader) = leader {
+                leader.pass(true);
+            }
+            let status = format!("{fwd}; detail={}", NotStored::NoLifetime.as_str());
+            return (self.forwarded(parts, body, &status), Delivery::FromOrigin);
+        }
+        let fill = Fill::new(parts.status, parts.headers, vary, self.key.extra.clone());
+        let done = leader.map(|l| l.share(fill.clone()));
+        let job = FillJob {
+            cache: self.cache.clone(),
+            key: self.key.clone(),
+            site: self.policy.site.clone(),
+            fill: fill.clone(),
+            freshness,
+            seq,
+            max_bytes: self.policy.store.max_object_bytes,
+            deadline: self.upstream.deadline,
+            origin_bytes: self.policy.origin_bytes.clone(),
+            _done: done,
+        };
+        tokio::spawn(job.run(body));
+        (self.from_fill(&fill, &format!("{fwd}; stored")), Delivery::Filled)
+    }
+
+    /// `admit` for a client request: its log learns whether the body comes straight from the
+    /// origin (then it counts as backhaul when it ends) or through a fill (counted there).
+    fn admit_logged(
+        &self,
+        resp: Response<Incoming>,
+        request_time: f64,
+        seq: u64,
+        leader: Option<Leader>,
+        fwd: &str,
+        log: &mut RequestLog,
+    ) -> Response<OutBody> {
+        let (resp, delivery) = self.admit(resp, request_time, seq, leader, fwd);
+        log.from_origin = delivery == Delivery::FromOrigin;
+        resp
+    }
+
+    fn spawn_revalidation(&self, obj: Arc<Object>) {
+        // One background refresh per URL at a time: it holds the URL's collapse slot.
+        let Join::Leader(leader) = self.cache.collapse.join(self.key.hash, self.cache.fetch_seq()) else {
+            return;
+        };
+        let cache = self.cache.clone();
+        let policy = self.policy.clone();
+        let snapshot = self.snapshot.clone();
+        let upstream = self.upstream.clone();
+        let key = self.key.clone();
+        let path_and_query = self.path_and_query.clone();
+        let headers = self.headers.clone();
+        tokio::spawn(async move {
+            let ctx = Ctx {
+                cache: &cache,
+                policy: &policy,
+                snapshot: &snapshot,
+                upstream: &upstream,
+                key,
+                directives: RequestDirectives::default(),
+                head: false,
+                path_and_query,
+                headers,
+            };
+            let request_time = now_secs();
+            let seq = cache.fetch_seq();
+            let m = &policy.metrics;
+            match ctx.fetch_for_cache(Some(&obj), &mut Attempts::default()).await {
+                Ok(resp) if resp.status() == StatusCode::NOT_MODIFIED => {
+                    if conditional::refreshes(&obj.headers, resp.headers()) {
+                        m.not_modified.inc();
+                        let fresh = refreshed(
+                            &obj,
+                            resp.headers(),
+                            request_time,
+                            now_secs(),
+                            &ctx.key,
+                            &policy,
+                            seq,
+                        );
+                        cache.store(&ctx.key, fresh);
+                    }
+                    drop(leader);
+                }
+                Ok(resp) if resp.status().is_server_error() => {
+                    m.revalidation_error.inc();
+                    drop(leader);
+                }
+                Ok(resp) => {
+                    m.replaced.inc();
+                    // Stored by the fill task; nobody reads this copy.
+                    let _ = ctx.admit(resp, request_time, seq, Some(leader), "fwd=stale");
+                }
+                Err(e) => {
+                    m.revalidation_error.inc();
+                    tracing::debug!(error = %e, "background revalidation failed");
+                    drop(leader);
+                }
+            }
+        });
+    }
+
+    /// An answer made from a stored object: 304 to a client whose copy is current, 206 or 416
+    /// for a range, otherwise the object, with `Age`.
+    fn from_object(&self, obj: &Object, now: f64, status: &str) -> Response<OutBody> {
+        let age = obj.freshness.age(now).max(0.0) as u64;
+        let ttl = if obj.is_soft_purged() {
+            -(obj.freshness.age(now) as i64)
+        } else {
+            obj.freshness.ttl(now)
+        };
+        let cache_status = format!("{CACHE_NAME}; {status}; ttl={ttl}");
+        if obj.status == StatusCode::OK && conditional::client_has_current(&self.headers, &obj.headers) {
+            let mut headers = conditional::not_modified_headers(&obj.headers);
+            finish_headers(&mut headers, Some(age), &cache_status, self.snapshot);
+            return build(StatusCode::NOT_MODIFIED, headers, OutBody::empty());
+        }
+        let mut headers = obj.headers.clone();
+        headers.remove(header::TRANSFER_ENCODING);
+        finish_headers(&mut headers, Some(age), &cache_status, self.snapshot);
+        let len = obj.body.len() as u64;
+        let (status, body) = match (obj.status, range::answer(&self.headers, &obj.headers, len)) {
+            (StatusCode::OK, range::RangeAnswer::Partial { start, end }) => {
+                headers.insert(
+                    header::CONTENT_RANGE,
+                    header_value(&format!("bytes {start}-{end}/{len}")),
+                );
+                let slice = obj.body.slice(start as usize..=end as usize);
+                (StatusCode::PARTIAL_CONTENT, slice)
+            }
+            (StatusCode::OK, range::RangeAnswer::Unsatisfiable) => {
+                headers.insert(header::CONTENT_RANGE, header_value(&format!("bytes */{len}")));
+                (StatusCode::RANGE_NOT_SATISFIABLE, Bytes::new())
+            }
+            _ => (obj.status, obj.body.clone()),
+        };
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        let body = if self.head || body.is_empty() {
+            OutBody::empty()
+        } else {
+            OutBody::Local(Some(body))
+        };
+        build(status, headers, body)
+    }
+
+    /// A response streamed from a fill (this request's own fetch, or one it collapsed onto).
+    fn from_fill(&self, fill: &Arc<Fill>, status: &str) -> Response<OutBody> {
+        let cache_status = format!("{CACHE_NAME}; {status}");
+        if fill.status == StatusCode::OK && conditional::client_has_current(&self.headers, &fill.headers) {
+            let mut headers = conditional::not_modified_headers(&fill.headers);
+            finish_headers(&mut headers, None, &cache_status, self.snapshot);
+            return build(StatusCode::NOT_MODIFIED, headers, OutBody::empty());
+        }
+        let mut headers = fill.headers.clone();
+        finish_headers(&mut headers, None, &cache_status, self.snapshot);
+        let body = if self.head {
+            OutBody::empty()
+        } else {
+            OutBody::Fill(fill.reader())
+        };
+        build(fill.status, headers, body)
+    }
+
+    /// The origin's response passed through, with `Cache-Status` saying why it was not stored.
+    fn forwarded(&self, mut parts: http::response::Parts, body: Incoming, status: &str) -> Response<OutBody> {
+        hop::remove_hop_by_hop(&mut parts.headers, false);
+        let cache_status = format!("{CACHE_NAME}; {status}");
+        finish_headers(&mut parts.headers, None, &cache_status, self.snapshot);
+        parts.version = http::Version::HTTP_11;
+        Response::from_parts(parts, OutBody::Origin(body))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delivery {
+    FromOrigin,
+    Filled,
+}
+
+fn build(status: StatusCode, headers: HeaderMap, body: OutBody) -> Response<OutBody> {
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    *resp.headers_mut() = headers;
+    resp
+}
+
+fn finish_headers(headers: &mut HeaderMap, age: Option<u64>, cache_status: &str, snapshot: &Snapshot) {
+    if let Some(age) = age {
+        headers.insert(header::AGE, HeaderValue::from(age));
+    }
+    headers.append("cache-status", header_value(cache_status));
+    headers.append(header::VIA, snapshot.via(http::Version::HTTP_11).clone());
+}
+
+fn header_value(text: &str) -> HeaderValue {
+    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+/// The stored object updated by a 304: merged fields, new freshness, same body.
+fn refreshed(
+    obj: &Object,
+    not_modified: &HeaderMap,
+    request_time: f64,
+    response_time: f64,
+    key: &CacheKey,
+    policy: &SiteCache,
+    seq: u64,
+) -> Object {
+    let mut update = not_modified.clone();
+    hop::remove_hop_by_hop(&mut update, false);
+    let headers = conditional::merge(&obj.headers, &update);
+    let dirs = ResponseDirectives::parse(&headers);
+    let freshness = Freshness::compute(
+        request_time,
+        response_time,
+        obj.status,
+        &headers,
+        &dirs,
+        &policy.lifetime,
+    );
+    let mut key = key.clone();
+    key.extra = obj.extra.clone();
+    Object::new(
+        &key,
+        obj.site.clone(),
+        obj.status,
+        headers,
+        obj.body.clone(),
+        freshness,
+        obj.vary.clone(),
+        seq,
+    )
+}
+
+/// Pulls an origin body into a fill and, if it arrives whole and within the size limit,
+/// stores it. Runs on its own task so the fill completes for every reader even when the
+/// client that started it goes away.
+struct FillJob {
+    cache: Arc<Cache>,
+    key: CacheKey,
+    site: Arc<str>,
+    fill: Arc<Fill>,
+    freshness: Freshness,
+    seq: u64,
+    max_bytes: u64,
+    deadline: Option<Instant>,
+    origin_bytes: prometheus_client::metrics::counter::Counter,
+    /// Held until the fill ends: until then, requests for the URL join this fill.
+    _done: Option<FillDone>,
+}
+
+impl FillJob {
+    async fn run(mut self, mut body: Incoming) {
+        let started = Instant::now();
+        let mut chunks: Vec<Bytes> = Vec::new();
+        let mut total: u64 = 0;
+        let mut storing = true;
+        let complete = loop {
+            let frame = match self.deadline {
+                Some(d) => match tokio::time::timeout_at(d, body.frame()).await {
+                    Ok(f) => f,
+                    Err(_) => break false,
+                },
+                None => body.frame().await,
+            };
+            match frame {
+                None => break true,
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, url = %self.key.url, "origin body failed while filling the cache");
+                    break false;
+                }
+                Some(Ok(frame)) => {
+                    let Ok(data) = frame.into_data() else { continue };
+                    total += data.len() as u64;
+                    if storing && total > self.max_bytes {
+                        // Too large to keep: stream on, stop sharing with new requests.
+                        storing = false;
+                        chunks = Vec::new();
+                        self._done = None;
+                    }
+                    if storing {
+                        chunks.push(data.clone());
+                    }
+                    self.fill.push(data);
+                }
+            }
+        };
+        self.origin_bytes.inc_by(total);
+        let declared = self
+            .fill
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let whole = complete && declared.is_none_or(|len| len == total);
+        if whole && storing && started.elapsed() < outpost_cache::MAX_FILL {
+            let mut body = BytesMut::with_capacity(total as usize);
+            for c in &chunks {
+                body.extend_from_slice(c);
+            }
+            let mut headers = self.fill.headers.clone();
+            if declared.is_none() {
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(total));
+            }
+            let obj = Object::new(
+                &self.key,
+                self.site.clone(),
+                self.fill.status,
+                headers,
+                body.freeze(),
+                self.freshness.clone(),
+                self.fill.vary.clone(),
+                self.seq,
+            );
+            self.cache.store(&self.key, obj);
+        }
+        self.fill.finish(whole);
+    }
+}
+
+/// After a successful unsafe request, drop what the cache holds for its target and for the
+/// Location / Content-Location it names on the same host (RFC 9111 §4.4).
+pub(super) fn invalidate_after_unsafe(
+    cache: &Cache,
+    policy: &SiteCache,
+    scheme: &str,
+    host: &str,
+    target: Option<&PathAndQuery>,
+    response: &HeaderMap,
+) {
+    let pq = target.map_or("/", PathAndQuery::as_str);
+    cache.invalidate(&CacheKey::new(scheme, host, pq, &HeaderMap::new(), &policy.key));
+    for name in [header::LOCATION, header::CONTENT_LOCATION] {
+        let Some(value) = response.get(&name).and_then(|v| v.to_str().ok()) else {
+            continue;
+        };
+        let url = if value.starts_with('/') {
+            format!("{scheme}://{host}{value}")
+        } else {
+            value.to_owned()
+        };
+        let Ok(uri) = url.parse::<http::Uri>() else {
+            continue;
+        };
+        if uri.host().is_some_and(|h| h.eq_ignore_ascii_case(host)) {
+            let pq = uri.path_and_query().map_or("/", PathAndQuery::as_str);
+            cache.invalidate(&CacheKey::new(scheme, host, pq, &HeaderMap::new(), &policy.key));
+        }
+    }
+}

@@ -44,7 +44,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 /// Canonical text: the largest binary unit that divides the size exactly.
 pub fn format_size(bytes: u64) -> String {
     for (name, factor) in UNITS[..4].iter().rev() {
-        if bytes >= *factor && bytes % factor == 0 {
+        if bytes >= *factor && bytes.is_multiple_of(*factor) {
             return format!("{}{name}", bytes / factor);
         }
     }

@@ -924,6 +924,14 @@ fn origin_identity(url: &str) -> Result<(String, String, u16), String> {
     Ok((scheme.to_owned(), authority.host().to_ascii_lowercase(), port))
 }
 
+/// RFC 9110 token characters, lower-case or not.
+fn http_header_name_problem(name: &str) -> bool {
+    name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1014,12 +1022,4 @@ mod tests {
         assert_eq!(address_conflict(addr("127.0.0.1:0"), addr("127.0.0.1:0")), None);
         assert_eq!(address_conflict(addr("[::]:80"), addr("127.0.0.1:80")), None);
     }
-}
-
-/// RFC 9110 token characters, lower-case or not.
-fn http_header_name_problem(name: &str) -> bool {
-    name.is_empty()
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }

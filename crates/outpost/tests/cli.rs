@@ -86,10 +86,11 @@ fn temp_dir(tag: &str) -> PathBuf {
     dir
 }
 
+/// A config whose site does not cache: these tests watch which origin answers after a reload.
 fn config(listen: SocketAddr, admin: SocketAddr, origin: SocketAddr, version: &str) -> String {
     format!(
         "version = \"{version}\"\n[pop]\nid = \"cli\"\n[admin]\nlisten = \"{admin}\"\ntoken = \"t0k\"\n[log]\naccess_log = \"off\"\n\
-         [[listener]]\nname = \"main\"\naddress = \"{listen}\"\n[[site]]\nname = \"s\"\nhosts = [\"*\"]\npool = \"p\"\n\
+         [[listener]]\nname = \"main\"\naddress = \"{listen}\"\n[[site]]\nname = \"s\"\nhosts = [\"*\"]\npool = \"p\"\n[site.cache]\nenabled = false\n\
          [[pool]]\nname = \"p\"\n[[pool.origin]]\nurl = \"http://{origin}\"\n"
     )
 }

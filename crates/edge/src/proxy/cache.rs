@@ -89,18 +89,18 @@ pub(super) async fn serve(
             Reuse::Fresh => {
                 m.hit.inc();
                 log.cache = Some("hit");
-                return Ok(ctx.from_object(&obj, now, "hit"));
+                return Ok(ctx.answer_from_object(&obj, now, "hit"));
             }
             Reuse::StaleAccepted => {
                 m.stale_max_stale.inc();
                 log.cache = Some("stale");
-                return Ok(ctx.from_object(&obj, now, "hit; detail=max-stale"));
+                return Ok(ctx.answer_from_object(&obj, now, "hit; detail=max-stale"));
             }
             Reuse::StaleWhileRevalidate => {
                 m.stale_swr.inc();
                 log.cache = Some("stale");
                 ctx.spawn_revalidation(obj.clone());
-                return Ok(ctx.from_object(&obj, now, "hit; detail=stale-while-revalidate"));
+                return Ok(ctx.answer_from_object(&obj, now, "hit; detail=stale-while-revalidate"));
             }
             Reuse::Revalidate if ctx.directives.only_if_cached => return Err(ProxyError::NotCached),
             Reuse::Revalidate => return ctx.revalidate(obj, log).await,
@@ -156,7 +156,7 @@ impl Ctx<'_> {
                         m.miss.inc();
                         m.collapsed.inc();
                         log.cache = Some("collapsed");
-                        return Ok(self.from_fill(&fill, "fwd=miss; collapsed"));
+                        return Ok(self.answer_from_fill(&fill, "fwd=miss; collapsed"));
                     }
                 }
                 None
@@ -198,7 +198,7 @@ impl Ctx<'_> {
                     );
                     let stored = self.cache.store(&self.key, fresh);
                     let current = stored.unwrap_or(obj);
-                    return Ok(self.from_object(&current, now, "fwd=stale; fwd-status=304"));
+                    return Ok(self.answer_from_object(&current, now, "fwd=stale; fwd-status=304"));
                 }
                 // A 304 about some other representation: ask for the whole thing.
                 m.miss.inc();
@@ -213,7 +213,7 @@ impl Ctx<'_> {
                 m.stale_if_error.inc();
                 m.revalidation_error.inc();
                 log.cache = Some("stale");
-                Ok(self.from_object(&obj, now, "hit; detail=stale-if-error"))
+                Ok(self.answer_from_object(&obj, now, "hit; detail=stale-if-error"))
             }
             Ok(resp) => {
                 m.replaced.inc();
@@ -225,7 +225,7 @@ impl Ctx<'_> {
                 m.revalidation_error.inc();
                 log.cache = Some("stale");
                 tracing::debug!(error = %e, "origin failed; serving stale");
-                Ok(self.from_object(&obj, now, "hit; detail=stale-if-error"))
+                Ok(self.answer_from_object(&obj, now, "hit; detail=stale-if-error"))
             }
             Err(e) => {
                 m.revalidation_error.inc();
@@ -351,7 +351,10 @@ impl Ctx<'_> {
             _done: done,
         };
         tokio::spawn(job.run(body));
-        (self.from_fill(&fill, &format!("{fwd}; stored")), Delivery::Filled)
+        (
+            self.answer_from_fill(&fill, &format!("{fwd}; stored")),
+            Delivery::Filled,
+        )
     }
 
     /// `admit` for a client request: its log learns whether the body comes straight from the
@@ -434,7 +437,7 @@ impl Ctx<'_> {
 
     /// An answer made from a stored object: 304 to a client whose copy is current, 206 or 416
     /// for a range, otherwise the object, with `Age`.
-    fn from_object(&self, obj: &Object, now: f64, status: &str) -> Response<OutBody> {
+    fn answer_from_object(&self, obj: &Object, now: f64, status: &str) -> Response<OutBody> {
         let age = obj.freshness.age(now).max(0.0) as u64;
         let ttl = if obj.is_soft_purged() {
             -(obj.freshness.age(now) as i64)
@@ -476,7 +479,7 @@ impl Ctx<'_> {
     }
 
     /// A response streamed from a fill (this request's own fetch, or one it collapsed onto).
-    fn from_fill(&self, fill: &Arc<Fill>, status: &str) -> Response<OutBody> {
+    fn answer_from_fill(&self, fill: &Arc<Fill>, status: &str) -> Response<OutBody> {
         let cache_status = format!("{CACHE_NAME}; {status}");
         if fill.status == StatusCode::OK && conditional::client_has_current(&self.headers, &fill.headers) {
             let mut headers = conditional::not_modified_headers(&fill.headers);

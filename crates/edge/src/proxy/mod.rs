@@ -315,6 +315,7 @@ pub(crate) struct Upstream {
 impl Upstream {
     /// Sends the request to an origin of the pool, retrying on another origin (within the retry
     /// budget) when an idempotent bodiless request meets a gateway error or a broken exchange.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn exchange(
         &self,
         method: &Method,

@@ -1,0 +1,759 @@
+//! The cache against RFC 9111 / RFC 5861, rule by rule, through the real proxy stack: a PoP on
+//! loopback in front of a scripted origin that counts what reaches it.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+/// How the scripted origin answers one path. `{n}` in the body becomes the hit count.
+#[derive(Clone, Default)]
+struct Route {
+    status: u16,
+    headers: Vec<(&'static str, String)>,
+    body: String,
+    delay: Duration,
+    /// Answer 304 when the request's If-None-Match carries this ETag.
+    etag_304: Option<&'static str>,
+}
+
+fn route(status: u16, headers: &[(&'static str, &str)], body: &str) -> Route {
+    Route {
+        status,
+        headers: headers.iter().map(|(k, v)| (*k, (*v).to_owned())).collect(),
+        body: body.to_owned(),
+        ..Default::default()
+    }
+}
+
+#[derive(Clone, Default)]
+struct Scripted {
+    addr: Option<SocketAddr>,
+    routes: Arc<Mutex<HashMap<String, Route>>>,
+    hits: Arc<Mutex<HashMap<String, usize>>>,
+    /// Requests being answered now, and the most at once.
+    busy: Arc<Mutex<(usize, usize)>>,
+    seen: Arc<Mutex<Vec<(String, HeaderMap)>>>,
+}
+
+impl Scripted {
+    async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let me = Self {
+            addr: Some(listener.local_addr().unwrap()),
+            ..Default::default()
+        };
+        let shared = me.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let shared = shared.clone();
+                        async move { Ok::<_, std::convert::Infallible>(shared.answer(req).await) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        me
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr.unwrap())
+    }
+
+    fn set(&self, path: &str, r: Route) {
+        self.routes.lock().unwrap().insert(path.to_owned(), r);
+    }
+
+    fn hits(&self, path: &str) -> usize {
+        self.hits.lock().unwrap().get(path).copied().unwrap_or(0)
+    }
+
+    fn last_request(&self, path: &str) -> HeaderMap {
+        let seen = self.seen.lock().unwrap();
+        seen.iter()
+            .rev()
+            .find(|(p, _)| p == path)
+            .map(|(_, h)| h.clone())
+            .unwrap_or_default()
+    }
+
+    async fn answer(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let path = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
+        let route_key = req.uri().path().to_owned();
+        let n = {
+            let mut hits = self.hits.lock().unwrap();
+            let n = hits.entry(route_key.clone()).or_default();
+            *n += 1;
+            *n
+        };
+        self.seen
+            .lock()
+            .unwrap()
+            .push((route_key.clone(), req.headers().clone()));
+        let r = self.routes.lock().unwrap().get(&route_key).cloned();
+        let Some(r) = r else {
+            return Response::builder()
+                .status(404)
+                .body(Full::new(Bytes::from(format!("no route {path}"))))
+                .unwrap();
+        };
+        if !r.delay.is_zero() {
+            {
+                let mut b = self.busy.lock().unwrap();
+                b.0 += 1;
+                b.1 = b.1.max(b.0);
+            }
+            tokio::time::sleep(r.delay).await;
+            self.busy.lock().unwrap().0 -= 1;
+        }
+        let inm = req
+            .headers()
+            .get("if-none-match")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let mut b = Response::builder();
+        let status = match r.etag_304 {
+            Some(tag) if inm.contains(tag) => 304,
+            _ => r.status,
+        };
+        b = b.status(status);
+        for (k, v) in &r.headers {
+            b = b.header(*k, v.as_str());
+        }
+        let body = if status == 304 {
+            String::new()
+        } else {
+            r.body.replace("{n}", &n.to_string())
+        };
+        b.body(Full::new(Bytes::from(body))).unwrap()
+    }
+}
+
+async fn pop(origin: &Scripted, site_cache: &str) -> (TempDir, outpost_edge::Edge, SocketAddr) {
+    pop_with(origin, "", site_cache).await
+}
+
+async fn pop_with(
+    origin: &Scripted,
+    top: &str,
+    site_cache: &str,
+) -> (TempDir, outpost_edge::Edge, SocketAddr) {
+    let dir = TempDir::new("cache");
+    let mut toml = pop_config(top, "", &[(origin.url(), false)]);
+    toml.push_str(&format!("[site.cache]\n{site_cache}\n"));
+    // [site.cache] must follow the [[site]] table: move it there.
+    let toml = toml.replacen("[[pool]]", &format!("[site.cache]\n{site_cache}\n[[pool]]"), 1);
+    let toml = toml
+        .rsplit_once("[site.cache]")
+        .map(|(a, _)| a.to_owned())
+        .unwrap_or(toml);
+    let edge = start_edge(&dir, &toml).await;
+    let addr = edge.listener_addr("http").unwrap();
+    (dir, edge, addr)
+}
+
+async fn req(addr: SocketAddr, method: http::Method, path: &str, headers: &[(&str, &str)]) -> Answer {
+    let mut b = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"))
+        .header("host", "www.test");
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let resp = tokio::time::timeout(
+        Duration::from_secs(10),
+        http1_client().request(b.body(Full::new(Bytes::new())).unwrap()),
+    )
+    .await
+    .expect("timed out")
+    .expect("request failed");
+    collect(resp).await
+}
+
+async fn get(addr: SocketAddr, path: &str) -> Answer {
+    req(addr, http::Method::GET, path, &[]).await
+}
+
+fn cache_status(a: &Answer) -> String {
+    a.headers
+        .get("cache-status")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn fresh_responses_are_served_from_cache_with_age() {
+    let o = Scripted::start().await;
+    o.set("/a", route(200, &[("cache-control", "max-age=60")], "a{n}"));
+    o.set(
+        "/s",
+        route(200, &[("cache-control", "max-age=0, s-maxage=60")], "s{n}"),
+    );
+    let d = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(60));
+    o.set("/e", route(200, &[("expires", d.as_str())], "e{n}"));
+    let (_dir, _edge, addr) = pop(&o, "").await;
+    for path in ["/a", "/s", "/e"] {
+        let first = get(addr, path).await;
+        assert!(
+            cache_status(&first).contains("fwd=miss; stored"),
+            "{path}: {}",
+            cache_status(&first)
+        );
+        let second = get(addr, path).await;
+        assert_eq!(second.body, first.body, "{path}");
+        assert!(
+            cache_status(&second).starts_with("Outpost; hit"),
+            "{path}: {}",
+            cache_status(&second)
+        );
+        assert!(
+            second.headers.contains_key("age"),
+            "{path}: a cached response carries Age"
+        );
+        assert_eq!(o.hits(path), 1, "{path}: the origin saw one request");
+    }
+}
+
+#[tokio::test]
+async fn what_a_shared_cache_must_not_store_reaches_the_origin_every_time() {
+    let o = Scripted::start().await;
+    o.set(
+        "/no-store",
+        route(200, &[("cache-control", "max-age=60, no-store")], "x"),
+    );
+    o.set(
+        "/private",
+        route(200, &[("cache-control", "max-age=60, private")], "x"),
+    );
+    o.set(
+        "/cookie",
+        route(
+            200,
+            &[("cache-control", "max-age=60"), ("set-cookie", "a=b")],
+            "x",
+        ),
+    );
+    o.set(
+        "/vary-star",
+        route(200, &[("cache-control", "max-age=60"), ("vary", "*")], "x"),
+    );
+    o.set("/post", route(200, &[("cache-control", "max-age=60")], "x"));
+    let (_dir, _edge, addr) = pop(&o, "").await;
+    for path in ["/no-store", "/private", "/cookie", "/vary-star"] {
+        let a = get(addr, path).await;
+        assert!(
+            cache_status(&a).contains("detail="),
+            "{path}: {}",
+            cache_status(&a)
+        );
+        get(addr, path).await;
+        assert_eq!(o.hits(path), 2, "{path}");
+    }
+    let auth = [("authorization", "Bearer x")];
+    req(addr, http::Method::GET, "/post", &auth).await;
+    req(addr, http::Method::GET, "/post", &auth).await;
+    assert_eq!(
+        o.hits("/post"),
+        2,
+        "a request with Authorization is not stored without public/s-maxage"
+    );
+}
+
+#[tokio::test]
+async fn authorization_is_cached_when_the_origin_says_shared() {
+    let o = Scripted::start().await;
+    o.set("/shared", route(200, &[("cache-control", "s-maxage=60")], "x"));
+    let (_dir, _edge, addr) = pop(&o, "").await;
+    let auth = [("authorization", "Bearer x")];
+    req(addr, http::Method::GET, "/shared", &auth).await;
+    req(addr, http::Method::GET, "/shared", &auth).await;
+    assert_eq!(o.hits("/shared"), 1);
+}
+
+#[tokio::test]
+async fn no_cache_revalidates_every_time_with_the_stored_validator() {
+    let o = Scripted::start().await;
+    let mut r = route(
+        200,
+        &[("cache-control", "no-cache"), ("etag", "\"v1\"")],
+        "body{n}",
+    );
+    r.etag_304 = Some("\"v1\"");
+    o.set("/nc", r);
+    let (_dir, _edge, addr) = pop(&o, "").await;
+    assert_eq!(get(addr, "/nc").await.body, "body1");
+    let again = get(addr, "/nc").await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(again.body, "body1", "the 304 let the stored body answer");
+    assert!(
+        cache_status(&again).contains("fwd-status=304"),
+        "{}",
+        cache_status(&again)
+    );
+    assert_eq!(o.hits("/nc"), 2);
+    assert_eq!(o.last_request("/nc")["if-none-match"], "\"v1\"");
+}
+
+#[tokio::test]
+async fn vary_keeps_a_variant_per_request_value() {
+    let o = Scripted::start().await;
+    o.set(
+        "/v",
+        route(
+            200,
+            &[("cache-control", "max-age=60"), ("vary", "accept-language")],
+            "v{n}",
+        ),
+    );
+    let (_dir, _edge, addr) = pop(&o, "").await;
+    let en = [("accept-language", "en")];
+    let fr = [("accept-language", "fr")];
+    let a = req(addr, http::Method::GET, "/v", &en).await;
+    let b = req(addr, http::Method::GET, "/v", &fr).await;
+    assert_ne!(a.body, b.body);
+    assert_eq!(req(addr, http::Method::GET, "/v", &en).await.body, a.body);
+    assert_eq!(req(addr, http::Method::GET, "/v", &fr).await.body, b.body);
+    assert_eq!(o.hits("/v"), 2);
+}
+
+#[tokio::test]
+async fn head_range_and_conditional_requests_are_answered_from_a_stored_get() {
+    let o = Scripted::start().await;
+    o.set(
+        "/r",
+        route(
+            200,
+            &[("cache-control", "max-age=60"), ("etag", "\"e1\"")],
+            "0123456789",
+        ),
+    );
+    let (_dir, _edge, addr) = pop(&o, "").await;
+    get(addr, "/r").await;
+    let head = req(addr, http::Method::HEAD, "/r", &[]).await;
+    assert_eq!(head.status, StatusCode::OK);
+    assert_eq!(head.headers["content-length"], "10");
+    assert!(head.body.is_empty());
+    let range = req(addr, http::Method::GET, "/r", &[("range", "bytes=2-5")]).await;
+    assert_eq!(range.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(range.body, "2345");
+    assert_eq!(range.headers["content-range"], "bytes 2-5/10");
+    let bad = req(addr, http::Method::GET, "/r", &[("range", "bytes=20-")]).await;
+    assert_eq!(bad.status, StatusCode::RANGE_NOT_SATISFIABLE);
+    let cond = req(addr, http::Method::GET, "/r", &[("if-none-match", "\"e1\"")]).await;
+    assert_eq!(cond.status, StatusCode::NOT_MODIFIED);
+    assert_eq!(cond.headers["etag"], "\"e1\"");
+    assert_eq!(o.hits("/r"), 1, "all of it from the one stored response");
+}
+
+#[tokio::test]
+async fn successful_unsafe_methods_invalidate_the_target_and_its_location() {
+    let o = Scripted::start().await;
+    o.set("/doc", route(200, &[("cache-control", "max-age=60")], "doc{n}"));
+    o.set(
+        "/other",
+        route(200, &[("cache-control", "max-age=60")], "other{n}"),
+    );
+    o.set("/form", route(201, &[("location", "/other")], "created"));
+    let (_dir, _edge, addr) = pop(&o, "").await;
+    get(addr, "/doc").await;
+    get(addr, "/other").await;
+    req(addr, http::Method::POST, "/doc", &[]).await;
+    assert_eq!(get(addr, "/doc").await.body, "doc3", "POST /doc invalidated /doc");
+    req(addr, http::Method::POST, "/form", &[]).await;
+    assert_eq!(
+        get(addr, "/other").await.body,
+        "other2",
+        "Location: /other was invalidated"
+    );
+}
+
+#[tokio::test]
+async fn stale_while_revalidate_serves_stale_once_and_refreshes_in_the_background() {
+    let o = Scripted::start().await;
+    o.set(
+        "/swr",
+        route(
+            200,
+            &[("cache-control", "max-age=1, stale-while-revalidate=60")],
+            "swr{n}",
+        ),
+    );
+    let (_dir, _edge, addr) = pop(&o, "").await;
+    assert_eq!(get(addr, "/swr").await.body, "swr1");
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let stale = get(addr, "/swr").await;
+    assert_eq!(stale.body, "swr1", "served stale at once");
+    assert!(
+        cache_status(&stale).contains("stale-while-revalidate"),
+        "{}",
+        cache_status(&stale)
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || o.hits("/swr") == 2).await,
+        "refreshed in the background"
+    );
+    assert!(
+        eventually_async(Duration::from_secs(5), || async {
+            get(addr, "/swr").await.body == "swr2"
+        })
+        .await,
+        "the refreshed response replaced the stale one"
+    );
+    assert_eq!(o.hits("/swr"), 2);
+}
+
+async fn eventually_async<F: std::future::Future<Output = bool>>(
+    within: Duration,
+    mut f: impl FnMut() -> F,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < deadline {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn stale_if_error_serves_stale_when_the_origin_fails_or_is_gone() {
+    let o = Scripted::start().await;
+    o.set(
+        "/sie",
+        route(200, &[("cache-control", "max-age=1, stale-if-error=60")], "good"),
+    );
+    o.set(
+        "/strict",
+        route(
+            200,
+            &[("cache-control", "max-age=1, must-revalidate, stale-if-error=60")],
+            "good",
+        ),
+    );
+    let (_dir, _edge, addr) = pop(&o, "").await;
+    get(addr, "/sie").await;
+    get(addr, "/strict").await;
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    o.set("/sie", route(500, &[], "broken"));
+    o.set("/strict", route(500, &[], "broken"));
+    let a = get(addr, "/sie").await;
+    assert_eq!((a.status, a.body.as_str()), (StatusCode::OK, "good"));
+    assert!(cache_status(&a).contains("stale-if-error"));
+    let strict = get(addr, "/strict").await;
+    assert_eq!(
+        strict.status,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "must-revalidate forbids serving stale"
+    );
+}
+
+#[tokio::test]
+async fn site_grace_serves_stale_when_the_origin_is_unreachable() {
+    // An origin address nobody listens on once the scripted origin's answer is stored.
+    let o = Scripted::start().await;
+    o.set("/g", route(200, &[("cache-control", "max-age=1")], "kept"));
+    let (dir, edge, addr) = pop(&o, "stale_if_error = \"1m\"").await;
+    get(addr, "/g").await;
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    // Point the pool at a closed port: the origin is down.
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let toml = std::fs::read_to_string(dir.path("edge.toml"))
+        .unwrap()
+        .replace(&o.url(), &format!("http://{closed}"));
+    write_config(&dir, &toml);
+    edge.reload().await.unwrap();
+    let a = get(addr, "/g").await;
+    assert_eq!((a.status, a.body.as_str()), (StatusCode::OK, "kept"));
+}
+
+#[tokio::test]
+async fn request_directives_only_if_cached_max_age_and_max_stale() {
+    let o = Scripted::start().await;
+    o.set("/d", route(200, &[("cache-control", "max-age=1")], "d{n}"));
+    let (_dir, _edge, addr) = pop(&o, "").await;
+    let miss = req(
+        addr,
+        http::Method::GET,
+        "/d",
+        &[("cache-control", "only-if-cached")],
+    )
+    .await;
+    assert_eq!(miss.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(o.hits("/d"), 0);
+    get(addr, "/d").await;
+    let again = req(addr, http::Method::GET, "/d", &[("cache-control", "max-age=0")]).await;
+    assert_eq!(again.body, "d2", "max-age=0 sent the request to the origin");
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let stale = req(
+        addr,
+        http::Method::GET,
+        "/d",
+        &[("cache-control", "max-stale=60")],
+    )
+    .await;
+    assert_eq!(stale.body, "d2", "max-stale accepts the stale response");
+    assert_eq!(o.hits("/d"), 2);
+}
+
+#[tokio::test]
+async fn a_thousand_concurrent_misses_reach_the_origin_once() {
+    let o = Scripted::start().await;
+    let mut r = route(200, &[("cache-control", "max-age=60")], "collapsed");
+    r.delay = Duration::from_millis(500);
+    o.set("/hot", r);
+    let (_dir, edge, addr) = pop(&o, "").await;
+    let client = http1_client();
+    let mut tasks = Vec::new();
+    for _ in 0..1000 {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            send(&client, addr, "www.test", http::Method::GET, "/hot", Bytes::new()).await
+        }));
+    }
+    for t in tasks {
+        let a = t.await.unwrap();
+        assert_eq!((a.status, a.body.as_str()), (StatusCode::OK, "collapsed"));
+    }
+    assert_eq!(o.hits("/hot"), 1);
+    let m = metrics(&edge).await;
+    let collapsed = metric_value(&m, "outpost_cache_collapsed_total", &[("site", "site")]).unwrap_or(0.0);
+    assert!(
+        collapsed >= 900.0,
+        "most requests collapsed onto the first: {collapsed}"
+    );
+}
+
+#[tokio::test]
+async fn uncacheable_answers_release_waiters_instead_of_serialising_them() {
+    let o = Scripted::start().await;
+    let mut r = route(200, &[("cache-control", "no-store")], "private");
+    r.delay = Duration::from_millis(300);
+    o.set("/u", r);
+    let (_dir, _edge, addr) = pop(&o, "").await;
+    let tasks: Vec<_> = (0..20)
+        .map(|_| tokio::spawn(async move { get(addr, "/u").await }))
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap().status, StatusCode::OK);
+    }
+    assert_eq!(o.hits("/u"), 20, "each request got its own answer");
+    // Serialised behind one another, the origin would never see two at once.
+    let most = o.busy.lock().unwrap().1;
+    assert!(most >= 10, "the origin answered at most {most} at once");
+}
+
+#[tokio::test]
+async fn purge_by_url_prefix_tag_and_site_and_soft_purge_revalidates() {
+    let o = Scripted::start().await;
+    for (path, tags) in [("/p/1", "t1"), ("/p/2", "t2"), ("/q/1", "t1 t3"), ("/q/2", "t4")] {
+        let mut r = route(
+            200,
+            &[
+                ("cache-control", "max-age=600"),
+                ("etag", "\"x\""),
+                ("surrogate-key", tags),
+            ],
+            "{n}",
+        );
+        r.etag_304 = Some("\"x\"");
+        o.set(path, r);
+    }
+    let (_dir, edge, addr) = pop(&o, "").await;
+    let purge = |json: &str| {
+        let req: outpost_cache::PurgeRequest = serde_json::from_str(json).unwrap();
+        edge.shared().purge(req).unwrap()
+    };
+    for p in ["/p/1", "/p/2", "/q/1", "/q/2"] {
+        get(addr, p).await;
+    }
+    purge(r#"{"url": "http://www.test/p/2"}"#);
+    assert_eq!(get(addr, "/p/2").await.body, "2", "url purge");
+    purge(r#"{"tag": "t3"}"#);
+    assert_eq!(get(addr, "/q/1").await.body, "2", "tag purge");
+    assert_eq!(get(addr, "/p/1").await.body, "1", "other tags untouched");
+    purge(r#"{"prefix": "http://www.test/p/"}"#);
+    assert_eq!(get(addr, "/p/1").await.body, "2", "prefix purge");
+    purge(r#"{"site": "site", "soft": true}"#);
+    let soft = get(addr, "/q/2").await;
+    assert_eq!(
+        soft.body, "1",
+        "a soft purge keeps the object: the origin said 304"
+    );
+    assert!(
+        cache_status(&soft).contains("fwd-status=304"),
+        "{}",
+        cache_status(&soft)
+    );
+    assert_eq!(o.hits("/q/2"), 2);
+    assert_eq!(o.last_request("/q/2")["if-none-match"], "\"x\"");
+}
+
+#[tokio::test]
+async fn a_purge_covers_objects_that_were_being_fetched_when_it_arrived() {
+    let o = Scripted::start().await;
+    let mut r = route(200, &[("cache-control", "max-age=600")], "v{n}");
+    r.delay = Duration::from_millis(600);
+    o.set("/slow", r);
+    let (_dir, edge, addr) = pop(&o, "").await;
+    let in_flight = tokio::spawn(async move { get(addr, "/slow").await });
+    assert!(eventually(Duration::from_secs(2), || o.hits("/slow") == 1).await);
+    let req: outpost_cache::PurgeRequest =
+        serde_json::from_str(r#"{"url": "http://www.test/slow"}"#).unwrap();
+    edge.shared().purge(req).unwrap();
+    // Starts after the purge returned: must not get v1, neither by joining the fetch in flight
+    // nor from the cache once that fetch lands.
+    let after = get(addr, "/slow").await;
+    assert_eq!(in_flight.await.unwrap().body, "v1");
+    assert_eq!(after.body, "v2");
+    assert_eq!(get(addr, "/slow").await.body, "v2");
+}
+
+#[tokio::test]
+async fn admin_purge_endpoint_validates_and_counts() {
+    let o = Scripted::start().await;
+    o.set("/a", route(200, &[("cache-control", "max-age=600")], "{n}"));
+    let (_dir, edge, addr) = pop(&o, "").await;
+    get(addr, "/a").await;
+    let admin = edge.admin_addr().unwrap();
+    let post = |body: &'static str| async move {
+        let req = Request::post(format!("http://{admin}/purge"))
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        collect(http1_client().request(req).await.unwrap()).await
+    };
+    let ok = post(r#"{"url": "http://www.test/a"}"#).await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
+    assert!(ok.body.contains("\"url\""), "{}", ok.body);
+    assert_eq!(get(addr, "/a").await.body, "2");
+    let bad = post(r#"{"url": "http://www.test/a", "tag": "x"}"#).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert!(bad.body.contains("exactly one"), "{}", bad.body);
+    let garbage = post("{not json").await;
+    assert_eq!(garbage.status, StatusCode::BAD_REQUEST);
+    let m = metrics(&edge).await;
+    assert_eq!(
+        metric_value(&m, "outpost_cache_purges_total", &[("kind", "url")]),
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn objects_over_the_size_limit_and_broken_bodies_are_not_stored() {
+    let o = Scripted::start().await;
+    o.set(
+        "/big",
+        route(200, &[("cache-control", "max-age=600")], &"x".repeat(4096)),
+    );
+    let (_dir, _edge, addr) = pop(&o, "max_object_size = \"1KiB\"").await;
+    assert_eq!(get(addr, "/big").await.body.len(), 4096);
+    assert_eq!(get(addr, "/big").await.body.len(), 4096);
+    assert_eq!(o.hits("/big"), 2);
+
+    // An origin that promises 100 bytes and hangs up after 10.
+    let raw = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let raw_addr = raw.local_addr().unwrap();
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c = count.clone();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut s, _)) = raw.accept().await {
+            c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let _ = s
+                .write_all(
+                    b"HTTP/1.1 200 OK\r\ncache-control: max-age=600\r\ncontent-length: 100\r\n\r\n0123456789",
+                )
+                .await;
+        }
+    });
+    let broken = Scripted {
+        addr: Some(raw_addr),
+        ..Default::default()
+    };
+    let (_dir2, _edge2, addr2) = pop(&broken, "").await;
+    let client = http1_client();
+    let r = Request::get(format!("http://{addr2}/t"))
+        .header("host", "www.test")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    if let Ok(resp) = client.request(r).await {
+        assert!(
+            resp.into_body().collect().await.is_err(),
+            "a truncated body ends in an error"
+        );
+    }
+    let r = Request::get(format!("http://{addr2}/t"))
+        .header("host", "www.test")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let _ = client.request(r).await;
+    assert_eq!(
+        count.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "the truncated response was not stored"
+    );
+}
+
+#[tokio::test]
+async fn cache_key_policy_sorts_and_ignores_query_parameters() {
+    let o = Scripted::start().await;
+    o.set("/k", route(200, &[("cache-control", "max-age=600")], "{n}"));
+    let (_dir, _edge, addr) = pop(&o, "query = \"sort\"\nignore_params = [\"utm_*\"]").await;
+    get(addr, "/k?b=1&a=2").await;
+    assert_eq!(get(addr, "/k?a=2&b=1&utm_source=mail").await.body, "1");
+    assert_eq!(get(addr, "/k?a=3").await.body, "2");
+}
+
+#[tokio::test]
+async fn memory_stays_within_its_budget() {
+    let o = Scripted::start().await;
+    o.set(
+        "/obj",
+        route(200, &[("cache-control", "max-age=600")], &"y".repeat(8 * 1024)),
+    );
+    let (_dir, edge, addr) = pop_with(&o, "[cache]\nmemory = \"512KiB\"", "").await;
+    for i in 0..300 {
+        get(addr, &format!("/obj?i={i}")).await;
+    }
+    // The sweeper publishes the tiers' sizes once a second.
+    let mut published = false;
+    let mut bytes = 0.0;
+    for _ in 0..50 {
+        let m = metrics(&edge).await;
+        bytes = metric_value(&m, "outpost_cache_bytes", &[("tier", "memory")]).unwrap_or(0.0);
+        let evictions =
+            metric_value(&m, "outpost_cache_evictions_total", &[("tier", "memory")]).unwrap_or(0.0);
+        if bytes > 0.0 && evictions > 0.0 {
+            published = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(published, "evictions are counted");
+    assert!(
+        bytes <= 512.0 * 1024.0,
+        "memory tier holds {bytes} bytes for a 512 KiB budget"
+    );
+}

@@ -639,6 +639,11 @@ pub struct RetryConfig {
     /// Retries always allowed per second, whatever the ratio, so quiet pools can still retry.
     #[serde(default = "default_min_retries_per_second")]
     pub min_per_second: u32,
+    /// Origin statuses that are retried on another origin (connection failures and broken
+    /// exchanges always are). Empty by default, like nginx's `proxy_next_upstream` and
+    /// HAProxy's `retry-on`: retrying an overloaded origin's 503 doubles its load.
+    #[serde(default)]
+    pub on_status: Vec<u16>,
 }
 
 impl Default for RetryConfig {
@@ -647,6 +652,7 @@ impl Default for RetryConfig {
             attempts: default_retry_attempts(),
             budget_ratio: default_budget_ratio(),
             min_per_second: default_min_retries_per_second(),
+            on_status: Vec::new(),
         }
     }
 }

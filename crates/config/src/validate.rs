@@ -586,6 +586,14 @@ impl Validator {
                     format!("must be between 0.0 and 1.0, got {ratio}"),
                 );
             }
+            for (j, status) in pool.retry.on_status.iter().enumerate() {
+                if !(500..=599).contains(status) {
+                    self.error(
+                        path.key("retry").key("on_status").index(j),
+                        format!("only 5xx statuses can be retried, got {status}"),
+                    );
+                }
+            }
             if let Some(health) = &pool.health_check {
                 self.health_check(health, &path.key("health_check"));
             }

@@ -176,7 +176,7 @@ async fn retries_respect_the_budget_and_never_resend_bodies() {
     a.set_status(503);
     b.set_status(503);
     let dir = TempDir::new("budget");
-    let extra = "retry = { attempts = 2, budget_ratio = 0.0, min_per_second = 1 }\noutlier = { consecutive_failures = 0 }\n";
+    let extra = "retry = { attempts = 2, budget_ratio = 0.0, min_per_second = 1, on_status = [503] }\noutlier = { consecutive_failures = 0 }\n";
     let edge = start_edge(&dir, &pool_config(&[(&a, false), (&b, false)], extra)).await;
     let addr = edge.listener_addr("http").unwrap();
     let client = http1_client();
@@ -344,4 +344,24 @@ async fn connect_timeout_fails_over_to_a_reachable_origin() {
         ],
     );
     assert!(errors.unwrap_or(0.0) >= 1.0, "{text}");
+}
+
+#[tokio::test]
+async fn a_pool_whose_every_origin_is_ejected_still_sends_them_traffic() {
+    let a = Origin::start("only").await;
+    let dir = TempDir::new("panic");
+    let extra = "outlier = { consecutive_failures = 2, base_ejection = \"30s\", max_ejection = \"60s\" }\n";
+    let edge = start_edge(&dir, &pool_config(&[(&a, false)], extra)).await;
+    let addr = edge.listener_addr("http").unwrap();
+    a.set_status(500);
+    for _ in 0..3 {
+        get(addr, "x", "/").await;
+    }
+    a.set_status(200);
+    let resp = get(addr, "x", "/").await;
+    assert_eq!(
+        (resp.status, resp.body.as_str()),
+        (StatusCode::OK, "only"),
+        "the only origin, ejected for its 5xx, is still tried rather than answering 503"
+    );
 }

@@ -389,11 +389,11 @@ impl Upstream {
                 request_body_done,
             )
             .await;
-            // Retry what another origin may answer better: gateway errors, failed connections
-            // and exchanges that broke before a response; never a timeout (the origin may be
-            // working).
+            // Retry what another origin may answer better: failed connections, exchanges that
+            // broke before a response and the statuses the pool lists; never a timeout (the
+            // origin may be working).
             let should_retry = match &outcome {
-                Ok(resp) => matches!(resp.status().as_u16(), 502..=504),
+                Ok(resp) => pool.config.retry.on_status.contains(&resp.status().as_u16()),
                 Err(e) => matches!(
                     e,
                     ProxyError::OriginConnect { .. } | ProxyError::OriginProtocol { .. }

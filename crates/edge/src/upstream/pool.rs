@@ -247,6 +247,22 @@ impl Pool {
                 return Ok(set[i]);
             }
         }
+        // Every origin that passes its health checks was ejected for errors: ejection then
+        // protects nothing, and a 503 for everyone is worse than trying them (Envoy's panic
+        // threshold does the same). Origins failing health checks stay out.
+        for set in [&self.primary, &self.backup] {
+            let passing = set
+                .iter()
+                .copied()
+                .filter(|&i| self.origins[i].state.health.is_healthy() && !avoid.contains(&i));
+            if let Some(i) = passing.min_by_key(|&i| self.origins[i].state.in_flight.load(Ordering::Relaxed))
+            {
+                if !self.exhausted.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(pool = %self.name, "every healthy origin is ejected for errors; sending traffic to them anyway");
+                }
+                return Ok(i);
+            }
+        }
         self.no_healthy.inc();
         let unhealthy = self
             .origins

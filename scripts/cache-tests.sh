@@ -33,7 +33,7 @@ target_dir=$(cargo metadata --format-version 1 --no-deps | node -e \
 export OUTPOST_BIN=${OUTPOST_BIN:-$target_dir/debug/outpost}
 
 home=${CACHE_TESTS_HOME:-$PWD/target/cache-tests}
-target=${CACHE_TESTS_TARGET:-outpost-noeject}
+target=${CACHE_TESTS_TARGET:-outpost}
 results=$home/results-$target.json
 tests/cache-tests/run.sh --target "$target" --results "$results" --no-summary
 check=(node tests/cache-tests/summarise.mjs --suite "$home/node_modules/http-cache-tests"

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# The whole test suite: formatting, lints, then every test of the workspace (unit tests,
-# integration tests with real sockets, TLS and child processes). Installs nothing today:
-# every test runs on loopback with what cargo builds.
+# The whole test suite: formatting, lints, every test of the workspace (unit tests,
+# integration tests with real sockets, TLS and child processes), then the public HTTP caching
+# test suite (cache-tests.fyi) against the real binary, checked against
+# tests/cache-tests/known-failures.txt (it installs its pinned npm package under target/;
+# skipped with a SKIP line where npm is missing). Everything runs on loopback.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo fmt --all -- --check
 cargo clippy --locked --workspace --all-targets -- -D warnings
 cargo test --locked --workspace
+scripts/cache-tests.sh

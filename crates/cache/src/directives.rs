@@ -78,7 +78,26 @@ impl RequestDirectives {
 }
 
 impl ResponseDirectives {
+    /// Cache-Control, overridden by Surrogate-Control where the origin sent one: that field is
+    /// addressed to CDN caches, so its `max-age` and `no-store` decide storage and lifetime
+    /// here and Cache-Control's storage directives are left to the caches downstream.
     pub fn parse(headers: &HeaderMap) -> Self {
+        let mut d = Self::parse_cache_control(headers);
+        if let Some(surrogate) = surrogate_directives(headers) {
+            d.no_store = surrogate.no_store;
+            d.private = false;
+            d.no_cache = false;
+            d.must_understand = false;
+            if let Some(max_age) = surrogate.max_age {
+                d.s_maxage = Some(max_age);
+            } else if surrogate.no_store {
+                d.s_maxage = None;
+            }
+        }
+        d
+    }
+
+    fn parse_cache_control(headers: &HeaderMap) -> Self {
         let mut d = Self::default();
         for (name, value) in directives(headers) {
             match name.as_str() {
@@ -116,6 +135,56 @@ impl ResponseDirectives {
     pub fn has_explicit_lifetime(&self) -> bool {
         self.s_maxage.is_some() || self.max_age.is_some()
     }
+}
+
+/// The device token Outpost announces in `Surrogate-Capability` and answers to in targeted
+/// `Surrogate-Control` directives (`max-age=60;outpost`).
+pub const SURROGATE_TOKEN: &str = "outpost";
+
+/// The `Surrogate-Capability` request header value Outpost sends to origins.
+pub const SURROGATE_CAPABILITY: &str = "outpost=\"Surrogate/1.0\"";
+
+/// `Surrogate-Control` (the Edge Architecture specification): directives addressed to every
+/// surrogate, overridden by those targeted at Outpost's token; directives targeted at other
+/// surrogates are ignored. `None` when the response has no such field.
+#[derive(Debug, Default)]
+struct Surrogate {
+    max_age: Option<u64>,
+    no_store: bool,
+}
+
+fn surrogate_directives(headers: &HeaderMap) -> Option<Surrogate> {
+    let mut values = headers.get_all("surrogate-control").iter().peekable();
+    values.peek()?;
+    let (mut general, mut targeted) = (Surrogate::default(), Surrogate::default());
+    let mut any_targeted = false;
+    for value in values.filter_map(|v| v.to_str().ok()) {
+        for (name, arg) in split_directives(value) {
+            let (name, name_target) = match name.split_once(';') {
+                Some((n, t)) => (n.to_owned(), Some(t.trim().to_owned())),
+                None => (name, None),
+            };
+            let (arg, arg_target) =
+                match arg.map(|a| a.split_once(';').map_or((a, None), |(v, t)| (v, Some(t.trim())))) {
+                    Some((v, t)) => (Some(v), t.map(str::to_owned)),
+                    None => (None, None),
+                };
+            let d = match name_target.or(arg_target) {
+                None => &mut general,
+                Some(t) if t == SURROGATE_TOKEN => {
+                    any_targeted = true;
+                    &mut targeted
+                }
+                Some(_) => continue,
+            };
+            match name.as_str() {
+                "max-age" => set_once(&mut d.max_age, seconds(arg)),
+                "no-store" => d.no_store = true,
+                _ => {}
+            }
+        }
+    }
+    Some(if any_targeted { targeted } else { general })
 }
 
 fn set_once(slot: &mut Option<u64>, value: u64) {
@@ -216,6 +285,28 @@ mod tests {
         let d = ResponseDirectives::parse(&headers(&["private=\"x-user\""]));
         assert!(!d.private);
         assert_eq!(d.private_fields, vec!["x-user"]);
+    }
+
+    #[test]
+    fn surrogate_control_overrides_cache_control_for_this_cache() {
+        let mut h = headers(&["no-store, max-age=5"]);
+        h.insert("surrogate-control", "max-age=3600".parse().unwrap());
+        let d = ResponseDirectives::parse(&h);
+        assert!(!d.no_store);
+        assert_eq!(d.s_maxage, Some(3600));
+        let mut h = headers(&["max-age=3600"]);
+        h.insert("surrogate-control", "no-store".parse().unwrap());
+        assert!(ResponseDirectives::parse(&h).no_store);
+        h.insert(
+            "surrogate-control",
+            "no-store, max-age=60;outpost, max-age=1;other".parse().unwrap(),
+        );
+        let d = ResponseDirectives::parse(&h);
+        assert!(
+            !d.no_store,
+            "directives targeted at Outpost win over general ones"
+        );
+        assert_eq!(d.s_maxage, Some(60));
     }
 
     #[test]

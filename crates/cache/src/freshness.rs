@@ -61,11 +61,7 @@ impl Freshness {
         policy: &LifetimePolicy,
     ) -> Self {
         let date = header_time(headers, header::DATE).unwrap_or(response_time);
-        let age_value = headers
-            .get(header::AGE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap_or(0) as f64;
+        let age_value = age_value(headers);
         let apparent_age = (response_time - date).max(0.0);
         let response_delay = (response_time - request_time).max(0.0);
         let initial_age = apparent_age.max(age_value + response_delay);
@@ -121,6 +117,22 @@ impl Freshness {
     pub fn ttl(&self, now: f64) -> i64 {
         (-self.staleness(now)).floor() as i64
     }
+}
+
+/// The Age field as delta-seconds. One value of digits only; anything else (negative, a
+/// fraction, a list, two field lines) is invalid, and RFC 9111 §5.1 asks a cache to treat the
+/// response as stale then, so it counts as infinitely old.
+fn age_value(headers: &HeaderMap) -> f64 {
+    let mut values = headers.get_all(header::AGE).iter();
+    let Some(first) = values.next() else { return 0.0 };
+    if values.next().is_some() {
+        return f64::INFINITY;
+    }
+    let text = first.to_str().unwrap_or_default().trim();
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return f64::INFINITY;
+    }
+    text.parse::<u64>().map_or(f64::INFINITY, |v| v as f64)
 }
 
 /// RFC 9110 §15.1: status codes cacheable by default (206 is left out: Outpost stores only

@@ -51,11 +51,22 @@ pub fn decide(obj: &Object, req: &RequestDirectives, now: f64) -> Reuse {
     Reuse::Revalidate
 }
 
-/// After the origin failed (error or 5xx), may the stale object answer instead
-/// (stale-if-error from the response, the request, or the site's grace)?
-pub fn stale_on_error(obj: &Object, req: &RequestDirectives, grace_secs: u64, now: f64) -> bool {
+/// How stale an object may be to answer while the origin cannot be reached at all (RFC 9111
+/// §4.2.4 lets a disconnected cache serve stale), when nothing else allows more.
+pub const DISCONNECTED_MAX_SECS: u64 = 86_400;
+
+/// After the origin failed, may the stale object answer instead? A 5xx allows what
+/// stale-if-error (response or request) or the site's grace allow; an origin that could not
+/// be reached (`disconnected`) allows up to a day more.
+pub fn stale_on_error(
+    obj: &Object,
+    req: &RequestDirectives,
+    grace_secs: u64,
+    now: f64,
+    disconnected: bool,
+) -> bool {
     let f = &obj.freshness;
-    if f.forbids_stale {
+    if f.forbids_stale || f.always_revalidate {
         return false;
     }
     let lifetime = if obj.is_soft_purged() { 0.0 } else { f.lifetime };
@@ -63,7 +74,8 @@ pub fn stale_on_error(obj: &Object, req: &RequestDirectives, grace_secs: u64, no
     let allowed = f
         .stale_if_error
         .max(req.stale_if_error.unwrap_or(0))
-        .max(grace_secs);
+        .max(grace_secs)
+        .max(if disconnected { DISCONNECTED_MAX_SECS } else { 0 });
     allowed > 0 && staleness <= allowed as f64
 }
 
@@ -134,11 +146,18 @@ mod tests {
         let none = RequestDirectives::default();
         assert_eq!(decide(&o, &none, 12.0), Reuse::StaleWhileRevalidate);
         assert_eq!(decide(&o, &none, 16.0), Reuse::Revalidate);
-        assert!(stale_on_error(&o, &none, 0, 29.0));
-        assert!(!stale_on_error(&o, &none, 0, 31.0));
-        assert!(stale_on_error(&o, &none, 60, 31.0), "the site's grace extends it");
+        assert!(stale_on_error(&o, &none, 0, 29.0, false));
+        assert!(!stale_on_error(&o, &none, 0, 31.0, false));
         assert!(
-            !stale_on_error(&obj(10.0, 5, 20, true), &none, 60, 11.0),
+            stale_on_error(&o, &none, 60, 31.0, false),
+            "the site's grace extends it"
+        );
+        assert!(
+            stale_on_error(&obj(10.0, 0, 0, false), &none, 0, 3600.0, true),
+            "disconnected"
+        );
+        assert!(
+            !stale_on_error(&obj(10.0, 5, 20, true), &none, 60, 11.0, true),
             "must-revalidate forbids it"
         );
     }

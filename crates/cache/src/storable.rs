@@ -55,8 +55,10 @@ impl NotStored {
 
 /// Statuses whose meaning Outpost knows well enough to reuse (RFC 9111 §3: "understood").
 fn understood(status: StatusCode) -> bool {
-    let s = status.as_u16();
-    (200..600).contains(&s) && s != 206 && s != 304
+    matches!(
+        status.as_u16(),
+        200..=205 | 300..=303 | 305 | 307 | 308 | 400..=418 | 421..=426 | 428 | 429 | 431 | 451 | 500..=508 | 510 | 511
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -75,7 +77,13 @@ pub fn check(
     if status == StatusCode::PARTIAL_CONTENT {
         return Err(NotStored::Partial);
     }
-    if !understood(status) {
+    // Unknown statuses may be stored when the origin gives them a lifetime, except under
+    // must-understand, which asks for exactly that care (RFC 9111 §5.2.2.3).
+    let known = understood(status);
+    if !(200..600).contains(&status.as_u16()) || (res.must_understand && !known) {
+        return Err(NotStored::Status);
+    }
+    if !(known || res.has_explicit_lifetime() || response.contains_key(header::EXPIRES)) {
         return Err(NotStored::Status);
     }
     let must_understand = res.must_understand;

@@ -156,7 +156,7 @@ impl Ctx<'_> {
                         m.miss.inc();
                         m.collapsed.inc();
                         log.cache = Some("collapsed");
-                        return Ok(self.answer_from_fill(&fill, "fwd=miss; collapsed"));
+                        return Ok(self.answer_from_fill(&fill, None, "fwd=miss; collapsed"));
                     }
                 }
                 None
@@ -182,33 +182,28 @@ impl Ctx<'_> {
         let result = self.fetch_logged(Some(&obj), log).await;
         let now = now_secs();
         match result {
+            // The 304 answers the validators of this very object (the only ones sent), so it
+            // refreshes it, whatever validator the 304 itself carries (RFC 9110 §13.1.2).
             Ok(resp) if resp.status() == StatusCode::NOT_MODIFIED => {
-                if conditional::refreshes(&obj.headers, resp.headers()) {
-                    m.not_modified.inc();
-                    m.revalidated.inc();
-                    log.cache = Some("revalidated");
-                    let fresh = refreshed(
-                        &obj,
-                        resp.headers(),
-                        request_time,
-                        now,
-                        &self.key,
-                        self.policy,
-                        seq,
-                    );
-                    let stored = self.cache.store(&self.key, fresh);
-                    let current = stored.unwrap_or(obj);
-                    return Ok(self.answer_from_object(&current, now, "fwd=stale; fwd-status=304"));
-                }
-                // A 304 about some other representation: ask for the whole thing.
-                m.miss.inc();
-                log.cache = Some("miss");
-                let resp = self.fetch_logged(None, log).await?;
-                Ok(self.admit_logged(resp, request_time, seq, None, "fwd=stale", log))
+                m.not_modified.inc();
+                m.revalidated.inc();
+                log.cache = Some("revalidated");
+                let fresh = refreshed(
+                    &obj,
+                    resp.headers(),
+                    request_time,
+                    now,
+                    &self.key,
+                    self.policy,
+                    seq,
+                );
+                let stored = self.cache.store(&self.key, fresh);
+                let current = stored.unwrap_or(obj);
+                Ok(self.answer_from_object(&current, now, "fwd=stale; fwd-status=304"))
             }
             Ok(resp)
                 if resp.status().is_server_error()
-                    && reuse::stale_on_error(&obj, &self.directives, self.policy.grace_secs, now) =>
+                    && reuse::stale_on_error(&obj, &self.directives, self.policy.grace_secs, now, false) =>
             {
                 m.stale_if_error.inc();
                 m.revalidation_error.inc();
@@ -220,7 +215,15 @@ impl Ctx<'_> {
                 log.cache = Some("miss");
                 Ok(self.admit_logged(resp, request_time, seq, None, "fwd=stale", log))
             }
-            Err(e) if reuse::stale_on_error(&obj, &self.directives, self.policy.grace_secs, now) => {
+            Err(e)
+                if reuse::stale_on_error(
+                    &obj,
+                    &self.directives,
+                    self.policy.grace_secs,
+                    now,
+                    unreachable(&e),
+                ) =>
+            {
                 m.stale_if_error.inc();
                 m.revalidation_error.inc();
                 log.cache = Some("stale");
@@ -252,6 +255,10 @@ impl Ctx<'_> {
         ] {
             headers.remove(name);
         }
+        headers.insert(
+            "surrogate-capability",
+            HeaderValue::from_static(outpost_cache::directives::SURROGATE_CAPABILITY),
+        );
         if let Some(obj) = revalidating {
             for (name, value) in conditional::validators(&obj.headers) {
                 headers.insert(name, value);
@@ -312,8 +319,15 @@ impl Ctx<'_> {
                 return (self.forwarded(parts, body, &status), Delivery::FromOrigin);
             }
         };
-        for field in &res_dirs.private_fields {
-            parts.headers.remove(field);
+        // Fields under private="..." must not be stored by a shared cache; fields under
+        // no-cache="..." must not be reused without revalidation: neither is kept, but the
+        // request that fetched the response gets them.
+        let mut own = None;
+        for field in res_dirs.private_fields.iter().chain(&res_dirs.no_cache_fields) {
+            if parts.headers.contains_key(field) {
+                own.get_or_insert_with(|| parts.headers.clone());
+                parts.headers.remove(field);
+            }
         }
         let freshness = Freshness::compute(
             request_time,
@@ -352,7 +366,7 @@ impl Ctx<'_> {
         };
         tokio::spawn(job.run(body));
         (
-            self.answer_from_fill(&fill, &format!("{fwd}; stored")),
+            self.answer_from_fill(&fill, own, &format!("{fwd}; stored")),
             Delivery::Filled,
         )
     }
@@ -402,19 +416,17 @@ impl Ctx<'_> {
             let m = &policy.metrics;
             match ctx.fetch_for_cache(Some(&obj), &mut Attempts::default()).await {
                 Ok(resp) if resp.status() == StatusCode::NOT_MODIFIED => {
-                    if conditional::refreshes(&obj.headers, resp.headers()) {
-                        m.not_modified.inc();
-                        let fresh = refreshed(
-                            &obj,
-                            resp.headers(),
-                            request_time,
-                            now_secs(),
-                            &ctx.key,
-                            &policy,
-                            seq,
-                        );
-                        cache.store(&ctx.key, fresh);
-                    }
+                    m.not_modified.inc();
+                    let fresh = refreshed(
+                        &obj,
+                        resp.headers(),
+                        request_time,
+                        now_secs(),
+                        &ctx.key,
+                        &policy,
+                        seq,
+                    );
+                    cache.store(&ctx.key, fresh);
                     drop(leader);
                 }
                 Ok(resp) if resp.status().is_server_error() => {
@@ -479,14 +491,16 @@ impl Ctx<'_> {
     }
 
     /// A response streamed from a fill (this request's own fetch, or one it collapsed onto).
-    fn answer_from_fill(&self, fill: &Arc<Fill>, status: &str) -> Response<OutBody> {
+    /// `own` is the origin's full header set for the request that fetched it; requests that
+    /// collapse onto the fill get what is stored.
+    fn answer_from_fill(&self, fill: &Arc<Fill>, own: Option<HeaderMap>, status: &str) -> Response<OutBody> {
         let cache_status = format!("{CACHE_NAME}; {status}");
-        if fill.status == StatusCode::OK && conditional::client_has_current(&self.headers, &fill.headers) {
-            let mut headers = conditional::not_modified_headers(&fill.headers);
+        let mut headers = own.unwrap_or_else(|| fill.headers.clone());
+        if fill.status == StatusCode::OK && conditional::client_has_current(&self.headers, &headers) {
+            let mut headers = conditional::not_modified_headers(&headers);
             finish_headers(&mut headers, None, &cache_status, self.snapshot);
             return build(StatusCode::NOT_MODIFIED, headers, OutBody::empty());
         }
-        let mut headers = fill.headers.clone();
         finish_headers(&mut headers, None, &cache_status, self.snapshot);
         let body = if self.head {
             OutBody::empty()
@@ -519,7 +533,21 @@ fn build(status: StatusCode, headers: HeaderMap, body: OutBody) -> Response<OutB
     resp
 }
 
+/// Whether the origin could not be reached or answered nothing usable (the cache is
+/// "disconnected", RFC 9111 §4.2.4), as opposed to answering with an error.
+fn unreachable(e: &ProxyError) -> bool {
+    matches!(
+        e,
+        ProxyError::OriginConnect { .. }
+            | ProxyError::OriginProtocol { .. }
+            | ProxyError::OriginTimeout { .. }
+            | ProxyError::NoHealthyOrigin { .. }
+    )
+}
+
 fn finish_headers(headers: &mut HeaderMap, age: Option<u64>, cache_status: &str, snapshot: &Snapshot) {
+    // Addressed to this cache (the surrogate); clients and caches downstream never see it.
+    headers.remove("surrogate-control");
     if let Some(age) = age {
         headers.insert(header::AGE, HeaderValue::from(age));
     }

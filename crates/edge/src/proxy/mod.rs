@@ -327,6 +327,8 @@ impl Upstream {
         rec: &mut Attempts,
     ) -> Result<Response<Incoming>, ProxyError> {
         let pool = &self.pool;
+        // Each attempt goes to an origin not tried yet, so there are no more than origins.
+        let attempts = attempts.min(pool.origins.len()).max(1);
         let mut body = Some(body);
         pool.retry_budget.record_request(std::time::Instant::now());
         // Origins already tried for this request; attempts are capped at MAX_ATTEMPTS.
@@ -336,6 +338,9 @@ impl Upstream {
         loop {
             attempt += 1;
             let index = match (pool.select(self.hash, &tried[..attempt - 1]), previous.take()) {
+                // Only another origin may do better: the one that just failed is not asked twice
+                // (stale pooled connections are already retried by the client).
+                (Ok(index), Some(previous)) if tried[..attempt - 1].contains(&index) => return previous,
                 (Ok(index), _) => index,
                 // A retry found no origin left: the previous answer is more useful than a 503.
                 (Err(_), Some(previous)) => return previous,

@@ -8,6 +8,7 @@
 pub mod collapse;
 pub mod conditional;
 pub mod directives;
+mod disk;
 pub mod fill;
 pub mod freshness;
 pub mod key;
@@ -42,10 +43,13 @@ pub const MAX_FILL: Duration = Duration::from_secs(300);
 #[derive(Debug, Clone)]
 pub struct CacheConfig {
     pub memory_bytes: u64,
+    /// The disk tier's directory and byte budget, if there is one.
+    pub disk: Option<(std::path::PathBuf, u64)>,
 }
 
 pub struct Cache {
     memory: MemoryTier,
+    disk: Option<Arc<disk::DiskTier>>,
     purges: Purges,
     pub collapse: Arc<Collapser>,
 }
@@ -56,17 +60,51 @@ pub struct TierStats {
     pub memory_bytes: u64,
     pub memory_objects: u64,
     pub memory_evictions: u64,
+    pub disk_bytes: u64,
+    pub disk_objects: u64,
+    pub disk_evictions: u64,
     pub in_flight_fills: usize,
     pub live_purge_rules: usize,
 }
 
 impl Cache {
-    pub fn new(config: &CacheConfig) -> Self {
-        Self {
+    /// Fails only when the disk tier's directory cannot be created or written.
+    pub fn new(config: &CacheConfig) -> std::io::Result<Self> {
+        let disk = match &config.disk {
+            Some((dir, budget)) => Some(disk::DiskTier::open(dir, *budget)?),
+            None => None,
+        };
+        Ok(Self {
             memory: MemoryTier::new(config.memory_bytes),
+            disk,
             purges: Purges::default(),
             collapse: Arc::new(Collapser::default()),
+        })
+    }
+
+    pub fn has_disk(&self) -> bool {
+        self.disk.is_some()
+    }
+
+    /// The disk tier's copy for this request, read off the runtime and promoted to memory.
+    pub async fn lookup_disk(&self, key: &CacheKey, request: &HeaderMap) -> Option<Arc<Object>> {
+        let disk = self.disk.as_ref()?;
+        let id = disk.find(key, request)?;
+        let (tier, k) = (disk.clone(), key.clone());
+        let obj = tokio::task::spawn_blocking(move || tier.read(&k, id))
+            .await
+            .ok()??;
+        match self.purges.verdict(&obj) {
+            Verdict::Gone => {
+                disk.remove(key.hash);
+                return None;
+            }
+            Verdict::Stale => obj.mark_soft_purged(),
+            Verdict::Keep => {}
         }
+        let obj = Arc::new(obj);
+        self.memory.put(key.hash, obj.clone());
+        Some(obj)
     }
 
     /// The sequence number a fetch records when it starts (see `Object::stored_seq`).
@@ -104,12 +142,18 @@ impl Cache {
         }
         let obj = Arc::new(obj);
         self.memory.put(key.hash, obj.clone());
+        if let Some(disk) = &self.disk {
+            disk.store(key.hash, &obj);
+        }
         Some(obj)
     }
 
     /// Drops every variant stored for a URL (after a successful unsafe request, §4.4).
     pub fn invalidate(&self, key: &CacheKey) {
         self.memory.remove(key.hash);
+        if let Some(disk) = &self.disk {
+            disk.remove(key.hash);
+        }
     }
 
     /// Applies a purge: effective for every lookup that starts after this returns. Returns the
@@ -117,7 +161,11 @@ impl Cache {
     pub fn purge(&self, purge: Purge) -> u64 {
         if let (Target::Url(url), false) = (&purge.target, purge.soft) {
             for scheme in ["http://", "https://"] {
-                self.memory.remove(key::hash_url(&format!("{scheme}{url}")));
+                let hash = key::hash_url(&format!("{scheme}{url}"));
+                self.memory.remove(hash);
+                if let Some(disk) = &self.disk {
+                    disk.remove(hash);
+                }
             }
         }
         self.purges.add(purge)
@@ -141,6 +189,13 @@ impl Cache {
             for (hash, obj) in gone {
                 self.memory.remove_object(hash, &obj);
             }
+            // On disk a soft purge removes too: the stale mark lives only in memory, and it
+            // must not be lost when the rule retires.
+            if let Some(disk) = &self.disk {
+                disk.sweep(|url, site, tags, seq| {
+                    self.purges.verdict_for(url, site, tags, seq) != Verdict::Keep
+                });
+            }
             if let Some(before) = started.checked_sub(MAX_FILL) {
                 self.purges.retire(before);
             }
@@ -153,6 +208,9 @@ impl Cache {
             memory_bytes: self.memory.bytes(),
             memory_objects: self.memory.objects(),
             memory_evictions: self.memory.evictions(),
+            disk_bytes: self.disk.as_ref().map_or(0, |d| d.bytes()),
+            disk_objects: self.disk.as_ref().map_or(0, |d| d.objects()),
+            disk_evictions: self.disk.as_ref().map_or(0, |d| d.evictions()),
             in_flight_fills: self.collapse.in_flight(),
             live_purge_rules: self.purges.live_rules(),
         }
@@ -197,7 +255,9 @@ mod tests {
     fn purges_by_each_target() {
         let cache = Cache::new(&CacheConfig {
             memory_bytes: 1 << 20,
-        });
+            disk: None,
+        })
+        .unwrap();
         let none = HeaderMap::new();
         for (url, tags, site) in [
             ("http://a.test/img/1", "t1", "a"),
@@ -235,7 +295,9 @@ mod tests {
     fn a_fetch_that_started_before_a_purge_is_not_served_after_it() {
         let cache = Cache::new(&CacheConfig {
             memory_bytes: 1 << 20,
-        });
+            disk: None,
+        })
+        .unwrap();
         let (k, o) = object(&cache, "http://a.test/slow", "t", "a");
         cache.purge(
             serde_json::from_str::<PurgeRequest>(r#"{"tag":"t"}"#)
@@ -250,7 +312,9 @@ mod tests {
     fn sweep_removes_hard_purged_objects_and_keeps_memory_within_budget() {
         let cache = Cache::new(&CacheConfig {
             memory_bytes: 64 * 1024,
-        });
+            disk: None,
+        })
+        .unwrap();
         for i in 0..1000 {
             let (k, o) = object(&cache, &format!("http://a.test/{i}"), "t", "a");
             cache.store(&k, o);

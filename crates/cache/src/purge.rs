@@ -125,15 +125,15 @@ struct Rule {
 }
 
 impl Rule {
-    fn matches(&self, obj: &Object) -> bool {
-        if obj.stored_seq >= self.seq {
+    fn matches(&self, url: &str, site: &str, tags: &[impl AsRef<str>], stored_seq: u64) -> bool {
+        if stored_seq >= self.seq {
             return false;
         }
         match &self.purge.target {
-            Target::Url(u) => strip_scheme(&obj.url) == u,
-            Target::Prefix(p) => strip_scheme(&obj.url).starts_with(p.as_str()),
-            Target::Tag(t) => obj.tags.iter().any(|x| **x == **t),
-            Target::Site(s) => *obj.site == **s,
+            Target::Url(u) => strip_scheme(url) == u,
+            Target::Prefix(p) => strip_scheme(url).starts_with(p.as_str()),
+            Target::Tag(t) => tags.iter().any(|x| x.as_ref() == t),
+            Target::Site(s) => site == s,
         }
     }
 }
@@ -174,9 +174,17 @@ impl Purges {
     }
 
     pub fn verdict(&self, obj: &Object) -> Verdict {
+        self.verdict_for(&obj.url, &obj.site, &obj.tags, obj.stored_seq)
+    }
+
+    /// `verdict` for an object known only by its metadata (the disk tier's index).
+    pub fn verdict_for(&self, url: &str, site: &str, tags: &[impl AsRef<str>], stored_seq: u64) -> Verdict {
         let rules = self.rules.load();
+        if rules.is_empty() {
+            return Verdict::Keep;
+        }
         let mut verdict = Verdict::Keep;
-        for rule in rules.iter().filter(|r| r.matches(obj)) {
+        for rule in rules.iter().filter(|r| r.matches(url, site, tags, stored_seq)) {
             if !rule.purge.soft {
                 return Verdict::Gone;
             }

@@ -127,12 +127,7 @@ impl Edge {
         let first =
             Snapshot::build(loaded, None, &metrics, &cert_store, epoch).map_err(ApplyError::Refused)?;
         let admin_cfg = first.loaded.config.admin.clone();
-        let cache_cfg = &first.loaded.config.cache;
-        let cache = (cache_cfg.memory > 0).then(|| {
-            Arc::new(outpost_cache::Cache::new(&outpost_cache::CacheConfig {
-                memory_bytes: cache_cfg.memory,
-            }))
-        });
+        let cache = open_cache(&first.loaded.config).map_err(ApplyError::Refused)?;
         let shared = Arc::new(Shared {
             pop_id,
             metrics,
@@ -317,6 +312,15 @@ impl Shared {
                 "admin.listen changed: moving the admin listener needs a restart".into(),
             ));
         }
+        if old_cfg.cache != new_cfg.cache
+            || (new_cfg.cache.dir.is_none()
+                && old_cfg.pop.state_dir != new_cfg.pop.state_dir
+                && new_cfg.cache.disk > 0)
+        {
+            return Err(ApplyError::Refused(
+                "[cache] changed: the cache's budgets and directory take effect at a restart (what is stored is kept until then)".into(),
+            ));
+        }
         let next = Snapshot::build(
             loaded,
             Some(&current),
@@ -499,13 +503,41 @@ fn spawn_rate_limit_sweeper(snapshot: &Snapshot) {
     });
 }
 
+/// The PoP's cache from `[cache]`: None when its memory budget is 0. The disk tier lives in
+/// `cache.dir`, or `cache` under `pop.state_dir`.
+fn open_cache(config: &outpost_config::Config) -> Result<Option<Arc<outpost_cache::Cache>>, String> {
+    let c = &config.cache;
+    if c.memory == 0 {
+        return Ok(None);
+    }
+    let disk = if c.disk > 0 {
+        let dir = c
+            .dir
+            .clone()
+            .or_else(|| config.pop.state_dir.as_ref().map(|d| d.join("cache")))
+            .ok_or("cache.disk needs cache.dir or pop.state_dir")?;
+        Some((dir, c.disk))
+    } else {
+        None
+    };
+    let cache = outpost_cache::Cache::new(&outpost_cache::CacheConfig {
+        memory_bytes: c.memory,
+        disk: disk.clone(),
+    })
+    .map_err(|e| {
+        let dir = disk.map(|(d, _)| d.display().to_string()).unwrap_or_default();
+        format!("cache.dir: cannot use \"{dir}\" for the disk cache: {e}")
+    })?;
+    Ok(Some(Arc::new(cache)))
+}
+
 /// Applies purge rules to stored objects and publishes the tiers' sizes, once a second, on a
 /// blocking thread: a sweep over millions of objects must not hold up a request.
 fn spawn_cache_sweeper(shared: &Arc<Shared>) {
     let Some(cache) = shared.cache.clone() else { return };
     let weak = Arc::downgrade(shared);
     tokio::spawn(async move {
-        let mut evictions = 0;
+        let (mut evictions, mut disk_evictions) = (0, 0);
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
             let Some(shared) = weak.upgrade() else { return };
@@ -534,6 +566,15 @@ fn spawn_cache_sweeper(shared: &Arc<Shared>) {
                 .get_or_create(&memory)
                 .inc_by(stats.memory_evictions.saturating_sub(evictions));
             evictions = stats.memory_evictions;
+            let disk = metrics::TierLabels { tier: "disk" };
+            m.cache_bytes.get_or_create(&disk).set(stats.disk_bytes as i64);
+            m.cache_objects
+                .get_or_create(&disk)
+                .set(stats.disk_objects as i64);
+            m.cache_evictions
+                .get_or_create(&disk)
+                .inc_by(stats.disk_evictions.saturating_sub(disk_evictions));
+            disk_evictions = stats.disk_evictions;
             m.cache_purge_rules.set(stats.live_purge_rules as i64);
         }
     });

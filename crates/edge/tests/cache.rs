@@ -757,3 +757,59 @@ async fn memory_stays_within_its_budget() {
         "memory tier holds {bytes} bytes for a 512 KiB budget"
     );
 }
+
+#[tokio::test]
+async fn a_restarted_pop_answers_warm_objects_from_its_disk_tier() {
+    let o = Scripted::start().await;
+    o.set(
+        "/warm",
+        route(
+            200,
+            &[("cache-control", "max-age=600"), ("etag", "\"w\"")],
+            "warm{n}",
+        ),
+    );
+    let disk = TempDir::new("disk-tier");
+    let top = format!(
+        "[cache]\nmemory = \"1MiB\"\ndisk = \"16MiB\"\ndir = \"{}\"",
+        disk.path("cache").display()
+    );
+    {
+        let (_dir, edge, addr) = pop_with(&o, &top, "").await;
+        assert_eq!(get(addr, "/warm").await.body, "warm1");
+        let mut written = false;
+        for _ in 0..50 {
+            let m = metrics(&edge).await;
+            if metric_value(&m, "outpost_cache_objects", &[("tier", "disk")]).unwrap_or(0.0) >= 1.0 {
+                written = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(written, "the object reached the disk tier");
+    }
+    // A new PoP on the same directory: the index is rebuilt from the files' heads in the
+    // background (requests before that miss); the tier's size says when it is done.
+    let (_dir, edge, addr) = pop_with(&o, &top, "").await;
+    let mut indexed = false;
+    for _ in 0..50 {
+        let m = metrics(&edge).await;
+        if metric_value(&m, "outpost_cache_objects", &[("tier", "disk")]).unwrap_or(0.0) >= 1.0 {
+            indexed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(indexed, "the disk index was rebuilt");
+    let a = get(addr, "/warm").await;
+    assert!(
+        cache_status(&a).starts_with("Outpost; hit"),
+        "{}",
+        cache_status(&a)
+    );
+    let warm = Some(a);
+    let warm = warm.expect("served from disk after the restart");
+    assert_eq!(warm.body, "warm1");
+    assert_eq!(warm.headers["etag"], "\"w\"");
+    assert_eq!(o.hits("/warm"), 1, "the origin was not asked again");
+}

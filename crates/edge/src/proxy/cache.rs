@@ -84,7 +84,12 @@ pub(super) async fn serve(
     let m = &policy.metrics;
     let now = now_secs();
 
-    if let Some(obj) = cache.lookup(&ctx.key, &ctx.headers) {
+    let found = match cache.lookup(&ctx.key, &ctx.headers) {
+        Some(obj) => Some(obj),
+        None if cache.has_disk() => cache.lookup_disk(&ctx.key, &ctx.headers).await,
+        None => None,
+    };
+    if let Some(obj) = found {
         match reuse::decide(&obj, &ctx.directives, now) {
             Reuse::Fresh => {
                 m.hit.inc();

@@ -1,0 +1,537 @@
+//! The disk tier: one file per stored response under the cache directory, an index in memory,
+//! a byte budget, and a restart that finds what was stored before.
+//!
+//! The layout is nginx `proxy_cache`'s, which has served this purpose for years: a file per
+//! object named by a hash, the key and metadata at its head, the index rebuilt by reading those
+//! heads at start (in the background: the PoP serves at once and the disk warms as the scan
+//! proceeds). Reads and writes run off the async runtime: writes and deletions on one writer
+//! thread fed by a bounded queue (a full queue skips the write rather than block a request),
+//! reads on tokio's blocking pool. foyer's hybrid cache would also do this; it brings its own
+//! admission, eviction and recovery machinery that Outpost would then have to tune around its
+//! own purge rules, for no gain at this size.
+//!
+//! File format (`*.obj`): `OPC1`, u32 length + JSON metadata, u32 length + header block
+//! (`name: value\r\n` lines, values as raw bytes), then the body.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::StatusCode;
+
+use crate::freshness::Freshness;
+use crate::key::CacheKey;
+use crate::object::{Object, VaryValues};
+
+const MAGIC: &[u8; 4] = b"OPC1";
+/// Writes waiting for the writer thread; beyond this a write is skipped (memory still has it).
+const QUEUE: usize = 1024;
+
+/// What the index keeps of a stored file: enough to select a variant and apply purges
+/// without reading the file.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Meta {
+    url: String,
+    site: String,
+    status: u16,
+    freshness: Freshness,
+    vary: Vec<(String, Option<String>)>,
+    extra: Option<String>,
+    tags: Vec<String>,
+    stored_seq: u64,
+    /// Purge sequence numbers restart at 0 with the process; the epoch tells runs apart.
+    epoch: u64,
+    body_len: u64,
+}
+
+#[derive(Debug)]
+struct Entry {
+    id: u64,
+    size: u64,
+    meta: Meta,
+    last_used: AtomicU64,
+}
+
+enum Job {
+    Write { id: u64, bytes: Vec<u8> },
+    Delete { id: u64 },
+}
+
+pub struct DiskTier {
+    dir: PathBuf,
+    budget: u64,
+    /// URL hash → its variants on disk.
+    index: Mutex<HashMap<u64, Vec<Arc<Entry>>>>,
+    bytes: AtomicU64,
+    objects: AtomicU64,
+    clock: AtomicU64,
+    evictions: AtomicU64,
+    skipped_writes: AtomicU64,
+    /// This process's run, so sequence numbers from earlier runs are not compared with ours.
+    epoch: u64,
+    jobs: mpsc::SyncSender<Job>,
+}
+
+impl DiskTier {
+    /// Opens (creating) the directory and starts the writer thread and the index scan.
+    pub fn open(dir: &Path, budget: u64) -> std::io::Result<Arc<Self>> {
+        fs::create_dir_all(dir)?;
+        // Fail now, not on the first write, when the directory is not writable.
+        let probe = dir.join(".write-test");
+        fs::write(&probe, b"ok")?;
+        fs::remove_file(&probe)?;
+        let (tx, rx) = mpsc::sync_channel(QUEUE);
+        let epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let tier = Arc::new(Self {
+            dir: dir.to_owned(),
+            budget,
+            index: Mutex::default(),
+            bytes: AtomicU64::new(0),
+            objects: AtomicU64::new(0),
+            clock: AtomicU64::new(1),
+            evictions: AtomicU64::new(0),
+            skipped_writes: AtomicU64::new(0),
+            epoch,
+            jobs: tx,
+        });
+        let weak = Arc::downgrade(&tier);
+        std::thread::Builder::new()
+            .name("outpost-cache-disk".into())
+            .spawn(move || {
+                if let Some(t) = weak.upgrade() {
+                    t.scan();
+                }
+                while let Ok(job) = rx.recv() {
+                    let Some(t) = weak.upgrade() else { return };
+                    t.run(job);
+                }
+            })?;
+        Ok(tier)
+    }
+
+    fn index(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Vec<Arc<Entry>>>> {
+        self.index.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn path(&self, id: u64) -> PathBuf {
+        self.dir
+            .join(format!("{:02x}", id >> 56))
+            .join(format!("{id:016x}.obj"))
+    }
+
+    /// Queues `obj` for writing; replaces the same variant if it is on disk already.
+    pub fn store(&self, hash: u64, obj: &Object) {
+        if obj.body.len() as u64 > self.budget / 8 {
+            return;
+        }
+        let meta = Meta {
+            url: obj.url.to_string(),
+            site: obj.site.to_string(),
+            status: obj.status.as_u16(),
+            freshness: obj.freshness.clone(),
+            vary: obj
+                .vary
+                .iter()
+                .map(|(n, v)| (n.as_str().to_owned(), v.as_deref().map(str::to_owned)))
+                .collect(),
+            extra: obj.extra.as_deref().map(str::to_owned),
+            tags: obj.tags.iter().map(|t| t.to_string()).collect(),
+            stored_seq: obj.stored_seq,
+            epoch: self.epoch,
+            body_len: obj.body.len() as u64,
+        };
+        let Ok(bytes) = encode(&meta, &obj.headers, &obj.body) else {
+            return;
+        };
+        let id = variant_id(hash, &meta);
+        let entry = Arc::new(Entry {
+            id,
+            size: bytes.len() as u64,
+            meta,
+            last_used: AtomicU64::new(self.clock.fetch_add(1, Ordering::Relaxed)),
+        });
+        if self.jobs.try_send(Job::Write { id, bytes }).is_err() {
+            self.skipped_writes.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.insert(hash, entry);
+    }
+
+    fn insert(&self, hash: u64, entry: Arc<Entry>) {
+        let mut index = self.index();
+        let list = index.entry(hash).or_default();
+        if let Some(old) = list.iter().position(|e| e.id == entry.id) {
+            let old = list.remove(old);
+            self.bytes.fetch_sub(old.size, Ordering::Relaxed);
+            self.objects.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.bytes.fetch_add(entry.size, Ordering::Relaxed);
+        self.objects.fetch_add(1, Ordering::Relaxed);
+        list.push(entry);
+    }
+
+    /// The file id of the variant this request selects, if one is on disk.
+    pub fn find(&self, key: &CacheKey, request: &HeaderMap) -> Option<u64> {
+        let index = self.index();
+        let entry = index.get(&key.hash)?.iter().rev().find(|e| {
+            e.meta.url == key.url
+                && e.meta.extra.as_deref() == key.extra.as_deref()
+                && e.meta.vary.iter().all(|(name, value)| {
+                    HeaderName::from_bytes(name.as_bytes())
+                        .is_ok_and(|n| crate::object::normalized(request, &n).as_deref() == value.as_deref())
+                })
+        })?;
+        entry
+            .last_used
+            .store(self.clock.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
+        Some(entry.id)
+    }
+
+    /// Reads a stored object (blocking: call it off the async runtime). `seq_now` is the
+    /// current purge sequence: an object from an earlier run counts as stored at it minus
+    /// nothing, i.e. before every purge of this run.
+    pub fn read(&self, key: &CacheKey, id: u64) -> Option<Object> {
+        let path = self.path(id);
+        let mut file = fs::File::open(&path).ok()?;
+        let mut data = Vec::new();
+        file.read_to_end(&mut data).ok()?;
+        let Some((meta, headers, body)) = decode(&data) else {
+            tracing::warn!(path = %path.display(), "unreadable cache file; removing it");
+            self.remove_id(key.hash, id);
+            return None;
+        };
+        let vary: VaryValues = meta
+            .vary
+            .iter()
+            .filter_map(|(n, v)| {
+                Some((
+                    HeaderName::from_bytes(n.as_bytes()).ok()?,
+                    v.as_deref().map(Into::into),
+                ))
+            })
+            .collect();
+        let seq = if meta.epoch == self.epoch {
+            meta.stored_seq
+        } else {
+            0
+        };
+        Some(Object::new(
+            key,
+            meta.site.as_str().into(),
+            StatusCode::from_u16(meta.status).ok()?,
+            headers,
+            body,
+            meta.freshness,
+            vary,
+            seq,
+        ))
+    }
+
+    /// Applies `verdict` to every object on disk; removes those it says are gone.
+    pub fn sweep(&self, mut gone: impl FnMut(&str, &str, &[String], u64) -> bool) {
+        let mut doomed: Vec<(u64, u64)> = Vec::new();
+        {
+            let index = self.index();
+            for (hash, list) in index.iter() {
+                for e in list {
+                    let seq = if e.meta.epoch == self.epoch {
+                        e.meta.stored_seq
+                    } else {
+                        0
+                    };
+                    if gone(&e.meta.url, &e.meta.site, &e.meta.tags, seq) {
+                        doomed.push((*hash, e.id));
+                    }
+                }
+            }
+        }
+        for (hash, id) in doomed {
+            self.remove_id(hash, id);
+        }
+    }
+
+    /// Drops every variant of a URL.
+    pub fn remove(&self, hash: u64) {
+        let removed = self.index().remove(&hash).unwrap_or_default();
+        for e in removed {
+            self.forget(&e);
+        }
+    }
+
+    fn remove_id(&self, hash: u64, id: u64) {
+        let removed = {
+            let mut index = self.index();
+            let Some(list) = index.get_mut(&hash) else { return };
+            let Some(pos) = list.iter().position(|e| e.id == id) else {
+                return;
+            };
+            let e = list.remove(pos);
+            if list.is_empty() {
+                index.remove(&hash);
+            }
+            e
+        };
+        self.forget(&removed);
+    }
+
+    fn forget(&self, e: &Entry) {
+        self.bytes.fetch_sub(e.size, Ordering::Relaxed);
+        self.objects.fetch_sub(1, Ordering::Relaxed);
+        // Deletion is best effort: a full queue leaves a file the next scan finds unindexed...
+        // and indexes again, so do it here instead when the queue is full.
+        if let Err(mpsc::TrySendError::Full(_)) = self.jobs.try_send(Job::Delete { id: e.id }) {
+            let _ = fs::remove_file(self.path(e.id));
+        }
+    }
+
+    fn run(&self, job: Job) {
+        match job {
+            Job::Write { id, bytes } => {
+                let path = self.path(id);
+                if let Err(e) = write_atomically(&path, &bytes) {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot write to the disk cache");
+                }
+                self.evict_over_budget();
+            }
+            Job::Delete { id } => {
+                let _ = fs::remove_file(self.path(id));
+            }
+        }
+    }
+
+    /// Least recently used first, down to 90 % of the budget, so eviction runs in batches.
+    fn evict_over_budget(&self) {
+        if self.bytes.load(Ordering::Relaxed) <= self.budget {
+            return;
+        }
+        let target = self.budget / 10 * 9;
+        let mut all: Vec<(u64, u64, u64, u64)> = self
+            .index()
+            .iter()
+            .flat_map(|(h, l)| {
+                l.iter()
+                    .map(|e| (e.last_used.load(Ordering::Relaxed), *h, e.id, e.size))
+            })
+            .collect();
+        all.sort_unstable();
+        let mut bytes = self.bytes.load(Ordering::Relaxed);
+        for (_, hash, id, size) in all {
+            if bytes <= target {
+                break;
+            }
+            self.remove_id(hash, id);
+            let _ = fs::remove_file(self.path(id));
+            self.evictions.fetch_add(1, Ordering::Relaxed);
+            bytes = bytes.saturating_sub(size);
+        }
+    }
+
+    /// Rebuilds the index from the files' heads.
+    fn scan(&self) {
+        let Ok(dirs) = fs::read_dir(&self.dir) else { return };
+        let mut found = 0u64;
+        for sub in dirs.flatten() {
+            let Ok(files) = fs::read_dir(sub.path()) else {
+                continue;
+            };
+            for f in files.flatten() {
+                let path = f.path();
+                if path.extension().and_then(|e| e.to_str()) == Some("tmp") {
+                    let _ = fs::remove_file(&path);
+                    continue;
+                }
+                let Some(id) = path
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .and_then(|s| u64::from_str_radix(s, 16).ok())
+                else {
+                    continue;
+                };
+                let Some((meta, size)) = read_meta(&path) else {
+                    let _ = fs::remove_file(&path);
+                    continue;
+                };
+                let hash = crate::key::hash_url(&meta.url);
+                self.insert(
+                    hash,
+                    Arc::new(Entry {
+                        id,
+                        size,
+                        meta,
+                        last_used: AtomicU64::new(0),
+                    }),
+                );
+                found += 1;
+            }
+        }
+        if found > 0 {
+            tracing::info!(objects = found, dir = %self.dir.display(), "disk cache loaded");
+        }
+        self.evict_over_budget();
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    pub fn objects(&self) -> u64 {
+        self.objects.load(Ordering::Relaxed)
+    }
+
+    pub fn evictions(&self) -> u64 {
+        self.evictions.load(Ordering::Relaxed)
+    }
+}
+
+fn variant_id(hash: u64, meta: &Meta) -> u64 {
+    let mut text = format!("{hash:016x}");
+    for (n, v) in &meta.vary {
+        text.push_str(&format!("\n{n}={}", v.as_deref().unwrap_or("\u{0}")));
+    }
+    if let Some(extra) = &meta.extra {
+        text.push('\n');
+        text.push_str(extra);
+    }
+    xxhash_rust::xxh3::xxh3_64(text.as_bytes())
+}
+
+fn encode(meta: &Meta, headers: &HeaderMap, body: &Bytes) -> Result<Vec<u8>, serde_json::Error> {
+    let meta = serde_json::to_vec(meta)?;
+    let mut block = Vec::new();
+    for (name, value) in headers {
+        block.extend_from_slice(name.as_str().as_bytes());
+        block.extend_from_slice(b": ");
+        block.extend_from_slice(value.as_bytes());
+        block.extend_from_slice(b"\r\n");
+    }
+    let mut out = Vec::with_capacity(12 + meta.len() + block.len() + body.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&(meta.len() as u32).to_le_bytes());
+    out.extend_from_slice(&meta);
+    out.extend_from_slice(&(block.len() as u32).to_le_bytes());
+    out.extend_from_slice(&block);
+    out.extend_from_slice(body);
+    Ok(out)
+}
+
+fn decode(data: &[u8]) -> Option<(Meta, HeaderMap, Bytes)> {
+    let (meta, rest) = split_meta(data)?;
+    let len = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+    let block = rest.get(4..4 + len)?;
+    let body = rest.get(4 + len..)?;
+    if body.len() as u64 != meta.body_len {
+        return None;
+    }
+    let mut headers = HeaderMap::new();
+    for line in block.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let colon = line.iter().position(|b| *b == b':')?;
+        let name = HeaderName::from_bytes(&line[..colon]).ok()?;
+        let value = HeaderValue::from_bytes(line[colon + 1..].trim_ascii_start()).ok()?;
+        headers.append(name, value);
+    }
+    Some((meta, headers, Bytes::copy_from_slice(body)))
+}
+
+fn split_meta(data: &[u8]) -> Option<(Meta, &[u8])> {
+    if data.get(..4)? != MAGIC {
+        return None;
+    }
+    let len = u32::from_le_bytes(data.get(4..8)?.try_into().ok()?) as usize;
+    let meta = serde_json::from_slice(data.get(8..8 + len)?).ok()?;
+    Some((meta, data.get(8 + len..)?))
+}
+
+/// The metadata at a file's head and the file's size, without reading the body.
+fn read_meta(path: &Path) -> Option<(Meta, u64)> {
+    let mut f = fs::File::open(path).ok()?;
+    let size = f.metadata().ok()?.len();
+    let mut head = [0u8; 8];
+    f.read_exact(&mut head).ok()?;
+    if &head[..4] != MAGIC {
+        return None;
+    }
+    let len = u32::from_le_bytes(head[4..8].try_into().ok()?) as usize;
+    if len > 1 << 20 {
+        return None;
+    }
+    let mut meta = vec![0u8; len];
+    f.read_exact(&mut meta).ok()?;
+    Some((serde_json::from_slice(&meta).ok()?, size))
+}
+
+/// Temporary file, then rename: a crash never leaves half an object under a real name.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_data()?;
+    fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn objects_survive_a_reopen_and_corrupt_files_are_dropped() {
+        let dir = std::env::temp_dir().join(format!("outpost-disk-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let key = CacheKey::for_url("http://a.test/x").unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert("etag", "\"1\"".parse().unwrap());
+        let obj = Object::new(
+            &key,
+            "s".into(),
+            StatusCode::OK,
+            headers,
+            Bytes::from_static(b"hello"),
+            crate::object::tests_support::freshness(),
+            Box::new([]),
+            0,
+        );
+        {
+            let tier = DiskTier::open(&dir, 1 << 20).unwrap();
+            tier.store(key.hash, &obj);
+            let id = tier.find(&key, &HeaderMap::new()).unwrap();
+            // The writer thread writes asynchronously.
+            for _ in 0..100 {
+                if tier.path(id).exists() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+        let tier = DiskTier::open(&dir, 1 << 20).unwrap();
+        let mut id = None;
+        for _ in 0..100 {
+            id = tier.find(&key, &HeaderMap::new());
+            if id.is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let back = tier
+            .read(&key, id.expect("indexed again after reopening"))
+            .unwrap();
+        assert_eq!(&back.body[..], b"hello");
+        assert_eq!(back.headers["etag"], "\"1\"");
+        fs::write(tier.path(id.unwrap()), b"OPC1garbage").unwrap();
+        assert!(tier.read(&key, id.unwrap()).is_none());
+        assert!(
+            tier.find(&key, &HeaderMap::new()).is_none(),
+            "a corrupt file leaves the index"
+        );
+        let _ = fs::remove_dir_all(&dir);
+    }
+}

@@ -807,8 +807,7 @@ async fn a_restarted_pop_answers_warm_objects_from_its_disk_tier() {
         "{}",
         cache_status(&a)
     );
-    let warm = Some(a);
-    let warm = warm.expect("served from disk after the restart");
+    let warm = a;
     assert_eq!(warm.body, "warm1");
     assert_eq!(warm.headers["etag"], "\"w\"");
     assert_eq!(o.hits("/warm"), 1, "the origin was not asked again");

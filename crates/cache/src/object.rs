@@ -49,7 +49,7 @@ impl Object {
             url: key.url.as_str().into(),
             site,
             status,
-            headers,
+            headers: compact(&headers),
             body,
             freshness,
             vary,
@@ -100,6 +100,28 @@ pub type VaryValues = Box<[(HeaderName, Option<Box<str>>)]>;
 
 /// Per-object bytes outside the body and headers: the object struct, the memory tier's entry.
 pub const OVERHEAD: usize = 320;
+
+/// A copy of `headers` whose values share one exact-size buffer. Values parsed by hyper are
+/// slices of the connection's read buffer: storing them as they are would keep that whole
+/// buffer (kilobytes) alive for as long as the object is cached.
+fn compact(headers: &HeaderMap) -> HeaderMap {
+    let total: usize = headers.values().map(|v| v.len()).sum();
+    let mut buf = bytes::BytesMut::with_capacity(total);
+    for v in headers.values() {
+        buf.extend_from_slice(v.as_bytes());
+    }
+    let buf = buf.freeze();
+    let mut out = HeaderMap::with_capacity(headers.len());
+    let mut at = 0;
+    for (name, v) in headers {
+        let slice = buf.slice(at..at + v.len());
+        at += v.len();
+        // The bytes were a valid value a moment ago; keep the original if that ever changes.
+        let value = http::HeaderValue::from_maybe_shared(slice).unwrap_or_else(|_| v.clone());
+        out.append(name.clone(), value);
+    }
+    out
+}
 
 /// The request's values for the fields a response varies on; `None` when `Vary: *` (such a
 /// response never matches a later request and is not stored).

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Cache-hit benchmark: Outpost's cache beside nginx proxy_cache, Varnish, Traffic Server and
+# HAProxy's RAM cache, over the same origin, in the same run of ../shared/bench/peers.sh
+# (throughput and latency with wrk and h2load, memory per cached 1 KiB object).
+#
+# Every server gets one worker (outpost `--workers 1`) pinned to the server CPU; the load
+# tools run on the other CPU. Outpost runs the quick start: default cache policy (honours the
+# origin's Cache-Control: max-age=3600), WAF as WAF=off|detect|block says (default off, like
+# the peers; WAF=block measures the managed rule set's cost on the hit path).
+#
+# Usage: bench/cache.sh                 (peers.sh knobs apply: DURATION, REPS, SIZES, PEERS...)
+#        WAF=block PEERS="target" bench/cache.sh
+# Needs: the peers and load tools (../shared/bench/install-peers.sh installs them).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+peers=${PEERS_SH:-$root/../shared/bench/peers.sh}
+[[ -x $peers ]] || { echo "peers.sh not found at $peers (set PEERS_SH)" >&2; exit 1; }
+
+(cd "$root" && cargo build --release --locked -p outpost)
+results=${RESULTS_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/outpost-cache.XXXXXX")}
+waf=${WAF:-off}
+
+export TARGET_CMD="exec $root/target/release/outpost edge --listen 127.0.0.1:\$TARGET_PORT --origin http://\$ORIGIN_ADDR --admin off --access-log off --waf $waf --workers 1"
+export TARGET_NAME=outpost
+export TARGET_PORT=${TARGET_PORT:-18086}
+export TARGET_H2_PORT=$TARGET_PORT   # the plain listener speaks h2c with prior knowledge too
+export PEERS=${PEERS:-"origin nginx varnish ats haproxy-cache target"}
+export SIZES=${SIZES:-"1k 16k 256k"} RESULTS_DIR=$results
+"$peers"
+
+# Outpost against the faster of nginx and Varnish and against HAProxy's cache, per protocol and
+# size, from this run's raw results (medians over the reps).
+awk -F'\t' '
+  function med(s,   a, n, t, i, j) { n = split(s, a, " "); for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++)
+      if (a[j] + 0 < a[i] + 0) { t = a[i]; a[i] = a[j]; a[j] = t }
+    return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
+  { k = $1 SUBSEP $2 SUBSEP $3; R[k] = R[k] " " $5; L[k] = L[k] " " $7; sizes[$1 SUBSEP $3] = 1 }
+  END {
+    print ""; print "### Outpost cache hits against the peers (same run, medians; >1 favours Outpost)"; print ""
+    print "| protocol | size | outpost req/s | best of nginx/varnish | ratio | haproxy cache | ratio | outpost p99 ms | nginx p99 ms |"
+    print "|---|---|---|---|---|---|---|---|---|"
+    for (ks in sizes) { split(ks, p, SUBSEP)
+      o = p[1] SUBSEP "target" SUBSEP p[2]; if (R[o] == "") continue
+      n = p[1] SUBSEP "nginx" SUBSEP p[2]; v = p[1] SUBSEP "varnish" SUBSEP p[2]; h = p[1] SUBSEP "haproxy-cache" SUBSEP p[2]
+      ro = med(R[o]); rn = (R[n] == "" ? 0 : med(R[n])); rv = (R[v] == "" ? 0 : med(R[v])); rh = (R[h] == "" ? 0 : med(R[h]))
+      best = (rn > rv ? rn : rv)
+      printf "| %s | %s | %.0f | %.0f | %s | %.0f | %s | %.2f | %s |\n", p[1], p[2], ro, best, (best > 0 ? sprintf("%.2f", ro / best) : "-"),
+        rh, (rh > 0 ? sprintf("%.2f", ro / rh) : "-"), med(L[o]), (L[n] == "" ? "-" : sprintf("%.2f", med(L[n]))) } }
+' "$results/results.tsv" | tee "$results/ratios.md"
+echo "raw results: $results"

@@ -1,0 +1,202 @@
+//! `outpost-control`: the control plane.
+//!
+//! Owns the fleet's durable state (versioned config, PoP inventory, tokens, audit log, purges,
+//! certificates) behind the [`store::Store`] trait with its SQLite implementation, the `/v1`
+//! JSON API (axum, problem+json errors, OpenAPI document), and the PoP stream sessions that
+//! push versions and purges and record ACK/NACK. It validates configs with `outpost-config`
+//! and speaks `outpost-wire`. It must not know how a PoP serves traffic (`outpost-edge`), how
+//! the PoP applies what it gets, or anything about the command line.
+
+pub mod api;
+pub mod certs;
+pub mod client;
+pub mod diff;
+pub mod openapi;
+pub mod problem;
+pub mod service;
+pub mod store;
+mod stream;
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::service::{hash_token, new_token_secret, now_ms, Control};
+use crate::store::{Role, SqliteStore, Store, TokenRecord};
+
+#[derive(Debug, Clone)]
+pub struct ControlOptions {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// Where the first admin token is read from (if it exists) or written to (if not), when the
+    /// store has no token yet. Default: `DATA_DIR/admin.token`.
+    pub bootstrap_token_file: Option<PathBuf>,
+}
+
+/// A running control plane.
+pub struct RunningControl {
+    pub addr: SocketAddr,
+    pub control: Arc<Control>,
+    /// Where the bootstrap admin token was written, when this start made one.
+    pub bootstrap_token_file: Option<PathBuf>,
+    shutdown: CancellationToken,
+    server: tokio::task::JoinHandle<()>,
+    _lock: File,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("data dir {dir}: {reason}")]
+    DataDir { dir: String, reason: String },
+    #[error(
+        "data dir {dir} is in use by another control plane ({holder}); stop it first or give another --data-dir"
+    )]
+    Locked { dir: String, holder: String },
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen { addr: SocketAddr, reason: String },
+    #[error("{0}")]
+    Store(#[from] store::StoreError),
+}
+
+/// Takes the data dir's lock file: one control plane per data dir. The lock (flock) goes away
+/// with the process, however it ends, so a killed control plane never leaves a stale lock.
+fn lock_data_dir(dir: &Path) -> Result<File, StartError> {
+    use std::io::{Read, Seek, Write};
+    let show = dir.display().to_string();
+    std::fs::create_dir_all(dir).map_err(|e| StartError::DataDir {
+        dir: show.clone(),
+        reason: format!("cannot create: {e}"),
+    })?;
+    let path = dir.join("control.lock");
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| StartError::DataDir {
+            dir: show.clone(),
+            reason: format!("cannot open {}: {e}", path.display()),
+        })?;
+    let locked = fs4::fs_std::FileExt::try_lock_exclusive(&file).map_err(|e| StartError::DataDir {
+        dir: show.clone(),
+        reason: format!("cannot lock {}: {e}", path.display()),
+    })?;
+    if !locked {
+        let mut holder = String::new();
+        let _ = file.read_to_string(&mut holder);
+        let holder = match holder.trim() {
+            "" => "lock file control.lock is held".to_owned(),
+            pid => format!("pid {pid}, lock file control.lock"),
+        };
+        return Err(StartError::Locked { dir: show, holder });
+    }
+    let _ = file.set_len(0);
+    let _ = file.rewind();
+    let _ = write!(file, "{}", std::process::id());
+    let _ = file.flush();
+    Ok(file)
+}
+
+/// Creates the first admin token when the store has none.
+fn bootstrap(store: &dyn Store, options: &ControlOptions) -> Result<Option<PathBuf>, StartError> {
+    if store.token_count()? > 0 {
+        return Ok(None);
+    }
+    let path = options
+        .bootstrap_token_file
+        .clone()
+        .unwrap_or_else(|| options.data_dir.join("admin.token"));
+    let secret = match std::fs::read_to_string(&path) {
+        Ok(s) if !s.trim().is_empty() => s.trim().to_owned(),
+        _ => {
+            let secret = new_token_secret().map_err(|reason| StartError::DataDir {
+                dir: options.data_dir.display().to_string(),
+                reason,
+            })?;
+            write_private(&path, &secret).map_err(|e| StartError::DataDir {
+                dir: options.data_dir.display().to_string(),
+                reason: format!("cannot write the bootstrap token to {}: {e}", path.display()),
+            })?;
+            secret
+        }
+    };
+    store.insert_token(&TokenRecord {
+        name: "admin".into(),
+        role: Role::Admin,
+        pop: None,
+        hash: hash_token(&secret),
+        created_ms: now_ms(),
+    })?;
+    Ok(Some(path))
+}
+
+fn write_private(path: &Path, secret: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    writeln!(f, "{secret}")
+}
+
+impl RunningControl {
+    /// Locks the data dir, opens the store, makes the first admin token if needed, and serves
+    /// the API and the PoP streams on `options.listen`.
+    pub async fn start(options: ControlOptions) -> Result<Self, StartError> {
+        let lock = lock_data_dir(&options.data_dir)?;
+        let db = options.data_dir.join("control.db");
+        let opts = options.clone();
+        let (store, token_file) = tokio::task::spawn_blocking(move || {
+            let store = SqliteStore::open(&db)?;
+            let token_file = bootstrap(&store, &opts)?;
+            Ok::<_, StartError>((store, token_file))
+        })
+        .await
+        .map_err(|e| StartError::DataDir {
+            dir: options.data_dir.display().to_string(),
+            reason: e.to_string(),
+        })??;
+        let shutdown = CancellationToken::new();
+        let control = Control::new(Arc::new(store), shutdown.clone()).await?;
+        let listener =
+            tokio::net::TcpListener::bind(options.listen)
+                .await
+                .map_err(|e| StartError::Listen {
+                    addr: options.listen,
+                    reason: e.to_string(),
+                })?;
+        let addr = listener.local_addr().unwrap_or(options.listen);
+        let app = api::router(control.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let stop = shutdown.clone();
+        let server = tokio::spawn(async move {
+            let result = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
+            if let Err(e) = result {
+                tracing::error!(error = %e, "control plane API server failed");
+            }
+        });
+        tracing::info!(%addr, data_dir = %options.data_dir.display(), "control plane listening");
+        Ok(Self {
+            addr,
+            control,
+            bootstrap_token_file: token_file,
+            shutdown,
+            server,
+            _lock: lock,
+        })
+    }
+
+    /// Closes PoP streams and the API, waiting up to `timeout` for requests in flight.
+    pub async fn stop(self, timeout: std::time::Duration) {
+        self.shutdown.cancel();
+        let _ = tokio::time::timeout(timeout, self.server).await;
+    }
+}

@@ -748,7 +748,11 @@ async fn stream(
     }
     let ws =
         ws.map_err(|e| Problem::bad_request(format!("a WebSocket upgrade is needed: {}", e.body_text())))?;
+    // Small buffers: a thousand mostly idle streams should not hold 256 KiB each (tungstenite's
+    // defaults); messages larger than the buffer still pass, in several reads.
     Ok(ws
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
         .max_message_size(64 << 20)
         .on_upgrade(move |socket| crate::stream::run(control, caller, socket)))
 }

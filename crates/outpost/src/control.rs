@@ -41,7 +41,13 @@ pub async fn shutdown_signal() {
 
 pub fn run(args: ControlArgs) -> ExitCode {
     crate::init_tracing();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // Store calls run on blocking threads but queue on one SQLite connection: a few threads are
+    // enough, and a thousand PoPs connecting at once do not spawn hundreds of them.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .max_blocking_threads(4)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("outpost control: cannot start the runtime: {e}");

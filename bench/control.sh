@@ -5,7 +5,8 @@
 # Usage: bench/control.sh [--rounds N] [--sim N]    (results: bench/results/control.txt)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --locked -p outpost -p outpost-control --example control_bench
+cargo build --release --locked -p outpost
+cargo build --release --locked -p outpost-control --example control_bench
 ulimit -n 20000 2>/dev/null || true
 mkdir -p bench/results
 target_dir="${CARGO_TARGET_DIR:-target}"

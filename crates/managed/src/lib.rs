@@ -461,3 +461,90 @@ async fn write_cert(dir: &Path, c: &CertificateFiles) -> std::io::Result<(PathBu
     tokio::fs::set_permissions(&key, perms).await?;
     Ok((cert, key))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(dir: &Path, binds: Vec<(String, SocketAddr)>) -> Link {
+        let (started, _) = watch::channel(false);
+        Link {
+            opts: ManagedOptions {
+                control_url: "http://127.0.0.1:7000".into(),
+                pop: "fra-1".into(),
+                token: "t".into(),
+                state_dir: dir.to_owned(),
+                admin: Some("127.0.0.1:9999".parse().unwrap()),
+                binds,
+                purge_sink: Arc::new(|_| Ok(())),
+            },
+            edge: Arc::new(OnceCell::new()),
+            started,
+            applied: None,
+            purge_seq: None,
+        }
+    }
+
+    const FLEET: &str = "[pop]\nid = \"fleet\"\n[admin]\nlisten = \"127.0.0.1:1\"\n[log]\naccess_log = \"access.log\"\n\
+        [[listener]]\nname = \"main\"\naddress = \"127.0.0.1:8080\"\n\
+        [[listener]]\nname = \"tls\"\naddress = \"127.0.0.1:8443\"\n[listener.tls]\ndefault_certificate = \"up\"\n\
+        [[certificate]]\nname = \"up\"\ncert = \"x.crt\"\nkey = \"x.key\"\nnames = [\"a.test\"]\n\
+        [[site]]\nname = \"s\"\nhosts = [\"a.test\"]\npool = \"p\"\n\
+        [[pool]]\nname = \"p\"\n[[pool.origin]]\nurl = \"http://127.0.0.1:9000\"\n";
+
+    fn lkg(certificates: Vec<CertificateFiles>) -> Lkg {
+        Lkg {
+            version: 7,
+            hash: "0123456789abcdef0123".into(),
+            toml: FLEET.into(),
+            certificates,
+        }
+    }
+
+    #[tokio::test]
+    async fn local_settings_override_the_fleet_config() {
+        let dir = std::env::temp_dir().join(format!("outpost-managed-build-{}", std::process::id()));
+        let bind: SocketAddr = "127.0.0.1:18080".parse().unwrap();
+        let l = link(&dir, vec![("main".into(), bind)]);
+        let cert = CertificateFiles {
+            name: "up".into(),
+            cert_pem: "CERT".into(),
+            key_pem: "KEY".into(),
+        };
+        let loaded = l.build(&lkg(vec![cert])).await.unwrap();
+        let c = &loaded.config;
+        assert_eq!(c.pop.id, "fra-1");
+        assert_eq!(c.version.as_deref(), Some("control-v7"));
+        assert_eq!(c.admin.listen, Some("127.0.0.1:9999".parse().unwrap()));
+        assert_eq!(c.listeners[0].address, bind);
+        assert_eq!(c.listeners[1].address, "127.0.0.1:8443".parse().unwrap());
+        // The delivered certificate is written to the state dir and used; relative paths
+        // resolve against the state dir.
+        let cert_path = dir.join("certs/0123456789abcdef/up.crt");
+        assert_eq!(c.certificates[0].cert, cert_path);
+        assert_eq!(std::fs::read_to_string(&cert_path).unwrap(), "CERT");
+        assert_eq!(c.log.access_log, dir.join("access.log").display().to_string());
+
+        // Without an upload, the fleet config's (relative) path is kept, under the state dir.
+        let loaded = l.build(&lkg(vec![])).await.unwrap();
+        assert_eq!(loaded.config.certificates[0].cert, dir.join("x.crt"));
+
+        // A --bind for a listener the version does not have is an error naming both.
+        let l = link(&dir, vec![("nope".into(), bind)]);
+        let err = l.build(&lkg(vec![])).await.unwrap_err();
+        assert!(
+            err[0].contains("--bind nope=") && err[0].contains("version 7"),
+            "{err:?}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn control_urls_map_to_the_stream() {
+        assert_eq!(
+            ws_url("http://127.0.0.1:7000/").unwrap(),
+            "ws://127.0.0.1:7000/v1/stream"
+        );
+        assert!(ws_url("ftp://x").is_err());
+    }
+}

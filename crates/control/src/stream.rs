@@ -70,8 +70,29 @@ pub async fn run(control: Arc<Control>, caller: Caller, mut socket: WebSocket) {
     }
     let latest_seq = control.db(|s| s.latest_purge_seq()).await.unwrap_or(0);
     let purge_cursor = match last_purge_seq {
-        // A PoP with no state has nothing cached: it starts from now.
-        None => latest_seq,
+        // A PoP with no state has nothing cached: it starts from now, and purges it was
+        // expected to apply are closed as skipped rather than left pending forever.
+        None => {
+            let (id, at) = (pop.clone(), now_ms());
+            match control
+                .db(move |s| {
+                    s.skip_purges(
+                        &id,
+                        latest_seq,
+                        at,
+                        "skipped: the PoP started with an empty cache",
+                    )
+                })
+                .await
+            {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(%pop, n, "PoP started without state: its pending purges are moot"),
+                Err(e) => {
+                    tracing::error!(%pop, error = %e, "cannot close the pending purges of a PoP without state")
+                }
+            }
+            latest_seq
+        }
         Some(seq) if seq > latest_seq => {
             tracing::warn!(%pop, seq, latest_seq, "PoP reports purges this control plane never made; starting it from the latest");
             latest_seq

@@ -234,6 +234,9 @@ pub trait Store: Send + Sync + 'static {
     fn purges_after(&self, after: u64, limit: u32) -> StoreResult<Vec<PurgeRecord>>;
     fn latest_purge_seq(&self) -> StoreResult<u64>;
     fn record_purge_acks(&self, acks: &[PurgeAck]) -> StoreResult<()>;
+    /// Closes `pop`'s pending purges up to `upto` with `reason` (a PoP that starts with nothing
+    /// cached has nothing to purge); returns how many.
+    fn skip_purges(&self, pop: &str, upto: u64, at_ms: i64, reason: &str) -> StoreResult<u64>;
     fn purge_status(&self, seq: u64) -> StoreResult<Option<PurgeStatus>>;
     /// The newest `limit` purges with their targets, newest first.
     fn recent_purges(&self, limit: u32) -> StoreResult<Vec<PurgeStatus>>;

@@ -498,6 +498,23 @@ impl Store for SqliteStore {
         })
     }
 
+    fn skip_purges(&self, pop: &str, upto: u64, at_ms: i64, reason: &str) -> StoreResult<u64> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let n = tx.execute(
+                "UPDATE purge_targets SET acked_ms = ?3, error = ?4 WHERE pop = ?1 AND seq <= ?2 AND acked_ms IS NULL",
+                params![pop, to_i64(upto), at_ms, reason],
+            )?;
+            tx.execute(
+                "INSERT INTO pop_purge_cursor (pop, seq) VALUES (?1, ?2)
+                 ON CONFLICT(pop) DO UPDATE SET seq = MAX(seq, excluded.seq)",
+                params![pop, to_i64(upto)],
+            )?;
+            tx.commit()?;
+            Ok(n as u64)
+        })
+    }
+
     fn purge_status(&self, seq: u64) -> StoreResult<Option<PurgeStatus>> {
         self.with(|c| {
             let record = c
@@ -617,5 +634,10 @@ mod tests {
         let status = s.purge_status(1).unwrap().unwrap();
         assert_eq!(status.targets[0], ("a".into(), Some(20), None));
         assert_eq!(status.targets[1], ("b".into(), None, None));
+        // "b" comes back with no state: both purges are closed as skipped, not left pending.
+        assert_eq!(s.skip_purges("b", 2, 30, "skipped").unwrap(), 2);
+        let status = s.purge_status(1).unwrap().unwrap();
+        assert_eq!(status.targets[1], ("b".into(), Some(30), Some("skipped".into())));
+        assert_eq!(s.skip_purges("a", 2, 30, "skipped").unwrap(), 1);
     }
 }

@@ -323,7 +323,10 @@ async fn lab(args: &LabArgs, dir: &Path, procs: &mut Vec<Proc>) -> Result<(), St
             let status = api.get("/v1/status").await.map_err(|e| e.to_string())?;
             Ok(status["pops"].as_array().is_some_and(|p| {
                 p.iter()
-                    .filter(|p| p["applied_version"].as_u64() >= Some(version))
+                    // Connected too: a reused --dir remembers versions applied in an earlier run.
+                    .filter(|p| {
+                        p["applied_version"].as_u64() >= Some(version) && p["connected"] == json!(true)
+                    })
                     .count()
                     >= n
             }))

@@ -23,8 +23,10 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-/// Applies one purge to the PoP's cache; `Err` is reported to the control plane with the ack.
-pub type PurgeSink = Arc<dyn Fn(&Purge) -> Result<(), String> + Send + Sync>;
+/// Applies one purge to the PoP's cache (the running `Edge` is passed in, so a sink can call
+/// into it); `Err` is reported to the control plane with the ack. Not called before the PoP
+/// serves anything: a purge that arrives before the first config has nothing to remove.
+pub type PurgeSink = Arc<dyn Fn(&Edge, &Purge) -> Result<(), String> + Send + Sync>;
 
 /// How to reach the control plane and what this PoP keeps local.
 pub struct ManagedOptions {
@@ -326,7 +328,10 @@ impl Link {
             // Already applied (the ack was lost): acknowledge again.
             return FromPop::PurgeAck { seq, error: None };
         }
-        let error = (self.opts.purge_sink)(purge).err();
+        let error = match self.edge.get() {
+            Some(edge) => (self.opts.purge_sink)(edge, purge).err(),
+            None => None,
+        };
         if let Some(e) = &error {
             tracing::warn!(seq, purge = %purge.describe(), error = %e, "purge failed");
         }
@@ -476,7 +481,7 @@ mod tests {
                 state_dir: dir.to_owned(),
                 admin: Some("127.0.0.1:9999".parse().unwrap()),
                 binds,
-                purge_sink: Arc::new(|_| Ok(())),
+                purge_sink: Arc::new(|_, _| Ok(())),
             },
             edge: Arc::new(OnceCell::new()),
             started,

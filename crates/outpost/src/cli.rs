@@ -96,6 +96,13 @@ pub enum ApiCommand {
         #[arg(long, default_value = "10s", value_parser = humantime_duration)]
         wait: Duration,
     },
+    /// Certificates for the fleet config's [[certificate]]s: upload (PEM), list with expiry.
+    Cert {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(subcommand)]
+        action: Option<CertAction>,
+    },
     /// Create an API or PoP token (admin); the secret is printed once.
     Token {
         #[command(flatten)]
@@ -123,6 +130,21 @@ pub enum PopAction {
     },
     /// Set a PoP's state: active, draining or maintenance.
     State { id: String, state: String },
+}
+
+#[derive(Subcommand)]
+pub enum CertAction {
+    /// Upload (or replace) the certificate chain and key for the [[certificate]] named NAME;
+    /// PoPs receive it with the config.
+    Put {
+        name: String,
+        /// PEM certificate chain, leaf first.
+        #[arg(long)]
+        cert: PathBuf,
+        /// PEM private key.
+        #[arg(long)]
+        key: PathBuf,
+    },
 }
 
 fn humantime_duration(s: &str) -> Result<Duration, String> {
@@ -418,6 +440,37 @@ async fn execute(cmd: ApiCommand) -> Result<ExitCode, CliError> {
                     "not every PoP has acknowledged yet: outpost purge status is at GET /v1/purges/{seq}"
                 );
                 return Ok(ExitCode::from(3));
+            }
+        }
+        ApiCommand::Cert { api, action } => {
+            let c = client(&api)?;
+            match action {
+                Some(CertAction::Put { name, cert, key }) => {
+                    let read = |p: &Path| {
+                        std::fs::read_to_string(p)
+                            .map_err(|e| CliError::Usage(format!("{}: {e}", p.display())))
+                    };
+                    let out = c
+                        .put(
+                            &format!("/v1/certificates/{name}"),
+                            &json!({"cert_pem": read(&cert)?, "key_pem": read(&key)?}),
+                        )
+                        .await?;
+                    println!("certificate {name} uploaded (expires {})", s(&out["not_after"]));
+                }
+                None => {
+                    let out = c.get("/v1/certificates").await?;
+                    println!("{:<20} {:<26} {:>9}  uploaded", "name", "not after", "days left");
+                    for cert in out["certificates"].as_array().into_iter().flatten() {
+                        println!(
+                            "{:<20} {:<26} {:>9}  {}",
+                            s(&cert["name"]),
+                            s(&cert["not_after"]),
+                            s(&cert["expires_in_days"]),
+                            s(&cert["uploaded"])
+                        );
+                    }
+                }
             }
         }
         ApiCommand::Token { api, name, role, pop } => {

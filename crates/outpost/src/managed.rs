@@ -41,9 +41,11 @@ fn parse_bind(s: &str) -> Result<(String, SocketAddr), String> {
 }
 
 /// The binary's purge sink until the PoP cache exists: logs and counts each purge.
+/// With the cache: call the edge's purge with `purge` (it serializes like the admin's
+/// `POST /purge` body).
 fn purge_sink() -> PurgeSink {
     let applied = Arc::new(AtomicU64::new(0));
-    Arc::new(move |purge| {
+    Arc::new(move |_edge, purge| {
         let n = applied.fetch_add(1, Ordering::Relaxed) + 1;
         tracing::info!(purge = %purge.describe(), applied_total = n, "purge received (no cache on this PoP yet: nothing to remove)");
         Ok(())

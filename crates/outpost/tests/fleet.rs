@@ -616,15 +616,31 @@ fn uploaded_certificates_are_delivered_and_written_to_the_state_dir() {
     let mut fleet = Fleet::new("certs", 1);
     fleet.start_pop(0);
     let cert = rcgen::generate_simple_self_signed(vec!["shop.test".to_owned()]).unwrap();
-    let (s, body) = api(
+    let (cert_file, key_file) = (fleet.dir.join("shop.crt"), fleet.dir.join("shop.key"));
+    std::fs::write(&cert_file, cert.cert.pem()).unwrap();
+    std::fs::write(&key_file, cert.key_pair.serialize_pem()).unwrap();
+    let out = cli(
         fleet.control_addr,
-        "PUT",
-        "/v1/certificates/shop",
         &fleet.admin_token,
-        Some(json!({"cert_pem": cert.cert.pem(), "key_pem": cert.key_pair.serialize_pem()})),
+        &[
+            "cert",
+            "put",
+            "shop",
+            "--cert",
+            cert_file.to_str().unwrap(),
+            "--key",
+            key_file.to_str().unwrap(),
+        ],
     );
-    assert_eq!(s, 200, "{body}");
-    assert!(body["not_after"].as_str().is_some(), "{body}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("certificate shop uploaded (expires 4096-"),
+        "{out:?}"
+    );
+    let out = cli(fleet.control_addr, &fleet.admin_token, &["cert"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("\nshop "),
+        "{out:?}"
+    );
     let tls = format!(
         "{}[[listener]]\nname = \"tls\"\naddress = \"127.0.0.1:0\"\n[listener.tls]\ndefault_certificate = \"shop\"\n\
          [[certificate]]\nname = \"shop\"\ncert = \"uploaded.crt\"\nkey = \"uploaded.key\"\nnames = [\"shop.test\"]\n",

@@ -1,13 +1,19 @@
-//! A small client for the `/v1` API (plain HTTP; used by the CLI, `outpost lab`, tests and the
-//! bench). Errors carry the server's problem+json detail and precise errors.
+//! A small client for the `/v1` API (HTTP, or HTTPS with the public roots or a given CA; used
+//! by the CLI, `outpost lab`, tests and the bench). Errors carry the server's problem+json
+//! detail and precise errors.
 
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
 use serde_json::Value;
 
 #[derive(Debug, thiserror::Error)]
@@ -39,7 +45,7 @@ impl ClientError {
 pub struct Client {
     base: String,
     token: Option<String>,
-    http: hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>,
+    http: hyper_util::client::legacy::Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     timeout: Duration,
 }
 
@@ -50,21 +56,27 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
-    /// `base`: e.g. `http://127.0.0.1:7000` (no path).
+    /// `base`: e.g. `http://127.0.0.1:7000` or `https://control.example:7000` (no path).
     pub fn new(base: &str, token: Option<String>) -> Result<Self, ClientError> {
+        Self::with_ca(base, token, None)
+    }
+
+    /// Like [`Client::new`]; for `https://`, trusts only the CA certificates in `ca` when given
+    /// (PEM), else the public web roots.
+    pub fn with_ca(base: &str, token: Option<String>, ca: Option<&Path>) -> Result<Self, ClientError> {
         let base = base.trim_end_matches('/').to_owned();
-        if base.starts_with("https://") {
-            return Err(ClientError::Invalid(
-                "https control URLs are not supported by this client yet; use http:// on a trusted network or loopback".into(),
-            ));
-        }
-        if !base.starts_with("http://") {
+        if !base.starts_with("http://") && !base.starts_with("https://") {
             return Err(ClientError::Invalid(format!(
-                "control URL \"{base}\" must start with http://"
+                "control URL \"{base}\" must start with http:// or https://"
             )));
         }
-        let http =
-            hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+        let tls = tls_client_config(ca).map_err(ClientError::Invalid)?;
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .build();
+        let http = hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(connector);
         Ok(Self {
             base,
             token,
@@ -176,4 +188,31 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     s
+}
+
+/// A TLS client config (TLS 1.2/1.3, ring) trusting the PEM CA certificates in `ca`, or the
+/// public web roots. Shared by this client and, through the binary, the PoP's stream.
+pub fn tls_client_config(ca: Option<&Path>) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca {
+        Some(ca) => {
+            let certs = CertificateDer::pem_file_iter(ca)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| format!("control plane CA {}: {e}", ca.display()))?;
+            let (added, _) = roots.add_parsable_certificates(certs);
+            if added == 0 {
+                return Err(format!(
+                    "control plane CA {} holds no usable certificate",
+                    ca.display()
+                ));
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }

@@ -34,6 +34,8 @@ pub struct ControlOptions {
     /// Where the first admin token is read from (if it exists) or written to (if not), when the
     /// store has no token yet. Default: `DATA_DIR/admin.token`.
     pub bootstrap_token_file: Option<PathBuf>,
+    /// Serve the API and the PoP streams over TLS with this certificate chain and key (PEM).
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// A running control plane.
@@ -55,6 +57,8 @@ pub enum StartError {
         "data dir {dir} is in use by another control plane ({holder}); stop it first or give another --data-dir"
     )]
     Locked { dir: String, holder: String },
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("cannot listen on {addr}: {reason}")]
     Listen { addr: SocketAddr, reason: String },
     #[error("{0}")]
@@ -173,16 +177,25 @@ impl RunningControl {
                     reason: e.to_string(),
                 })?;
         let addr = listener.local_addr().unwrap_or(options.listen);
-        let app = api::router(control.clone()).into_make_service_with_connect_info::<SocketAddr>();
         let stop = shutdown.clone();
-        let server = tokio::spawn(async move {
-            let result = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await;
-            if let Err(e) = result {
-                tracing::error!(error = %e, "control plane API server failed");
+        let server = match &options.tls {
+            None => {
+                let app = api::router(control.clone()).into_make_service_with_connect_info::<SocketAddr>();
+                tokio::spawn(async move {
+                    let result = axum::serve(listener, app)
+                        .with_graceful_shutdown(async move { stop.cancelled().await })
+                        .await;
+                    if let Err(e) = result {
+                        tracing::error!(error = %e, "control plane API server failed");
+                    }
+                })
             }
-        });
+            Some((cert, key)) => {
+                let config = tls_server_config(cert, key).map_err(StartError::Tls)?;
+                let app = api::router(control.clone());
+                tokio::spawn(serve_tls(listener, config, app, stop))
+            }
+        };
         tracing::info!(%addr, data_dir = %options.data_dir.display(), "control plane listening");
         Ok(Self {
             addr,
@@ -199,4 +212,83 @@ impl RunningControl {
         self.shutdown.cancel();
         let _ = tokio::time::timeout(timeout, self.server).await;
     }
+}
+
+fn tls_server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("certificate {}: {e}", cert.display()))?;
+    if chain.is_empty() {
+        return Err(format!("certificate {}: no CERTIFICATE block", cert.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("key {}: {e}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| format!("certificate and key do not make a TLS identity: {e}"))?;
+    // WebSocket upgrades need HTTP/1.1.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The API over TLS: an accept loop, a handshake per connection (10 s at most), HTTP/1.1 with
+/// upgrades for the PoP streams, graceful close of idle keep-alive connections on shutdown.
+async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    app: axum::Router,
+    stop: CancellationToken,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let connections = tokio_util::task::TaskTracker::new();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let (acceptor, stop) = (acceptor.clone(), stop.clone());
+        let app = app
+            .clone()
+            .layer(axum::Extension(axum::extract::ConnectInfo(peer)));
+        connections.spawn(async move {
+            let tls =
+                match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
+                };
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                .with_upgrades();
+            tokio::pin!(conn);
+            let mut closing = false;
+            loop {
+                tokio::select! {
+                    _ = conn.as_mut() => break,
+                    _ = stop.cancelled(), if !closing => {
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
+            }
+        });
+    }
+    connections.close();
+    connections.wait().await;
 }

@@ -24,6 +24,7 @@ async fn start(dir: &std::path::Path) -> Result<RunningControl, StartError> {
         data_dir: dir.to_owned(),
         listen: "127.0.0.1:0".parse().unwrap(),
         bootstrap_token_file: None,
+        tls: None,
     })
     .await
 }

@@ -30,8 +30,10 @@ pub type PurgeSink = Arc<dyn Fn(&Edge, &Purge) -> Result<(), String> + Send + Sy
 
 /// How to reach the control plane and what this PoP keeps local.
 pub struct ManagedOptions {
-    /// `http://host:port` of the control plane.
+    /// `http://host:port` or `https://host:port` of the control plane.
     pub control_url: String,
+    /// TLS settings for an `https://` control URL (which CA to trust).
+    pub control_tls: Option<Arc<rustls::ClientConfig>>,
     pub pop: String,
     pub token: String,
     pub state_dir: PathBuf,
@@ -184,12 +186,20 @@ async fn write_atomic(path: &Path, contents: Vec<u8>) -> std::io::Result<()> {
 
 fn ws_url(control: &str) -> Result<String, String> {
     let base = control.trim_end_matches('/');
-    if let Some(rest) = base.strip_prefix("http://") {
+    if let Some(rest) = base
+        .strip_prefix("http://")
+        .or_else(|| base.strip_prefix("ws://"))
+    {
         Ok(format!("ws://{rest}{STREAM_PATH}"))
-    } else if let Some(rest) = base.strip_prefix("ws://") {
-        Ok(format!("ws://{rest}{STREAM_PATH}"))
+    } else if let Some(rest) = base
+        .strip_prefix("https://")
+        .or_else(|| base.strip_prefix("wss://"))
+    {
+        Ok(format!("wss://{rest}{STREAM_PATH}"))
     } else {
-        Err(format!("--control {control}: use http://host:port"))
+        Err(format!(
+            "--control {control}: use http://host:port or https://host:port"
+        ))
     }
 }
 
@@ -241,7 +251,12 @@ impl Link {
             .parse()
             .map_err(|_| (false, "the token has characters a header cannot carry".to_owned()))?;
         request.headers_mut().insert("authorization", auth);
-        let connect = tokio_tungstenite::connect_async(request);
+        let connector = self
+            .opts
+            .control_tls
+            .clone()
+            .map(tokio_tungstenite::Connector::Rustls);
+        let connect = tokio_tungstenite::connect_async_tls_with_config(request, None, true, connector);
         let (mut ws, _) = match tokio::time::timeout(Duration::from_secs(5), connect).await {
             Err(_) => return Err((false, format!("connecting to {url} timed out"))),
             Ok(Err(tokio_tungstenite::tungstenite::Error::Http(resp))) => {
@@ -476,6 +491,7 @@ mod tests {
         Link {
             opts: ManagedOptions {
                 control_url: "http://127.0.0.1:7000".into(),
+                control_tls: None,
                 pop: "fra-1".into(),
                 token: "t".into(),
                 state_dir: dir.to_owned(),
@@ -549,6 +565,10 @@ mod tests {
         assert_eq!(
             ws_url("http://127.0.0.1:7000/").unwrap(),
             "ws://127.0.0.1:7000/v1/stream"
+        );
+        assert_eq!(
+            ws_url("https://c.example:7000").unwrap(),
+            "wss://c.example:7000/v1/stream"
         );
         assert!(ws_url("ftp://x").is_err());
     }

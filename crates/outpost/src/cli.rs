@@ -22,6 +22,9 @@ pub struct ApiArgs {
     /// An API token (viewer, operator or admin).
     #[arg(long, env = "OUTPOST_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// CA certificate(s) (PEM) to trust for an https:// control URL (default: public roots).
+    #[arg(long, env = "OUTPOST_CONTROL_CA")]
+    pub control_ca: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -185,7 +188,11 @@ fn client(api: &ApiArgs) -> Result<Client, CliError> {
             "no token: pass --token TOKEN or set OUTPOST_TOKEN (an admin token is in the control plane's DATA_DIR/admin.token)".into(),
         ));
     }
-    Ok(Client::new(&api.control, api.token.clone())?)
+    Ok(Client::with_ca(
+        &api.control,
+        api.token.clone(),
+        api.control_ca.as_deref(),
+    )?)
 }
 
 /// The fleet config text from a file, or every `*.toml` of a directory in name order.

@@ -20,6 +20,12 @@ pub struct ControlArgs {
     /// (default DATA_DIR/admin.token, mode 0600).
     #[arg(long)]
     bootstrap_token_file: Option<PathBuf>,
+    /// Serve the API and PoP streams over TLS with this certificate chain (PEM)...
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// ...and this private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -55,14 +61,16 @@ pub fn run(args: ControlArgs) -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        if !args.listen.ip().is_loopback() {
+        if !args.listen.ip().is_loopback() && args.tls_cert.is_none() {
             tracing::warn!(listen = %args.listen, "the API listens beyond loopback over plain HTTP: put it behind TLS or a private network");
         }
         let options = ControlOptions {
             data_dir: args.data_dir,
             listen: args.listen,
             bootstrap_token_file: args.bootstrap_token_file,
+            tls: args.tls_cert.zip(args.tls_key),
         };
+        let scheme = if options.tls.is_some() { "https" } else { "http" };
         let running = match RunningControl::start(options).await {
             Ok(r) => r,
             Err(e) => {
@@ -76,7 +84,7 @@ pub fn run(args: ControlArgs) -> ExitCode {
                 file.display()
             );
         }
-        eprintln!("outpost control: API on http://{}/v1 (OpenAPI: /v1/openapi.json)", running.addr);
+        eprintln!("outpost control: API on {scheme}://{}/v1 (OpenAPI: /v1/openapi.json)", running.addr);
         shutdown_signal().await;
         tracing::info!("stopping: closing PoP streams and the API");
         running.stop(Duration::from_secs(5)).await;

@@ -16,6 +16,10 @@ pub struct ManagedArgs {
     /// Managed mode: the control plane's URL (http://host:port); the PoP takes its config from it.
     #[arg(long, requires_all = ["pop", "token", "state_dir"], conflicts_with_all = ["config", "listen", "origin"])]
     pub control: Option<String>,
+    /// Managed mode: CA certificate(s) (PEM) to trust for an https:// control URL (default: the
+    /// public web roots).
+    #[arg(long, requires = "control")]
+    pub control_ca: Option<PathBuf>,
     /// Managed mode: this PoP's id in the control plane's inventory.
     #[arg(long, requires = "control")]
     pub pop: Option<String>,
@@ -69,7 +73,19 @@ pub async fn serve(args: ManagedArgs, admin: &str) -> ExitCode {
         eprintln!("outpost edge: managed mode needs --control, --pop, --token and --state-dir");
         return ExitCode::from(2);
     };
+    let control_tls = if control_url.starts_with("https://") {
+        match outpost_control::client::tls_client_config(args.control_ca.as_deref()) {
+            Ok(config) => Some(Arc::new(config)),
+            Err(e) => {
+                eprintln!("outpost edge: --control-ca: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        None
+    };
     let options = ManagedOptions {
+        control_tls,
         control_url,
         pop,
         token,

@@ -731,3 +731,117 @@ fn lab_starts_a_fleet_writes_lab_json_and_stops_cleanly() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn control_plane_over_tls_serves_the_cli_and_pop_streams() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let dir = temp_dir("tls");
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    let (ca_file, cert_file, key_file) = (dir.join("ca.pem"), dir.join("api.crt"), dir.join("api.key"));
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    std::fs::write(&cert_file, leaf.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+
+    let addr = free_addr();
+    let _control = spawn(
+        &[
+            "control",
+            "--data-dir",
+            dir.join("control").to_str().unwrap(),
+            "--listen",
+            &addr.to_string(),
+            "--tls-cert",
+            cert_file.to_str().unwrap(),
+            "--tls-key",
+            key_file.to_str().unwrap(),
+        ],
+        &[],
+        &dir.join("control.log"),
+    );
+    let url = format!("https://{addr}");
+    let run = |args: &[&str]| -> Output {
+        let token = std::fs::read_to_string(dir.join("control/admin.token")).unwrap_or_default();
+        Command::new(BIN)
+            .args(args)
+            .env("OUTPOST_CONTROL", &url)
+            .env("OUTPOST_CONTROL_CA", &ca_file)
+            .env("OUTPOST_TOKEN", token.trim())
+            .output()
+            .unwrap()
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || run(&["status"]).status.success()),
+        "the CLI talks to the control plane over TLS"
+    );
+    // Plain HTTP on the TLS port gets no API answer.
+    assert!(http(addr, "GET", "c", "/v1/openapi.json", None, None).map_or(true, |(s, _)| s != 200));
+
+    assert!(run(&["pops", "add", "tls-1", "--region", "eu"]).status.success());
+    let out = run(&["token", "t-tls-1", "--role", "pop", "--pop", "tls-1"]);
+    let pop_token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(pop_token.starts_with("opt_"), "{out:?}");
+    let origin = free_addr();
+    let _origin = spawn(
+        &[
+            "origin",
+            "--listen",
+            &origin.to_string(),
+            "--name",
+            "fleet-origin",
+        ],
+        &[],
+        &dir.join("origin.log"),
+    );
+    let file = dir.join("fleet.toml");
+    std::fs::write(&file, fleet_config(origin, "tls")).unwrap();
+    assert!(run(&["apply", "-f", file.to_str().unwrap()]).status.success());
+    let (http_addr, admin) = (free_addr(), free_addr());
+    let _pop = spawn(
+        &[
+            "edge",
+            "--control",
+            &url,
+            "--control-ca",
+            ca_file.to_str().unwrap(),
+            "--pop",
+            "tls-1",
+            "--state-dir",
+            dir.join("tls-1").to_str().unwrap(),
+            "--bind",
+            &format!("main={http_addr}"),
+            "--admin",
+            &admin.to_string(),
+        ],
+        &[("OUTPOST_POP_TOKEN", &pop_token)],
+        &dir.join("tls-1.log"),
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || http(
+            http_addr,
+            "GET",
+            "shop.test",
+            "/x",
+            None,
+            None
+        )
+        .is_ok_and(|(s, b)| s == 200 && b.contains("hello from fleet-origin"))),
+        "the PoP got its config over wss"
+    );
+    let out = run(&["pops"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("tls-1") && l.contains(" yes ")),
+        "{table}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

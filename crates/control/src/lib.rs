@@ -154,13 +154,13 @@ impl RunningControl {
     /// Locks the data dir, opens the store, makes the first admin token if needed, and serves
     /// the API and the PoP streams on `options.listen`.
     pub async fn start(options: ControlOptions) -> Result<Self, StartError> {
-        let lock = lock_data_dir(&options.data_dir)?;
         let db = options.data_dir.join("control.db");
         let opts = options.clone();
-        let (store, token_file) = tokio::task::spawn_blocking(move || {
+        let (lock, store, token_file) = tokio::task::spawn_blocking(move || {
+            let lock = lock_data_dir(&opts.data_dir)?;
             let store = SqliteStore::open(&db)?;
             let token_file = bootstrap(&store, &opts)?;
-            Ok::<_, StartError>((store, token_file))
+            Ok::<_, StartError>((lock, store, token_file))
         })
         .await
         .map_err(|e| StartError::DataDir {

@@ -90,14 +90,19 @@ impl Agent {
     /// control plane. Without a last-known-good, returns once the control plane's first config
     /// is serving (retrying the connection until then, or until `stop`).
     pub async fn start(opts: ManagedOptions, stop: CancellationToken) -> Result<Self, AgentError> {
-        std::fs::create_dir_all(&opts.state_dir)
-            .map_err(|e| AgentError::StateDir(format!("{}: cannot create: {e}", opts.state_dir.display())))?;
+        let dir = opts.state_dir.clone();
+        let (lkg, purge_seq) = tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| AgentError::StateDir(format!("{}: cannot create: {e}", dir.display())))?;
+            let purge_seq: Option<u64> = std::fs::read_to_string(dir.join(PURGE_SEQ_FILE))
+                .ok()
+                .and_then(|s| s.trim().parse().ok());
+            Ok((read_lkg(&dir), purge_seq))
+        })
+        .await
+        .map_err(|e| AgentError::StateDir(e.to_string()))??;
         let edge = Arc::new(OnceCell::new());
         let (started, mut started_rx) = watch::channel(false);
-        let lkg = read_lkg(&opts.state_dir);
-        let purge_seq = std::fs::read_to_string(opts.state_dir.join(PURGE_SEQ_FILE))
-            .ok()
-            .and_then(|s| s.trim().parse().ok());
         let mut link = Link {
             opts,
             edge: edge.clone(),

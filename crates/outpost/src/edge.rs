@@ -34,6 +34,8 @@ pub struct EdgeArgs {
     /// Operational log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    #[command(flatten)]
+    pub managed: crate::managed::ManagedArgs,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -77,6 +79,7 @@ fn init_tracing(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -85,6 +88,9 @@ fn init_tracing(format: LogFormat) {
 }
 
 async fn serve(args: EdgeArgs) -> ExitCode {
+    if args.managed.control.is_some() {
+        return crate::managed::serve(args.managed, &args.admin).await;
+    }
     let loaded = match (&args.config, &args.listen, &args.origin) {
         (Some(path), _, _) => outpost_config::load_file(path),
         (None, Some(listen), Some(origin)) => {
@@ -137,7 +143,7 @@ async fn serve(args: EdgeArgs) -> ExitCode {
     }
 }
 
-async fn wait_for_signals(edge: &Edge) {
+pub async fn wait_for_signals(edge: &Edge) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::hangup()),

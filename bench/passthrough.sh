@@ -3,8 +3,9 @@
 # pass-through peer), over the same origin, measured in the same run by ../shared/bench/peers.sh.
 #
 # Both proxies get one worker thread (haproxy `nbthread 1`, outpost `--workers 1`) pinned to the
-# server CPU, next to the origin; wrk / h2load run on the other CPU. Outpost has no cache yet, so
-# every request reaches the origin, exactly like haproxy's no-cache column.
+# server CPU, next to the origin; wrk / h2load run on the other CPU. Outpost runs with
+# `--cache off`, so every request reaches the origin, exactly like haproxy's no-cache column
+# (bench/cache.sh measures the cache).
 #
 # Usage: bench/passthrough.sh            (env knobs of peers.sh apply: DURATION, REPS, CONNS...)
 # Needs: the peers and load tools (../shared/bench/install-peers.sh installs them).
@@ -16,7 +17,7 @@ peers=${PEERS_SH:-$root/../shared/bench/peers.sh}
 (cd "$root" && cargo build --release --locked -p outpost)
 results=${RESULTS_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/outpost-passthrough.XXXXXX")}
 
-export TARGET_CMD="exec $root/target/release/outpost edge --listen 127.0.0.1:\$TARGET_PORT --origin http://\$ORIGIN_ADDR --admin off --access-log off --waf off --workers 1"
+export TARGET_CMD="exec $root/target/release/outpost edge --listen 127.0.0.1:\$TARGET_PORT --origin http://\$ORIGIN_ADDR --admin off --access-log off --waf off --cache off --workers 1"
 export TARGET_NAME=outpost
 export TARGET_PORT=${TARGET_PORT:-18086}
 export TARGET_H2_PORT=$TARGET_PORT   # the plain listener speaks h2c with prior knowledge too

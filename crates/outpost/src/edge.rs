@@ -28,6 +28,10 @@ pub struct EdgeArgs {
     /// scanners) at default sensitivity: off, detect (count and log only) or block.
     #[arg(long, value_enum, default_value_t = WafFlag::Detect)]
     waf: WafFlag,
+    /// Quick start: the HTTP cache's memory budget (e.g. 256MiB, the default), or off. The
+    /// cache honours the origin's Cache-Control (RFC 9111).
+    #[arg(long, default_value = "256MiB")]
+    cache: String,
     /// Worker threads (default: one per CPU). 1 runs everything on a single thread.
     #[arg(long, env = "OUTPOST_WORKERS")]
     workers: Option<usize>,
@@ -106,6 +110,16 @@ async fn serve(args: EdgeArgs) -> ExitCode {
             };
             let mut config = outpost_config::quick_start(*listen, origin, admin);
             config.log.access_log = args.access_log.clone();
+            config.cache.memory = match args.cache.as_str() {
+                "off" | "0" => 0,
+                size => match outpost_config::parse_size(size) {
+                    Ok(bytes) => bytes,
+                    Err(e) => {
+                        eprintln!("outpost edge: --cache: {e} (or off)");
+                        return ExitCode::from(2);
+                    }
+                },
+            };
             for site in &mut config.sites {
                 site.waf.mode = match args.waf {
                     WafFlag::Off => outpost_config::WafMode::Off,

@@ -147,7 +147,7 @@ impl DiskTier {
             epoch: self.epoch,
             body_len: obj.body.len() as u64,
         };
-        let Ok(bytes) = encode(&meta, &obj.headers, &obj.body) else {
+        let Ok(bytes) = encode(&meta, obj.header_block(), &obj.body) else {
             return;
         };
         let id = variant_id(hash, &meta);
@@ -402,15 +402,8 @@ fn variant_id(hash: u64, meta: &Meta) -> u64 {
     xxhash_rust::xxh3::xxh3_64(text.as_bytes())
 }
 
-fn encode(meta: &Meta, headers: &HeaderMap, body: &Bytes) -> Result<Vec<u8>, serde_json::Error> {
+fn encode(meta: &Meta, block: &Bytes, body: &Bytes) -> Result<Vec<u8>, serde_json::Error> {
     let meta = serde_json::to_vec(meta)?;
-    let mut block = Vec::new();
-    for (name, value) in headers {
-        block.extend_from_slice(name.as_str().as_bytes());
-        block.extend_from_slice(b": ");
-        block.extend_from_slice(value.as_bytes());
-        block.extend_from_slice(b"\r\n");
-    }
     let mut out = Vec::with_capacity(12 + meta.len() + block.len() + body.len());
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&(meta.len() as u32).to_le_bytes());
@@ -525,7 +518,7 @@ mod tests {
             .read(&key, id.expect("indexed again after reopening"))
             .unwrap();
         assert_eq!(&back.body[..], b"hello");
-        assert_eq!(back.headers["etag"], "\"1\"");
+        assert_eq!(back.headers()["etag"], "\"1\"");
         fs::write(tier.path(id.unwrap()), b"OPC1garbage").unwrap();
         assert!(tier.read(&key, id.unwrap()).is_none());
         assert!(

@@ -17,7 +17,9 @@ pub struct Object {
     pub url: Arc<str>,
     pub site: Arc<str>,
     pub status: StatusCode,
-    pub headers: HeaderMap,
+    /// The response's header fields as `name: value\r\n` lines in one exact-size buffer
+    /// (see `headers()`): a `HeaderMap` costs about a kilobyte per object at rest.
+    head: Bytes,
     pub body: Bytes,
     pub freshness: Freshness,
     /// The request's values of the fields named in Vary, normalised.
@@ -49,7 +51,7 @@ impl Object {
             url: key.url.as_str().into(),
             site,
             status,
-            headers: compact(&headers),
+            head: encode_block(&headers),
             body,
             freshness,
             vary,
@@ -58,6 +60,16 @@ impl Object {
             stored_seq,
             soft_purged: AtomicBool::new(false),
         }
+    }
+
+    /// The stored header fields.
+    pub fn headers(&self) -> HeaderMap {
+        decode_block(&self.head)
+    }
+
+    /// The stored header fields as `name: value\r\n` lines.
+    pub fn header_block(&self) -> &Bytes {
+        &self.head
     }
 
     /// Whether this object answers a request with these headers and extra key parts.
@@ -85,12 +97,7 @@ impl Object {
     /// Bytes this object holds, for the memory budget: body, header text and a fixed
     /// allowance for the structures around them (see docs/cache.md for the measurement).
     pub fn weight(&self) -> u32 {
-        let headers: usize = self
-            .headers
-            .iter()
-            .map(|(n, v)| n.as_str().len() + v.len() + 48)
-            .sum();
-        let total = self.body.len() + headers + self.url.len() + OVERHEAD;
+        let total = self.body.len() + self.head.len() + self.url.len() + OVERHEAD;
         u32::try_from(total).unwrap_or(u32::MAX)
     }
 }
@@ -101,26 +108,47 @@ pub type VaryValues = Box<[(HeaderName, Option<Box<str>>)]>;
 /// Per-object bytes outside the body and headers: the object struct, the memory tier's entry.
 pub const OVERHEAD: usize = 320;
 
-/// A copy of `headers` whose values share one exact-size buffer. Values parsed by hyper are
-/// slices of the connection's read buffer: storing them as they are would keep that whole
-/// buffer (kilobytes) alive for as long as the object is cached.
-fn compact(headers: &HeaderMap) -> HeaderMap {
-    let total: usize = headers.values().map(|v| v.len()).sum();
-    let mut buf = bytes::BytesMut::with_capacity(total);
-    for v in headers.values() {
-        buf.extend_from_slice(v.as_bytes());
+/// Header fields as `name: value\r\n` lines. Copying them out also frees the connection read
+/// buffer that hyper's parsed values point into (kilobytes per object otherwise).
+fn encode_block(headers: &HeaderMap) -> Bytes {
+    let len: usize = headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+    let mut buf = bytes::BytesMut::with_capacity(len);
+    for (name, value) in headers {
+        buf.extend_from_slice(name.as_str().as_bytes());
+        buf.extend_from_slice(b": ");
+        buf.extend_from_slice(value.as_bytes());
+        buf.extend_from_slice(b"\r\n");
     }
-    let buf = buf.freeze();
-    let mut out = HeaderMap::with_capacity(headers.len());
+    buf.freeze()
+}
+
+/// The lines of `encode_block` back as a map; values are slices of the block, not copies.
+fn decode_block(block: &Bytes) -> HeaderMap {
+    let mut map = HeaderMap::with_capacity(block.iter().filter(|b| **b == b'\n').count());
     let mut at = 0;
-    for (name, v) in headers {
-        let slice = buf.slice(at..at + v.len());
-        at += v.len();
-        // The bytes were a valid value a moment ago; keep the original if that ever changes.
-        let value = http::HeaderValue::from_maybe_shared(slice).unwrap_or_else(|_| v.clone());
-        out.append(name.clone(), value);
+    while at < block.len() {
+        let end = block[at..]
+            .iter()
+            .position(|b| *b == b'\n')
+            .map_or(block.len(), |p| at + p);
+        let line_end = if end > at && block[end - 1] == b'\r' {
+            end - 1
+        } else {
+            end
+        };
+        let line = &block[at..line_end];
+        if let Some(colon) = line.iter().position(|b| *b == b':') {
+            let value_start = at + colon + 2;
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(&line[..colon]),
+                http::HeaderValue::from_maybe_shared(block.slice(value_start.min(line_end)..line_end)),
+            ) {
+                map.append(name, value);
+            }
+        }
+        at = end + 1;
     }
-    out
+    map
 }
 
 /// The request's values for the fields a response varies on; `None` when `Vary: *` (such a
@@ -216,6 +244,23 @@ mod tests {
             &h(&[("accept-encoding", "gzip,br"), ("accept-language", "fr")]),
             None
         ));
+    }
+
+    #[test]
+    fn header_fields_survive_the_block() {
+        let headers = h(&[("etag", "\"a\""), ("x-two", "1"), ("x-two", "2"), ("empty", "")]);
+        let key = CacheKey::for_url("http://a.test/").unwrap();
+        let obj = Object::new(
+            &key,
+            "s".into(),
+            StatusCode::OK,
+            headers.clone(),
+            Bytes::new(),
+            tests_support::freshness(),
+            Box::new([]),
+            0,
+        );
+        assert_eq!(obj.headers(), headers);
     }
 
     #[test]

@@ -265,7 +265,7 @@ impl Ctx<'_> {
             HeaderValue::from_static(outpost_cache::directives::SURROGATE_CAPABILITY),
         );
         if let Some(obj) = revalidating {
-            for (name, value) in conditional::validators(&obj.headers) {
+            for (name, value) in conditional::validators(&obj.headers()) {
                 headers.insert(name, value);
             }
         }
@@ -462,16 +462,17 @@ impl Ctx<'_> {
             obj.freshness.ttl(now)
         };
         let cache_status = format!("{CACHE_NAME}; {status}; ttl={ttl}");
-        if obj.status == StatusCode::OK && conditional::client_has_current(&self.headers, &obj.headers) {
-            let mut headers = conditional::not_modified_headers(&obj.headers);
+        let mut headers = obj.headers();
+        if obj.status == StatusCode::OK && conditional::client_has_current(&self.headers, &headers) {
+            let mut headers = conditional::not_modified_headers(&headers);
             finish_headers(&mut headers, Some(age), &cache_status, self.snapshot);
             return build(StatusCode::NOT_MODIFIED, headers, OutBody::empty());
         }
-        let mut headers = obj.headers.clone();
+        let len = obj.body.len() as u64;
+        let range = range::answer(&self.headers, &headers, len);
         headers.remove(header::TRANSFER_ENCODING);
         finish_headers(&mut headers, Some(age), &cache_status, self.snapshot);
-        let len = obj.body.len() as u64;
-        let (status, body) = match (obj.status, range::answer(&self.headers, &obj.headers, len)) {
+        let (status, body) = match (obj.status, range) {
             (StatusCode::OK, range::RangeAnswer::Partial { start, end }) => {
                 headers.insert(
                     header::CONTENT_RANGE,
@@ -576,7 +577,7 @@ fn refreshed(
 ) -> Object {
     let mut update = not_modified.clone();
     hop::remove_hop_by_hop(&mut update, false);
-    let headers = conditional::merge(&obj.headers, &update);
+    let headers = conditional::merge(&obj.headers(), &update);
     let dirs = ResponseDirectives::parse(&headers);
     let freshness = Freshness::compute(
         request_time,

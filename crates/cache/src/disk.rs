@@ -409,7 +409,7 @@ fn encode(meta: &Meta, block: &Bytes, body: &Bytes) -> Result<Vec<u8>, serde_jso
     out.extend_from_slice(&(meta.len() as u32).to_le_bytes());
     out.extend_from_slice(&meta);
     out.extend_from_slice(&(block.len() as u32).to_le_bytes());
-    out.extend_from_slice(&block);
+    out.extend_from_slice(block);
     out.extend_from_slice(body);
     Ok(out)
 }

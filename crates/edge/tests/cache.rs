@@ -812,3 +812,67 @@ async fn a_restarted_pop_answers_warm_objects_from_its_disk_tier() {
     assert_eq!(warm.headers["etag"], "\"w\"");
     assert_eq!(o.hits("/warm"), 1, "the origin was not asked again");
 }
+
+#[tokio::test]
+async fn under_load_no_response_from_before_a_purge_is_served_after_it_returns() {
+    let o = Scripted::start().await;
+    let mut r = route(200, &[("cache-control", "max-age=600")], "{n}");
+    r.delay = Duration::from_millis(20);
+    o.set("/busy", r);
+    let (_dir, edge, addr) = pop(&o, "").await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Clients that keep fetching /busy, each remembering when it started and what it got.
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        let stop = stop.clone();
+        clients.push(tokio::spawn(async move {
+            let client = http1_client();
+            let mut seen = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let started = std::time::Instant::now();
+                let a = send(
+                    &client,
+                    addr,
+                    "www.test",
+                    http::Method::GET,
+                    "/busy",
+                    Bytes::new(),
+                )
+                .await;
+                seen.push((started, a.body.parse::<usize>().unwrap()));
+            }
+            seen
+        }));
+    }
+    let mut purges = Vec::new();
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Every origin answer counted before the purge call is from before it.
+        let before = o.hits("/busy");
+        let req: outpost_cache::PurgeRequest =
+            serde_json::from_str(r#"{"prefix": "http://www.test/"}"#).unwrap();
+        edge.shared().purge(req).unwrap();
+        purges.push((std::time::Instant::now(), before));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut checked = 0;
+    for c in clients {
+        for (started, n) in c.await.unwrap() {
+            for (returned, before) in &purges {
+                if started > *returned {
+                    assert!(
+                        n > *before,
+                        "a request started after a purge got answer {n}, from before it"
+                    );
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert!(checked > 0, "requests ran after the purges");
+    assert!(
+        o.hits("/busy") >= 6,
+        "every purge made the next requests go to the origin"
+    );
+}

@@ -37,8 +37,10 @@ pub(super) struct CacheRequest<'a> {
     pub scheme: &'static str,
     pub host: &'a str,
     pub path_and_query: Option<PathAndQuery>,
-    /// The request's fields as they go upstream (hop-by-hop removed, forwarding fields added).
+    /// The client's request fields.
     pub headers: HeaderMap,
+    /// How they change on the way to the origin (applied only when a request goes there).
+    pub forward: super::ForwardHeaders,
 }
 
 /// Everything one cacheable request needs, owned where a background task needs it.
@@ -51,7 +53,9 @@ struct Ctx<'a> {
     directives: RequestDirectives,
     head: bool,
     path_and_query: Option<PathAndQuery>,
+    /// The client's request fields (the cache key, Vary, conditionals).
     headers: HeaderMap,
+    forward: super::ForwardHeaders,
 }
 
 pub(super) async fn serve(
@@ -80,6 +84,7 @@ pub(super) async fn serve(
         head: req.method == Method::HEAD,
         path_and_query: req.path_and_query,
         headers: req.headers,
+        forward: req.forward,
     };
     let m = &policy.metrics;
     let now = now_secs();
@@ -124,7 +129,7 @@ pub(super) async fn serve(
             .fetch(
                 &Method::from(&ctx),
                 ctx.path_and_query.clone(),
-                ctx.headers.clone(),
+                ctx.forward.apply(ctx.headers.clone(), false),
                 &mut rec,
             )
             .await;
@@ -249,7 +254,7 @@ impl Ctx<'_> {
         revalidating: Option<&Object>,
         rec: &mut Attempts,
     ) -> Result<Response<Incoming>, ProxyError> {
-        let mut headers = self.headers.clone();
+        let mut headers = self.forward.apply(self.headers.clone(), false);
         for name in [
             header::IF_NONE_MATCH,
             header::IF_MODIFIED_SINCE,
@@ -404,6 +409,7 @@ impl Ctx<'_> {
         let key = self.key.clone();
         let path_and_query = self.path_and_query.clone();
         let headers = self.headers.clone();
+        let forward = self.forward.clone();
         tokio::spawn(async move {
             let ctx = Ctx {
                 cache: &cache,
@@ -415,6 +421,7 @@ impl Ctx<'_> {
                 head: false,
                 path_and_query,
                 headers,
+                forward,
             };
             let request_time = now_secs();
             let seq = cache.fetch_seq();

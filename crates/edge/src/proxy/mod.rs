@@ -200,30 +200,59 @@ async fn proxy(
     let pool = site.pool.clone();
     log.deadline = Some(log.start + pool.config.request_timeout);
 
-    // 4. forward
+    // 4. cache (GET and HEAD on caching sites): looked up with the client's own fields, so a
+    // hit never pays for the upstream rewriting below.
     let upgrade = headers::is_upgrade_request(req.headers()) && req.version() == Version::HTTP_11;
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let (parts, incoming) = req.into_parts();
-    let hash = pool.request_hash(&parts.uri, &parts.headers, &host, log.client_ip);
-    let mut headers = parts.headers;
-    headers::remove_hop_by_hop(&mut headers, upgrade);
-    if parts.version == Version::HTTP_2 && pool.config.protocol == outpost_config::UpstreamProtocol::Http1 {
-        headers::join_cookies(&mut headers);
-    }
-    headers.insert(header::HOST, host_value.clone());
-    headers.append(header::VIA, snapshot.via(parts.version).clone());
     let proto = if conn.tls { "https" } else { "http" };
-    headers::set_forwarded(&mut headers, &conn.client_addr, proto, &host_value);
-    headers.insert("traceparent", trace.header_value());
-
-    let body_empty = incoming.is_end_stream();
-    let path_and_query = parts.uri.path_and_query().cloned();
+    let forward = ForwardHeaders {
+        client_addr: conn.client_addr.clone(),
+        proto,
+        host: host_value.clone(),
+        trace,
+        via: snapshot.via(req.version()).clone(),
+        join_cookies: req.version() == Version::HTTP_2
+            && pool.config.protocol == outpost_config::UpstreamProtocol::Http1,
+        h2_upstream: pool.h2.is_some(),
+    };
     let site_authority: Option<http::uri::Authority> = if pool.h2.is_some() {
-        headers.remove(header::HOST);
         raw_host.parse().ok()
     } else {
         None
     };
+    let cache = match (&conn.shared.cache, &site.cache) {
+        (Some(cache), Some(policy)) if !upgrade => Some((cache, policy)),
+        _ => None,
+    };
+    if let Some((cache, policy)) = cache {
+        let cacheable_method = matches!(*req.method(), Method::GET | Method::HEAD);
+        if cacheable_method && req.body().is_end_stream() {
+            let (parts, _) = req.into_parts();
+            let upstream = Upstream {
+                pool: pool.clone(),
+                site_authority,
+                hash: pool.request_hash(&parts.uri, &parts.headers, &host, log.client_ip),
+                deadline: log.deadline,
+                body_limit: max_body,
+            };
+            let request = cache::CacheRequest {
+                method: parts.method,
+                scheme: proto,
+                host: &host,
+                path_and_query: parts.uri.path_and_query().cloned(),
+                headers: parts.headers,
+                forward,
+            };
+            return cache::serve(cache, policy, snapshot, &upstream, request, log).await;
+        }
+    }
+
+    // 5. forward
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (parts, incoming) = req.into_parts();
+    let hash = pool.request_hash(&parts.uri, &parts.headers, &host, log.client_ip);
+    let headers = forward.apply(parts.headers, upgrade);
+    let body_empty = incoming.is_end_stream();
+    let path_and_query = parts.uri.path_and_query().cloned();
     let upstream = Upstream {
         pool: pool.clone(),
         site_authority,
@@ -231,22 +260,6 @@ async fn proxy(
         deadline: log.deadline,
         body_limit: max_body,
     };
-    let cache = match (&conn.shared.cache, &site.cache) {
-        (Some(cache), Some(policy)) if !upgrade => Some((cache, policy)),
-        _ => None,
-    };
-    if let Some((cache, policy)) = cache {
-        if body_empty && (parts.method == Method::GET || parts.method == Method::HEAD) {
-            let request = cache::CacheRequest {
-                method: parts.method,
-                scheme: proto,
-                host: &host,
-                path_and_query,
-                headers,
-            };
-            return cache::serve(cache, policy, snapshot, &upstream, request, log).await;
-        }
-    }
 
     let retryable = body_empty && !upgrade && is_idempotent(&parts.method);
     let body = if body_empty {
@@ -297,6 +310,41 @@ async fn proxy(
     }
     log.from_origin = true;
     Ok(respond(resp, snapshot, upgrade))
+}
+
+/// What the PoP adds to and removes from a request's fields on its way to the origin: kept
+/// apart from the request so the cache can apply it only when it goes to the origin.
+#[derive(Clone)]
+pub(crate) struct ForwardHeaders {
+    pub client_addr: headers::ClientAddr,
+    pub proto: &'static str,
+    /// The site's host as the client named it.
+    pub host: HeaderValue,
+    pub trace: TraceContext,
+    pub via: HeaderValue,
+    /// HTTP/2 client, HTTP/1.1 origin: split cookie fields are joined.
+    pub join_cookies: bool,
+    /// HTTP/2 origin: the site goes in `:authority`, not Host.
+    pub h2_upstream: bool,
+}
+
+impl ForwardHeaders {
+    /// The client's fields as they go upstream: hop-by-hop removed, Host, Via, X-Forwarded-*,
+    /// Forwarded and traceparent set.
+    pub(crate) fn apply(&self, mut headers: HeaderMap, upgrade: bool) -> HeaderMap {
+        headers::remove_hop_by_hop(&mut headers, upgrade);
+        if self.join_cookies {
+            headers::join_cookies(&mut headers);
+        }
+        headers.insert(header::HOST, self.host.clone());
+        headers.append(header::VIA, self.via.clone());
+        headers::set_forwarded(&mut headers, &self.client_addr, self.proto, &self.host);
+        headers.insert("traceparent", self.trace.header_value());
+        if self.h2_upstream {
+            headers.remove(header::HOST);
+        }
+        headers
+    }
 }
 
 /// Where and how a request goes upstream: owned, so a background revalidation can use it

@@ -95,7 +95,7 @@ impl Object {
     }
 
     /// Bytes this object holds, for the memory budget: body, header text and a fixed
-    /// allowance for the structures around them (see docs/cache.md for the measurement).
+    /// allowance for the structures around them (measured in docs/architecture.md, "Cache memory").
     pub fn weight(&self) -> u32 {
         let total = self.body.len() + self.head.len() + self.url.len() + OVERHEAD;
         u32::try_from(total).unwrap_or(u32::MAX)
@@ -106,7 +106,7 @@ impl Object {
 pub type VaryValues = Box<[(HeaderName, Option<Box<str>>)]>;
 
 /// Per-object bytes outside the body and headers: the object struct, the memory tier's entry.
-pub const OVERHEAD: usize = 320;
+pub const OVERHEAD: usize = 384;
 
 /// Header fields as `name: value\r\n` lines. Copying them out also frees the connection read
 /// buffer that hyper's parsed values point into (kilobytes per object otherwise).

@@ -44,8 +44,18 @@ impl Proc {
     }
 }
 
+/// A loopback port for a child process to bind. Taken below the kernel's ephemeral range
+/// (32768+), where no `bind(0)` of a concurrently running test can land between this check and
+/// the child's bind; a counter keeps this binary's tests apart, the pid other test binaries.
 fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let base = 20_000 + (std::process::id() % 40) as u16 * 300;
+    loop {
+        let port = base + NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 300;
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+            return l.local_addr().unwrap();
+        }
+    }
 }
 
 fn temp_dir(tag: &str) -> PathBuf {

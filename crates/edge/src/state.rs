@@ -23,7 +23,7 @@ use crate::upstream::pool::Pool;
 pub struct Site {
     pub name: Arc<str>,
     pub pool: Arc<Pool>,
-    pub metrics: SiteMetrics,
+    pub metrics: Arc<SiteMetrics>,
     pub rate_limits: Vec<SiteLimit>,
     /// Custom WAF rules; None when the site has none.
     pub waf: Option<outpost_protect::waf::Waf>,
@@ -247,7 +247,7 @@ impl Snapshot {
             sites.push(Site {
                 name: s.name.as_str().into(),
                 pool,
-                metrics: metrics.site(&s.name),
+                metrics: Arc::new(metrics.site(&s.name)),
                 rate_limits,
                 waf: (!waf.is_empty()).then_some(waf),
                 waf_hits,

@@ -730,7 +730,7 @@ pub(crate) struct RequestLog {
     client_ip: std::net::IpAddr,
     method: Method,
     path: Option<String>,
-    site: Option<SiteMetrics>,
+    site: Option<Arc<SiteMetrics>>,
     site_name: Option<Arc<str>>,
     origin: Option<(Arc<Pool>, usize)>,
     status: u16,

@@ -96,13 +96,7 @@ pub fn not_modified_headers(stored: &HeaderMap) -> HeaderMap {
 mod tests {
     use super::*;
 
-    fn h(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut m = HeaderMap::new();
-        for (k, v) in pairs {
-            m.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
-        }
-        m
-    }
+    use crate::object::tests_support::headers as h;
 
     #[test]
     fn if_none_match_weak_and_lists() {

@@ -153,16 +153,7 @@ pub fn header_time(headers: &HeaderMap, name: header::HeaderName) -> Option<f64>
 mod tests {
     use super::*;
 
-    fn h(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut m = HeaderMap::new();
-        for (k, v) in pairs {
-            m.append(
-                header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                v.parse().unwrap(),
-            );
-        }
-        m
-    }
+    use crate::object::tests_support::headers as h;
 
     fn fresh(now: f64, headers: &HeaderMap) -> Freshness {
         let d = ResponseDirectives::parse(headers);

@@ -210,13 +210,7 @@ mod tests {
     use super::*;
     use crate::object::tests_support;
 
-    fn h(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut m = HeaderMap::new();
-        for (k, v) in pairs {
-            m.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
-        }
-        m
-    }
+    use crate::object::tests_support::headers as h;
 
     #[test]
     fn vary_selects_by_normalised_request_values() {
@@ -281,6 +275,16 @@ mod tests {
 #[cfg(test)]
 pub(crate) mod tests_support {
     use crate::freshness::Freshness;
+    use http::header::{HeaderMap, HeaderName};
+
+    /// A header map from `(name, value)` pairs, repeated names appended.
+    pub fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+        }
+        m
+    }
 
     pub fn freshness() -> Freshness {
         Freshness {

@@ -555,29 +555,36 @@ fn spawn_cache_sweeper(shared: &Arc<Shared>) {
                 Err(_) => return,
             };
             let m = &shared.metrics;
-            let memory = metrics::TierLabels { tier: "memory" };
-            m.cache_bytes
-                .get_or_create(&memory)
-                .set(stats.memory_bytes as i64);
-            m.cache_objects
-                .get_or_create(&memory)
-                .set(stats.memory_objects as i64);
-            m.cache_evictions
-                .get_or_create(&memory)
-                .inc_by(stats.memory_evictions.saturating_sub(evictions));
-            evictions = stats.memory_evictions;
-            let disk = metrics::TierLabels { tier: "disk" };
-            m.cache_bytes.get_or_create(&disk).set(stats.disk_bytes as i64);
-            m.cache_objects
-                .get_or_create(&disk)
-                .set(stats.disk_objects as i64);
-            m.cache_evictions
-                .get_or_create(&disk)
-                .inc_by(stats.disk_evictions.saturating_sub(disk_evictions));
-            disk_evictions = stats.disk_evictions;
+            publish_tier(
+                m,
+                "memory",
+                stats.memory_bytes,
+                stats.memory_objects,
+                stats.memory_evictions,
+                &mut evictions,
+            );
+            publish_tier(
+                m,
+                "disk",
+                stats.disk_bytes,
+                stats.disk_objects,
+                stats.disk_evictions,
+                &mut disk_evictions,
+            );
             m.cache_purge_rules.set(stats.live_purge_rules as i64);
         }
     });
+}
+
+/// One tier's size gauges, and its eviction counter advanced by what happened since `seen`.
+fn publish_tier(m: &Metrics, tier: &'static str, bytes: u64, objects: u64, evictions: u64, seen: &mut u64) {
+    let labels = metrics::TierLabels { tier };
+    m.cache_bytes.get_or_create(&labels).set(bytes as i64);
+    m.cache_objects.get_or_create(&labels).set(objects as i64);
+    m.cache_evictions
+        .get_or_create(&labels)
+        .inc_by(evictions.saturating_sub(*seen));
+    *seen = evictions;
 }
 
 fn now() -> String {

@@ -876,3 +876,29 @@ async fn under_load_no_response_from_before_a_purge_is_served_after_it_returns()
         "every purge made the next requests go to the origin"
     );
 }
+
+#[tokio::test]
+async fn a_range_request_on_a_miss_fills_the_whole_object_and_gets_its_range() {
+    let o = Scripted::start().await;
+    o.set(
+        "/video",
+        route(200, &[("cache-control", "max-age=600")], "0123456789abcdef"),
+    );
+    let (_dir, _edge, addr) = pop(&o, "").await;
+    let first = req(addr, http::Method::GET, "/video", &[("range", "bytes=4-9")]).await;
+    assert_eq!(first.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(first.body, "456789");
+    assert_eq!(first.headers["content-range"], "bytes 4-9/16");
+    assert!(
+        !o.last_request("/video").contains_key("range"),
+        "the cache fetched the whole object"
+    );
+    let whole = get(addr, "/video").await;
+    assert_eq!(whole.body, "0123456789abcdef");
+    assert!(
+        cache_status(&whole).starts_with("Outpost; hit"),
+        "{}",
+        cache_status(&whole)
+    );
+    assert_eq!(o.hits("/video"), 1);
+}

@@ -119,7 +119,7 @@ pub(super) async fn serve(
     if ctx.directives.only_if_cached {
         return Err(ProxyError::NotCached);
     }
-    if ctx.head || ctx.headers.contains_key(header::RANGE) {
+    if ctx.head {
         // Not worth a whole-object fetch: forward as it came, store nothing.
         m.pass.inc();
         log.cache = Some("pass");
@@ -513,6 +513,33 @@ impl Ctx<'_> {
             let mut headers = conditional::not_modified_headers(&headers);
             finish_headers(&mut headers, None, &cache_status, self.snapshot);
             return build(StatusCode::NOT_MODIFIED, headers, OutBody::empty());
+        }
+        // A range of a response still arriving: answered from the fill when its length is
+        // known (otherwise the whole response, which RFC 9110 §14.2 allows).
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if let (StatusCode::OK, Some(len)) = (fill.status, declared) {
+            match range::answer(&self.headers, &headers, len) {
+                range::RangeAnswer::Partial { start, end } => {
+                    headers.insert(
+                        header::CONTENT_RANGE,
+                        header_value(&format!("bytes {start}-{end}/{len}")),
+                    );
+                    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start + 1));
+                    finish_headers(&mut headers, None, &cache_status, self.snapshot);
+                    let body = OutBody::Fill(fill.range_reader(start, end - start + 1));
+                    return build(StatusCode::PARTIAL_CONTENT, headers, body);
+                }
+                range::RangeAnswer::Unsatisfiable => {
+                    headers.insert(header::CONTENT_RANGE, header_value(&format!("bytes */{len}")));
+                    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+                    finish_headers(&mut headers, None, &cache_status, self.snapshot);
+                    return build(StatusCode::RANGE_NOT_SATISFIABLE, headers, OutBody::empty());
+                }
+                range::RangeAnswer::Full => {}
+            }
         }
         finish_headers(&mut headers, None, &cache_status, self.snapshot);
         let body = if self.head {

@@ -406,3 +406,60 @@ async fn http2_rapid_reset_is_cut_off_with_goaway() {
         .expect("HTTP/1.1 request after the attack");
     assert_eq!(h1.status, http::StatusCode::OK);
 }
+
+#[tokio::test]
+async fn body_trickling_below_the_minimum_rate_gets_408_and_is_counted() {
+    // The pause timeout alone never fires: a byte arrives every 100 ms. The minimum rate does.
+    let (origin, _dir, edge, addr) = setup(
+        "min-rate",
+        "[timeouts]\nbody = \"30s\"\nbody_min_rate = \"1KiB/s\"\nbody_rate_window = \"1s\"",
+        "",
+    )
+    .await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let trickle = async {
+        for _ in 0..100 {
+            if s.write_all(b"x").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_millis(1800), trickle).await;
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 408 "), "got {head:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(read_to_close(&mut s).await.is_some(), "the connection is closed");
+    let text = metrics(&edge).await;
+    assert_eq!(
+        metric_value(
+            &text,
+            "outpost_rejected_requests_total",
+            &[("reason", "client_body_too_slow")]
+        ),
+        Some(1.0)
+    );
+
+    // A client at a normal pace is unaffected.
+    let body = vec![b'y'; 64 * 1024];
+    let answer = send(
+        &http1_client(),
+        addr,
+        "x",
+        http::Method::POST,
+        "/echo",
+        body.clone().into(),
+    )
+    .await;
+    assert_eq!(answer.status, http::StatusCode::OK);
+    assert_eq!(answer.body.len(), body.len());
+    assert!(origin.hits() <= 2);
+}

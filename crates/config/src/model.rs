@@ -280,6 +280,14 @@ pub struct ClientTimeouts {
     /// nginx's client_body_timeout); past it the client gets 408.
     #[serde(default = "default_body_timeout", with = "serde_duration")]
     pub body: Duration,
+    /// Slowest request body accepted, in bytes per second averaged over `body_rate_window` of
+    /// time spent waiting for the client (a trickle that never pauses long enough for `body`);
+    /// below it the client gets 408. `"off"` (or 0) disables it. The default, 500 B/s over 20 s,
+    /// is Apache mod_reqtimeout's (`body=20,MinRate=500`): any real uplink clears it.
+    #[serde(default = "default_body_min_rate", with = "crate::size::serde_rate")]
+    pub body_min_rate: u64,
+    #[serde(default = "default_body_rate_window", with = "serde_duration")]
+    pub body_rate_window: Duration,
     /// How long SIGTERM waits for in-flight requests before closing connections.
     #[serde(default = "default_drain_timeout", with = "serde_duration")]
     pub drain: Duration,
@@ -292,6 +300,8 @@ impl Default for ClientTimeouts {
             idle: default_idle_timeout(),
             tls_handshake: default_handshake_timeout(),
             body: default_body_timeout(),
+            body_min_rate: default_body_min_rate(),
+            body_rate_window: default_body_rate_window(),
             drain: default_drain_timeout(),
         }
     }
@@ -308,6 +318,12 @@ fn default_handshake_timeout() -> Duration {
 }
 fn default_body_timeout() -> Duration {
     Duration::from_secs(30)
+}
+fn default_body_min_rate() -> u64 {
+    500
+}
+fn default_body_rate_window() -> Duration {
+    Duration::from_secs(20)
 }
 fn default_drain_timeout() -> Duration {
     Duration::from_secs(30)
@@ -402,6 +418,15 @@ pub struct ManagedWafConfig {
     /// apply: under a path prefix, for one argument, or both.
     #[serde(default, rename = "exclusion")]
     pub exclusions: Vec<WafExclusionConfig>,
+    /// How much of a urlencoded, JSON or multipart request body the WAF (custom rules with a
+    /// body target, and the managed rule set) buffers and inspects. Bodies of other types, and
+    /// sites without WAF rules, stream through unbuffered.
+    #[serde(default = "default_waf_body_limit", with = "serde_size")]
+    pub body_limit: u64,
+    /// A body larger than `body_limit`: `"inspect"` (default) inspects its first `body_limit`
+    /// bytes and forwards the whole body; `"block"` answers 413.
+    #[serde(default)]
+    pub body_oversize: WafBodyOversize,
 }
 
 impl Default for ManagedWafConfig {
@@ -411,8 +436,27 @@ impl Default for ManagedWafConfig {
             sensitivity: default_sensitivity(),
             status: default_waf_status(),
             exclusions: Vec::new(),
+            body_limit: default_waf_body_limit(),
+            body_oversize: WafBodyOversize::default(),
         }
     }
+}
+
+/// Largest `body_limit` accepted: the buffer is held per request.
+pub const MAX_WAF_BODY_LIMIT: u64 = 16 << 20;
+
+fn default_waf_body_limit() -> u64 {
+    64 * 1024
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WafBodyOversize {
+    /// Inspect the first `body_limit` bytes; the rest is forwarded uninspected.
+    #[default]
+    Inspect,
+    /// Refuse the request with 413.
+    Block,
 }
 
 fn default_sensitivity() -> u8 {
@@ -436,7 +480,8 @@ pub struct WafExclusionConfig {
     pub rule: String,
     #[serde(default)]
     pub path_prefix: Option<String>,
-    /// A query argument name.
+    /// An argument name: a query argument, or a body argument (a form field, a multipart part,
+    /// or a JSON member as its dotted path, e.g. `user.bio`).
     #[serde(default)]
     pub arg: Option<String>,
 }
@@ -478,7 +523,9 @@ pub enum WafAction {
 #[serde(deny_unknown_fields)]
 pub struct WafConditionConfig {
     /// `method`, `path`, `query`, `args` (every query argument), `arg:NAME`, `headers`,
-    /// `header:NAME`, `cookies`, `cookie:NAME` or `client_ip`.
+    /// `header:NAME`, `cookies`, `cookie:NAME`, `client_ip`, or the request body: `body` (its
+    /// text, up to `[site.waf] body_limit`), `body_args` (every parsed urlencoded, JSON or
+    /// multipart value) and `body_arg:NAME` (JSON members by dotted path, e.g. `user.bio`).
     pub target: String,
     /// `equals`, `prefix`, `contains`, `regex`, `cidr`, `gt`, `lt` or `eq` (numeric).
     pub operator: String,

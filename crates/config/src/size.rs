@@ -60,6 +60,14 @@ pub mod serde_size {
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+        int_or_text(deserializer, super::parse_size)
+    }
+
+    /// A bare integer, or text read by `parse`.
+    pub(super) fn int_or_text<'de, D: Deserializer<'de>>(
+        deserializer: D,
+        parse: fn(&str) -> Result<u64, String>,
+    ) -> Result<u64, D::Error> {
         #[derive(Deserialize)]
         #[serde(untagged)]
         enum Raw {
@@ -68,8 +76,36 @@ pub mod serde_size {
         }
         match Raw::deserialize(deserializer)? {
             Raw::Int(n) => Ok(n),
-            Raw::Text(t) => super::parse_size(&t).map_err(serde::de::Error::custom),
+            Raw::Text(t) => parse(&t).map_err(serde::de::Error::custom),
         }
+    }
+}
+
+/// `#[serde(with = "serde_rate")]` for byte-rate fields (`u64` bytes per second): `"1KiB/s"`,
+/// `"500B/s"`, or `"off"` / `0` for none.
+pub mod serde_rate {
+    use serde::{Deserializer, Serializer};
+
+    pub fn parse(text: &str) -> Result<u64, String> {
+        let t = text.trim();
+        if t == "off" || t == "0" {
+            return Ok(0);
+        }
+        let size = t.strip_suffix("/s").ok_or_else(|| {
+            format!("invalid rate \"{text}\": expected bytes per second like \"1KiB/s\", or \"off\"")
+        })?;
+        super::parse_size(size).map_err(|e| format!("invalid rate \"{text}\": {e}"))
+    }
+
+    pub fn serialize<S: Serializer>(rate: &u64, serializer: S) -> Result<S::Ok, S::Error> {
+        if *rate == 0 {
+            return serializer.serialize_str("off");
+        }
+        serializer.serialize_str(&format!("{}/s", super::format_size(*rate)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+        super::serde_size::int_or_text(deserializer, parse)
     }
 }
 
@@ -87,5 +123,15 @@ mod tests {
         assert!(parse_size("MiB").unwrap_err().contains("expected a number"));
         assert_eq!(format_size(256 << 20), "256MiB");
         assert_eq!(format_size(1500), "1500B");
+    }
+
+    #[test]
+    fn rates() {
+        assert_eq!(serde_rate::parse("1KiB/s"), Ok(1024));
+        assert_eq!(serde_rate::parse("500B/s"), Ok(500));
+        assert_eq!(serde_rate::parse("off"), Ok(0));
+        assert!(serde_rate::parse("1KiB")
+            .unwrap_err()
+            .contains("bytes per second"));
     }
 }

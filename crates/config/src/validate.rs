@@ -171,6 +171,7 @@ impl Validator {
         self.duration(path.key("idle"), timeouts.idle, true);
         self.duration(path.key("tls_handshake"), timeouts.tls_handshake, true);
         self.duration(path.key("body"), timeouts.body, true);
+        self.duration(path.key("body_rate_window"), timeouts.body_rate_window, true);
         // Zero drain is meaningful: close connections as soon as SIGTERM arrives.
         self.duration(path.key("drain"), timeouts.drain, false);
     }
@@ -337,6 +338,15 @@ impl Validator {
             }
             if !(400..=599).contains(&site.waf.status) {
                 self.error(waf.key("status"), "a block answers with a 4xx or 5xx status");
+            }
+            if site.waf.body_limit == 0 || site.waf.body_limit > crate::model::MAX_WAF_BODY_LIMIT {
+                self.error(
+                    waf.key("body_limit"),
+                    format!(
+                        "must be between 1B and {} (the WAF holds this much of a body per request)",
+                        crate::size::format_size(crate::model::MAX_WAF_BODY_LIMIT)
+                    ),
+                );
             }
             for (j, ex) in site.waf.exclusions.iter().enumerate() {
                 let ex_path = waf.key("exclusion").index(j);
@@ -832,7 +842,7 @@ pub(crate) fn dns_name_problem(name: &str) -> Option<String> {
 }
 
 fn waf_target_problem(target: &str) -> Option<String> {
-    const WHOLE: [&str; 7] = [
+    const WHOLE: [&str; 9] = [
         "method",
         "path",
         "query",
@@ -840,11 +850,13 @@ fn waf_target_problem(target: &str) -> Option<String> {
         "headers",
         "cookies",
         "client_ip",
+        "body",
+        "body_args",
     ];
     if WHOLE.contains(&target) {
         return None;
     }
-    for prefix in ["arg:", "header:", "cookie:"] {
+    for prefix in ["arg:", "header:", "cookie:", "body_arg:"] {
         if let Some(name) = target.strip_prefix(prefix) {
             return name
                 .is_empty()
@@ -852,7 +864,7 @@ fn waf_target_problem(target: &str) -> Option<String> {
         }
     }
     Some(format!(
-        "unknown target \"{target}\"; use {}, arg:NAME, header:NAME or cookie:NAME",
+        "unknown target \"{target}\"; use {}, arg:NAME, header:NAME, cookie:NAME or body_arg:NAME",
         WHOLE.join(", ")
     ))
 }

@@ -654,11 +654,24 @@ fn waf_rules_are_checked() {
     );
     check(
         &with_rule(
-            "[[site.waf_rule.match]]\ntarget = \"body\" # <-\noperator = \"contains\"\nvalues = [\"x\"]",
+            "[[site.waf_rule.match]]\ntarget = \"bodies\" # <-\noperator = \"contains\"\nvalues = [\"x\"]",
         ),
         "site[0].waf_rule[0].match[0].target",
         "unknown target",
     );
+    check(
+        &with_rule(
+            "[[site.waf_rule.match]]\ntarget = \"body_arg:\" # <-\noperator = \"equals\"\nvalues = [\"x\"]",
+        ),
+        "site[0].waf_rule[0].match[0].target",
+        "needs a name",
+    );
+    for target in ["body", "body_args", "body_arg:user.role"] {
+        let rule = format!(
+            "[[site.waf_rule.match]]\ntarget = \"{target}\"\noperator = \"contains\"\nvalues = [\"x\"]"
+        );
+        parse_str(&with_rule(&rule), "edge.toml", None).unwrap();
+    }
     check(
         &with_rule("[[site.waf_rule.match]]\ntarget = \"path\"\noperator = \"like\" # <-\nvalues = [\"x\"]"),
         "site[0].waf_rule[0].match[0].operator",
@@ -674,6 +687,58 @@ fn waf_rules_are_checked() {
         "site[0].waf_rule[0].status",
         "4xx or 5xx",
     );
+}
+
+#[test]
+fn waf_body_settings_are_checked() {
+    let with_waf = |body: &str| {
+        config("", "").replace(
+            "pool = \"web\"\n\n[[pool]]",
+            &format!("pool = \"web\"\n[site.waf]\nmode = \"block\"\n{body}\n\n[[pool]]"),
+        )
+    };
+    let ok = parse_str(
+        &with_waf("body_limit = \"128KiB\"\nbody_oversize = \"block\""),
+        "edge.toml",
+        None,
+    )
+    .unwrap();
+    assert_eq!(ok.config.sites[0].waf.body_limit, 128 * 1024);
+    check(
+        &with_waf("body_limit = \"0B\" # <-"),
+        "site[0].waf.body_limit",
+        "between 1B and 16MiB",
+    );
+    check(
+        &with_waf("body_limit = \"1GiB\" # <-"),
+        "site[0].waf.body_limit",
+        "between 1B and 16MiB",
+    );
+    check(
+        &with_waf("body_limit = \"64 parsecs\" # <-"),
+        "site[0].waf.body_limit",
+        "unknown unit",
+    );
+    check(
+        &with_waf("body_oversize = \"drop\" # <-"),
+        "site[0].waf.body_oversize",
+        "unknown variant",
+    );
+}
+
+#[test]
+fn body_min_rate_is_checked() {
+    let text = config("", "[timeouts]\nbody_min_rate = \"1KiB\" # <-\n");
+    check(&text, "timeouts.body_min_rate", "bytes per second");
+    let text = config("", "[timeouts]\nbody_rate_window = \"0s\" # <-\n");
+    check(&text, "timeouts.body_rate_window", "greater than 0s");
+    let ok = parse_str(
+        &config("", "[timeouts]\nbody_min_rate = \"off\"\n"),
+        "edge.toml",
+        None,
+    )
+    .unwrap();
+    assert_eq!(ok.config.timeouts.body_min_rate, 0);
 }
 
 #[test]

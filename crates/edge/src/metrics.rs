@@ -219,7 +219,7 @@ impl Metrics {
         );
         r.register(
             "rejected_requests",
-            "Requests refused before routing, by reason",
+            "Requests refused by the PoP itself: before routing, or for a body too large, stalled or too slow, by reason",
             m.rejected.clone(),
         );
         r.register(

@@ -394,6 +394,155 @@ async fn http2_rapid_reset_is_cut_off_with_goaway() {
     );
 
     // The PoP itself is unharmed: a fresh connection is served, over h2c and HTTP/1.1.
+    still_serving(addr).await;
+}
+
+#[tokio::test]
+async fn body_trickling_below_the_minimum_rate_gets_408_and_is_counted() {
+    // The pause timeout alone never fires: a byte arrives every 100 ms. The minimum rate does.
+    let (origin, _dir, edge, addr) = setup(
+        "min-rate",
+        "[timeouts]\nbody = \"30s\"\nbody_min_rate = \"1KiB/s\"\nbody_rate_window = \"1s\"",
+        "",
+    )
+    .await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let trickle = async {
+        for _ in 0..100 {
+            if s.write_all(b"x").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_millis(1800), trickle).await;
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 408 "), "got {head:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(read_to_close(&mut s).await.is_some(), "the connection is closed");
+    let text = metrics(&edge).await;
+    assert_eq!(
+        metric_value(
+            &text,
+            "outpost_rejected_requests_total",
+            &[("reason", "client_body_too_slow")]
+        ),
+        Some(1.0)
+    );
+
+    // A client at a normal pace is unaffected.
+    let body = vec![b'y'; 64 * 1024];
+    let answer = send(
+        &http1_client(),
+        addr,
+        "x",
+        http::Method::POST,
+        "/echo",
+        body.clone().into(),
+    )
+    .await;
+    assert_eq!(answer.status, http::StatusCode::OK);
+    assert_eq!(answer.body.len(), body.len());
+    assert!(origin.hits() <= 2);
+}
+
+#[tokio::test]
+async fn oversized_heads_are_answered_431_and_counted() {
+    let (origin, _dir, edge, addr) = setup("431", "[limits]\nmax_header_bytes = 8192", "").await;
+    // Too many fields, then too many bytes in one field.
+    let mut many = String::from("GET / HTTP/1.1\r\nHost: x\r\n");
+    for i in 0..150 {
+        many.push_str(&format!("X-H{i}: v\r\n"));
+    }
+    many.push_str("\r\n");
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(20_000)
+    );
+    for raw in [many, big] {
+        let mut s = send_raw(addr, raw.as_bytes()).await;
+        let answer = read_to_close(&mut s).await.expect("closed after the answer");
+        assert!(answer.starts_with("HTTP/1.1 431 "), "{answer:?}");
+    }
+    assert_eq!(origin.hits(), 0);
+    // The connection's end (where hyper's error is seen) may trail the answer a little.
+    let mut counted = None;
+    for _ in 0..50 {
+        let text = metrics(&edge).await;
+        counted = metric_value(
+            &text,
+            "outpost_rejected_requests_total",
+            &[("reason", "header_too_large")],
+        );
+        if counted == Some(2.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(counted, Some(2.0), "both 431s are counted");
+}
+
+#[tokio::test]
+async fn bare_lf_line_endings_are_never_forwarded_ambiguously() {
+    // RFC 9112 §2.2 lets a server accept a bare LF as a line ending; hyper (httparse) does.
+    // What matters is that the PoP reads the same request the origin will: it re-serializes the
+    // head with CRLF, so the origin never sees the client's bare LFs.
+    let (origin, _dir, _edge, addr) = setup("bare-lf", "", "").await;
+    let mut s = send_raw(addr, b"GET /lf HTTP/1.1\nHost: x\nX-Probe: one\n\n").await;
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head:?}");
+    let seen = origin.last_headers.lock().unwrap().clone().unwrap();
+    assert_eq!(
+        seen.get("x-probe").unwrap(),
+        "one",
+        "one field, parsed as the PoP parsed it"
+    );
+    assert_eq!(origin.hits(), 1);
+    // A bare CR is not a line ending: refused, and nothing reaches the origin.
+    let before = origin.hits();
+    let mut s = send_raw(addr, b"GET /cr HTTP/1.1\r\nHost: x\rX-Smuggle: 1\r\n\r\n").await;
+    let answer = read_to_close(&mut s).await.unwrap_or_default();
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 400 "),
+        "{answer:?}"
+    );
+    assert_eq!(origin.hits(), before);
+}
+
+const CONTINUATION: u8 = 0x9;
+const PING: u8 = 0x6;
+
+/// Opens an h2c connection (preface and empty SETTINGS) to `addr`.
+async fn h2c_raw(addr: std::net::SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    frame(&mut out, SETTINGS, 0, 0, &[]);
+    s.write_all(&out).await.unwrap();
+    s
+}
+
+/// Writes `chunk` over and over for up to `rounds` times or until the PoP stops reading
+/// (a write stalls for a second) or closes; returns how many were written.
+async fn flood(s: &mut TcpStream, chunk: &[u8], rounds: usize) -> usize {
+    for i in 0..rounds {
+        match tokio::time::timeout(Duration::from_secs(1), s.write_all(chunk)).await {
+            Ok(Ok(())) => {}
+            _ => return i,
+        }
+    }
+    rounds
+}
+
+/// After an attack: a fresh connection is served, over h2c and HTTP/1.1.
+async fn still_serving(addr: std::net::SocketAddr) {
     let h2 = tokio::time::timeout(
         READ_LIMIT,
         h2c_send(addr, "x", http::Method::GET, "/", bytes::Bytes::new()),
@@ -405,4 +554,114 @@ async fn http2_rapid_reset_is_cut_off_with_goaway() {
         .await
         .expect("HTTP/1.1 request after the attack");
     assert_eq!(h1.status, http::StatusCode::OK);
+}
+
+#[tokio::test]
+async fn http2_continuation_flood_is_cut_off() {
+    // A header block that never ends (CVE-2024-27316 and kin): HEADERS without END_HEADERS,
+    // then CONTINUATION frames forever. The block is bounded by max_header_list_size
+    // (limits.max_header_bytes) and the number of CONTINUATION frames h2 accepts.
+    let (origin, _dir, _edge, addr) = setup("continuation", "", "").await;
+    let mut s = h2c_raw(addr).await;
+    let mut out = Vec::new();
+    frame(&mut out, HEADERS, END_STREAM, 1, GET_BLOCK);
+    s.write_all(&out).await.unwrap();
+    let mut chunk = Vec::new();
+    for _ in 0..64 {
+        frame(&mut chunk, CONTINUATION, 0, 1, &[0x40, 0x01, b'a', 0x7f, 0x7f]);
+    }
+    let written = flood(&mut s, &chunk, 20_000).await;
+    let goaway = await_goaway(&mut s).await;
+    assert!(
+        goaway.is_none_or(|(_, code)| code != 0),
+        "closed with an error after {written} rounds: {goaway:?}"
+    );
+    assert_eq!(origin.hits(), 0, "the endless request never reached the origin");
+    still_serving(addr).await;
+}
+
+/// SETTINGS and PING floods: hyper's h2 keeps at most one unsent SETTINGS ACK and one unsent
+/// PONG per connection, so a flooding client that never reads costs the PoP a bounded amount
+/// of memory and some CPU, but h2 does not close the connection (no per-connection frame-rate
+/// limit exists in hyper 1 / h2 0.4). These tests pin what holds: the flood does not grow
+/// without bound into the PoP's writes, and other clients keep being served while it runs.
+async fn flood_while_others_are_served(tag: &str, chunk: Vec<u8>) {
+    let (_origin, _dir, _edge, addr) = setup(tag, "", "").await;
+    let mut s = h2c_raw(addr).await;
+    let attacker = tokio::spawn(async move {
+        let written = flood(&mut s, &chunk, 1_000).await;
+        (written, s)
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    still_serving(addr).await;
+    let (written, _s) = attacker.await.unwrap();
+    assert!(written > 0, "the flood was written");
+    still_serving(addr).await;
+}
+
+#[tokio::test]
+async fn http2_settings_flood_does_not_starve_other_clients() {
+    let mut chunk = Vec::new();
+    for _ in 0..256 {
+        // SETTINGS_MAX_CONCURRENT_STREAMS = 100: a real setting, each needing an ACK.
+        frame(&mut chunk, SETTINGS, 0, 0, &[0x00, 0x03, 0, 0, 0, 100]);
+    }
+    flood_while_others_are_served("settings-flood", chunk).await;
+}
+
+#[tokio::test]
+async fn http2_ping_flood_does_not_starve_other_clients() {
+    let mut chunk = Vec::new();
+    for i in 0..256u64 {
+        frame(&mut chunk, PING, 0, 0, &i.to_be_bytes());
+    }
+    flood_while_others_are_served("ping-flood", chunk).await;
+}
+
+#[tokio::test]
+async fn http2_streams_beyond_the_concurrency_limit_are_refused() {
+    // The listener allows 256 concurrent streams per connection (server/listener.rs). Open 300
+    // uploads that never send their body: the excess is refused with RST_STREAM
+    // REFUSED_STREAM (or the connection closed), never queued.
+    let (_origin, _dir, _edge, addr) = setup("streams", "", "").await;
+    let mut s = h2c_raw(addr).await;
+    // :method POST (static 3), :scheme http, :path /, :authority "x".
+    const POST_BLOCK: &[u8] = &[0x83, 0x86, 0x84, 0x01, 0x01, b'x'];
+    let mut out = Vec::new();
+    for i in 0..300u32 {
+        frame(&mut out, HEADERS, END_HEADERS, 2 * i + 1, POST_BLOCK);
+    }
+    s.write_all(&out).await.unwrap();
+    let mut refused = 0;
+    let mut closed = false;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let mut head = [0u8; 9];
+        match tokio::time::timeout_at(deadline, s.read_exact(&mut head)).await {
+            Err(_) => break,
+            Ok(Err(_)) => {
+                closed = true;
+                break;
+            }
+            Ok(Ok(_)) => {}
+        }
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let mut payload = vec![0u8; len];
+        if s.read_exact(&mut payload).await.is_err() {
+            closed = true;
+            break;
+        }
+        if head[3] == RST_STREAM && payload == 0x7u32.to_be_bytes() {
+            refused += 1;
+        }
+        if head[3] == GOAWAY {
+            closed = true;
+            break;
+        }
+    }
+    assert!(
+        closed || refused >= 300 - 256,
+        "{refused} streams refused, connection open"
+    );
+    still_serving(addr).await;
 }

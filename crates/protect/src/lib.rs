@@ -1,10 +1,11 @@
 //! `outpost-protect`: decisions that protect origins from abusive traffic.
 //!
-//! Owns rate limiting (keyed token buckets with bounded memory) and the WAF (custom rules for
-//! now). It sees a request only as the few facts a decision needs (`RequestFacts`) and answers
+//! Owns rate limiting (keyed token buckets with bounded memory), the WAF (custom rules and the
+//! managed rule set) and the parsing of the request bodies the WAF inspects. It sees a request only as the few facts a decision needs (`RequestFacts`) and answers
 //! allow or deny; it must not know about sockets, the HTTP server, proxying or the config file
 //! format (it takes the typed config model).
 
+pub mod body;
 pub mod path;
 pub mod rate_limit;
 pub mod waf;

@@ -54,6 +54,8 @@ pub struct RequestFacts<'a> {
     pub path: &'a str,
     pub query: Option<&'a str>,
     pub headers: &'a HeaderMap,
+    /// The buffered, parsed body, when the WAF inspects this request's body.
+    pub body: Option<&'a crate::body::RequestBody>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -284,6 +286,7 @@ mod tests {
             path,
             query: None,
             headers,
+            body: None,
         }
     }
 

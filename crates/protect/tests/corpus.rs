@@ -3,12 +3,15 @@
 //! positive rate, and holds them to the project's goals: at least 95 % of each class blocked at
 //! the default sensitivity, at most 0.5 % of benign requests blocked.
 //!
-//! Line format: `CLASS<TAB>METHOD<TAB>TARGET<TAB>HEADERS`, headers as `Name: value | Name: value`.
+//! Line format: `CLASS<TAB>METHOD<TAB>TARGET<TAB>HEADERS[<TAB>BODY]`, headers as
+//! `Name: value | Name: value`; the body (urlencoded, JSON or multipart, by the Content-Type
+//! header) with `\n`, `\r`, `\t` and `\\` escapes.
 
 use std::collections::BTreeMap;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use outpost_config::{ManagedWafConfig, WafMode};
+use outpost_protect::body::{BodyKind, RequestBody};
 use outpost_protect::rate_limit::RequestFacts;
 use outpost_protect::waf::{Verdict, Waf};
 
@@ -17,6 +20,26 @@ struct Sample {
     method: Method,
     target: String,
     headers: HeaderMap,
+    body: Option<Vec<u8>>,
+}
+
+fn unescape(text: &str) -> Vec<u8> {
+    let mut out = String::new();
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('n') => out.push('\n'),
+            Some('r') => out.push('\r'),
+            Some('t') => out.push('\t'),
+            Some(other) => out.push(other),
+            None => out.push('\\'),
+        }
+    }
+    out.into_bytes()
 }
 
 fn load(name: &str) -> Vec<Sample> {
@@ -45,11 +68,16 @@ fn load(name: &str) -> Vec<Sample> {
                     HeaderValue::from_str(v.trim()).unwrap(),
                 );
             }
+            let body = cols.next().map(unescape);
+            if body.is_some() && headers.get("content-type").is_none() {
+                panic!("{path}:{}: a body needs a Content-Type header", i + 1);
+            }
             Sample {
                 class: class.to_owned(),
                 method: method.parse().unwrap(),
                 target: target.to_owned(),
                 headers,
+                body,
             }
         })
         .collect()
@@ -61,12 +89,18 @@ fn blocked(waf: &Waf, s: &Sample) -> Option<String> {
         None => (s.target.as_str(), None),
     };
     let path = outpost_protect::path::normalize(path);
+    let body = s.body.as_ref().map(|bytes| {
+        let kind = BodyKind::from_content_type(s.headers["content-type"].as_bytes())
+            .unwrap_or_else(|| panic!("{}: the WAF does not parse this content type", s.target));
+        RequestBody::parse(&kind, bytes, false)
+    });
     let facts = RequestFacts {
         client_ip: "192.0.2.10".parse().unwrap(),
         method: &s.method,
         path: &path,
         query,
         headers: &s.headers,
+        body: body.as_ref(),
     };
     match waf.evaluate(&facts) {
         Verdict::Block { hit, .. } => Some(format!("{} at {}", hit.rule, hit.location)),
@@ -86,6 +120,9 @@ fn managed_rules_meet_the_detection_and_false_positive_goals() {
     assert!(attacks.len() >= 150 && benign.len() >= 200, "corpus too small");
 
     let mut per_class: BTreeMap<&str, (usize, usize, Vec<&str>)> = BTreeMap::new();
+    let bodies = attacks.iter().filter(|s| s.body.is_some()).count();
+    let benign_bodies = benign.iter().filter(|s| s.body.is_some()).count();
+    println!("body-borne samples: {bodies} attacks, {benign_bodies} benign");
     for s in &attacks {
         let e = per_class.entry(&s.class).or_default();
         e.1 += 1;

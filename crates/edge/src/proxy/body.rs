@@ -1,8 +1,11 @@
-//! Body wrappers on the streaming path: nothing here buffers a body.
+//! Body wrappers on the streaming path.
 //!
 //! `ResponseBody` counts bytes to the client, enforces the request deadline while the body
 //! streams, and runs the request's completion (metrics, access log) exactly once, when the body
-//! ends or the client goes away. `RequestBody` counts and caps the bytes sent to the origin.
+//! ends or the client goes away. `RequestBody` counts and caps the bytes sent to the origin and
+//! refuses clients that pause too long or send too slowly. `Replayed` is the one buffered case:
+//! the beginning of a request body that the WAF read (at most its body limit), sent to the
+//! origin byte for byte ahead of the rest of the stream.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -176,10 +179,79 @@ pub struct RequestBody {
     pause: std::time::Duration,
     // Armed only while the client is silent, reset by every piece that arrives.
     stall: Option<Pin<Box<Sleep>>>,
+    rate: MinRate,
+}
+
+/// The minimum body rate: bytes per second over a window of time spent *waiting for the
+/// client* (time the origin spends not reading is the origin's, not the client's).
+struct MinRate {
+    bytes_per_sec: u64,
+    window: std::time::Duration,
+    /// Waiting time and bytes in the current window.
+    waited: std::time::Duration,
+    bytes: u64,
+    /// When the current wait began.
+    waiting_since: Option<Instant>,
+    /// Fires when the wait completes the window.
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl MinRate {
+    fn arrived(&mut self, bytes: u64) -> Result<(), BodyTooSlow> {
+        self.timer = None;
+        if let Some(since) = self.waiting_since.take() {
+            self.waited += since.elapsed();
+        }
+        self.bytes += bytes;
+        self.check()
+    }
+
+    /// At the end of a window: enough bytes, or the client is too slow.
+    fn check(&mut self) -> Result<(), BodyTooSlow> {
+        if self.bytes_per_sec == 0 || self.waited < self.window {
+            return Ok(());
+        }
+        let wanted = (self.bytes_per_sec as f64 * self.waited.as_secs_f64()) as u64;
+        if self.bytes < wanted {
+            return Err(BodyTooSlow {
+                rate: self.bytes as f64 / self.waited.as_secs_f64(),
+                min: self.bytes_per_sec,
+            });
+        }
+        self.waited = std::time::Duration::ZERO;
+        self.bytes = 0;
+        Ok(())
+    }
+
+    fn poll_pending(&mut self, cx: &mut Context<'_>) -> Result<(), BodyTooSlow> {
+        if self.bytes_per_sec == 0 {
+            return Ok(());
+        }
+        let since = *self.waiting_since.get_or_insert_with(Instant::now);
+        let left = self.window.saturating_sub(self.waited);
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(since + left)));
+        if timer.as_mut().poll(cx).is_ready() {
+            self.timer = None;
+            self.waiting_since = None;
+            self.waited += since.elapsed();
+            self.check()?;
+            // Enough bytes: a new window, and a timer for it.
+            return self.poll_pending(cx);
+        }
+        Ok(())
+    }
 }
 
 impl RequestBody {
-    pub fn new(inner: Incoming, limit: u64, pause: std::time::Duration) -> Self {
+    /// `min_rate`: bytes per second (0 for none) over a window of waiting time.
+    pub fn new(
+        inner: Incoming,
+        limit: u64,
+        pause: std::time::Duration,
+        min_rate: (u64, std::time::Duration),
+    ) -> Self {
         Self {
             inner,
             limit,
@@ -188,6 +260,14 @@ impl RequestBody {
             seen: 0,
             pause,
             stall: None,
+            rate: MinRate {
+                bytes_per_sec: min_rate.0,
+                window: min_rate.1,
+                waited: std::time::Duration::ZERO,
+                bytes: 0,
+                waiting_since: None,
+                timer: None,
+            },
         }
     }
 }
@@ -195,6 +275,13 @@ impl RequestBody {
 #[derive(Debug, thiserror::Error)]
 #[error("the client paused its request body for longer than {0:?}")]
 pub struct BodyStalled(pub std::time::Duration);
+
+#[derive(Debug, thiserror::Error)]
+#[error("the client sent its request body at {rate:.0} B/s, below the minimum of {min} B/s")]
+pub struct BodyTooSlow {
+    pub rate: f64,
+    pub min: u64,
+}
 
 impl Body for RequestBody {
     type Data = Bytes;
@@ -209,6 +296,9 @@ impl Body for RequestBody {
             Poll::Ready(Some(Ok(frame))) => {
                 this.stall = None;
                 if let Some(data) = frame.data_ref() {
+                    if let Err(slow) = this.rate.arrived(data.len() as u64) {
+                        return Poll::Ready(Some(Err(Box::new(slow))));
+                    }
                     this.seen += data.len() as u64;
                     this.bytes.store(this.seen, std::sync::atomic::Ordering::Relaxed);
                     if this.inner.is_end_stream() {
@@ -226,6 +316,9 @@ impl Body for RequestBody {
                 Poll::Ready(None)
             }
             Poll::Pending => {
+                if let Err(slow) = this.rate.poll_pending(cx) {
+                    return Poll::Ready(Some(Err(Box::new(slow))));
+                }
                 let pause = this.pause;
                 let stall = this
                     .stall
@@ -244,5 +337,60 @@ impl Body for RequestBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// A request body whose beginning the WAF buffered: those bytes (and trailers, if the body
+/// ended with them) first, exactly as received, then whatever the client has not sent yet.
+pub struct Replayed {
+    prefix: Option<Bytes>,
+    trailers: Option<http::HeaderMap>,
+    rest: RequestBody,
+}
+
+impl Replayed {
+    pub fn new(prefix: Bytes, trailers: Option<http::HeaderMap>, rest: RequestBody) -> Self {
+        Self {
+            prefix: (!prefix.is_empty()).then_some(prefix),
+            trailers,
+            rest,
+        }
+    }
+
+    pub fn rest(&self) -> &RequestBody {
+        &self.rest
+    }
+}
+
+impl Body for Replayed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(prefix) = self.prefix.take() {
+            return Poll::Ready(Some(Ok(Frame::data(prefix))));
+        }
+        if let Some(trailers) = self.trailers.take() {
+            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+        }
+        Pin::new(&mut self.rest).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.prefix.is_none() && self.trailers.is_none() && self.rest.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let buffered = self.prefix.as_ref().map_or(0, |p| p.len() as u64);
+        let rest = self.rest.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(rest.lower() + buffered);
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper + buffered);
+        }
+        hint
     }
 }

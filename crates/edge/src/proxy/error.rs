@@ -17,6 +17,8 @@ pub enum ProxyError {
     MissingHost,
     #[error("the client did not send its request body in time")]
     ClientBodyTimeout,
+    #[error("the client sent its request body too slowly")]
+    ClientBodyTooSlow,
     #[error("no site is configured for host \"{0}\" on this PoP")]
     UnknownHost(String),
     #[error(
@@ -75,7 +77,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::MissingHost | Self::ClientBody(_) => StatusCode::BAD_REQUEST,
-            Self::ClientBodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::ClientBodyTimeout | Self::ClientBodyTooSlow => StatusCode::REQUEST_TIMEOUT,
             Self::UnknownHost(_) => StatusCode::NOT_FOUND,
             Self::Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
             Self::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
@@ -94,6 +96,7 @@ impl ProxyError {
         match self {
             Self::MissingHost
             | Self::ClientBodyTimeout
+            | Self::ClientBodyTooSlow
             | Self::UnknownHost(_)
             | Self::Misdirected { .. }
             | Self::UriTooLong { .. }
@@ -115,6 +118,7 @@ impl ProxyError {
         match self {
             Self::MissingHost => "missing_host",
             Self::ClientBodyTimeout => "client_body_timeout",
+            Self::ClientBodyTooSlow => "client_body_too_slow",
             Self::UnknownHost(_) => "unknown_host",
             Self::Misdirected { .. } => "misdirected",
             Self::UriTooLong { .. } => "uri_too_long",

@@ -69,7 +69,15 @@ pub(crate) async fn handle(
         Ok(resp) => resp,
         Err(err) => {
             log.error = Some(err.reason());
-            if log.site.is_none() {
+            // Refusals by the PoP's own limits are counted by reason: everything before routing,
+            // and the body limits after it.
+            let body_limit = matches!(
+                err,
+                ProxyError::BodyTooLarge { .. }
+                    | ProxyError::ClientBodyTimeout
+                    | ProxyError::ClientBodyTooSlow
+            );
+            if log.site.is_none() || body_limit {
                 conn.shared.metrics.reject(err.reason());
             }
             match err.side() {
@@ -91,7 +99,7 @@ pub(crate) async fn handle(
 async fn proxy(
     conn: &ConnInfo,
     snapshot: &Arc<Snapshot>,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
     trace: TraceContext,
     log: &mut RequestLog,
 ) -> Result<Response<OutBody>, ProxyError> {
@@ -145,7 +153,18 @@ async fn proxy(
     log.site = Some(site.metrics.clone());
     log.site_name = Some(site.name.clone());
     // 3. protect
+    let rate = (
+        snapshot.timeouts.body_min_rate,
+        snapshot.timeouts.body_rate_window,
+    );
+    let mut req = req.map(ClientBody::Streaming);
     if site.waf.is_some() || !site.rate_limits.is_empty() {
+        // Urlencoded, JSON and multipart bodies are buffered (up to the WAF's body limit) and
+        // parsed when a rule looks at bodies; the bytes then go to the origin unchanged.
+        let mut inspected = None;
+        if let Some(waf) = &site.waf {
+            (req, inspected) = inspect_body(req, waf, max_body, snapshot.timeouts.body, rate).await?;
+        }
         // Rules see the path as the origin will (`//admin`, `/./admin`, `/%61dmin` are `/admin`).
         let path = outpost_protect::path::normalize(req.uri().path());
         let facts = outpost_protect::rate_limit::RequestFacts {
@@ -154,6 +173,7 @@ async fn proxy(
             path: &path,
             query: req.uri().query(),
             headers: req.headers(),
+            body: inspected.as_ref(),
         };
         if let Some(waf) = &site.waf {
             let count = |hit: &outpost_protect::waf::Hit| {
@@ -262,13 +282,19 @@ async fn proxy(
     };
 
     let retryable = body_empty && !upgrade && is_idempotent(&parts.method);
-    let body = if body_empty {
-        body::empty()
-    } else {
-        let counted = RequestBody::new(incoming, max_body, snapshot.timeouts.body);
-        log.request_bytes = Some(counted.bytes.clone());
-        log.request_body_done = Some(counted.done.clone());
-        counted.boxed()
+    let body = match incoming {
+        _ if body_empty => body::empty(),
+        ClientBody::Streaming(incoming) => {
+            let counted = RequestBody::new(incoming, max_body, snapshot.timeouts.body, rate);
+            log.request_bytes = Some(counted.bytes.clone());
+            log.request_body_done = Some(counted.done.clone());
+            counted.boxed()
+        }
+        ClientBody::Buffered(replayed) => {
+            log.request_bytes = Some(replayed.rest().bytes.clone());
+            log.request_body_done = Some(replayed.rest().done.clone());
+            replayed.boxed()
+        }
     };
     let attempts = if retryable {
         (1 + pool.config.retry.attempts as usize).min(MAX_ATTEMPTS)
@@ -310,6 +336,85 @@ async fn proxy(
     }
     log.from_origin = true;
     Ok(respond(resp, snapshot, upgrade))
+}
+
+/// The client's request body: as it arrives, or with its beginning already read by the WAF.
+enum ClientBody {
+    Streaming(Incoming),
+    Buffered(Box<body::Replayed>),
+}
+
+impl ClientBody {
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Streaming(b) => b.is_end_stream(),
+            Self::Buffered(b) => b.is_end_stream(),
+        }
+    }
+}
+
+/// Reads and parses the beginning of the request body when the site's WAF inspects bodies and
+/// the body is urlencoded, JSON or multipart: at most the WAF's body limit is inspected (a
+/// frame may carry a little more, which is kept for the origin). A longer body is inspected in
+/// part, or refused with 413 when the site says so. The request keeps every byte read, to be
+/// replayed to the origin unchanged.
+async fn inspect_body(
+    req: Request<ClientBody>,
+    waf: &outpost_protect::waf::Waf,
+    max_body: u64,
+    pause: Duration,
+    rate: (u64, Duration),
+) -> Result<(Request<ClientBody>, Option<outpost_protect::body::RequestBody>), ProxyError> {
+    let Some(limit) = waf.body_limit() else {
+        return Ok((req, None));
+    };
+    if req.body().is_end_stream() {
+        return Ok((req, None));
+    }
+    let Some(kind) = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|ct| outpost_protect::body::BodyKind::from_content_type(ct.as_bytes()))
+    else {
+        return Ok((req, None));
+    };
+    let declared = content_length(req.headers());
+    if waf.body_oversize_blocks() && declared.is_some_and(|len| len > limit) {
+        return Err(ProxyError::BodyTooLarge { limit });
+    }
+    let (parts, incoming) = match req.into_parts() {
+        (parts, ClientBody::Streaming(incoming)) => (parts, incoming),
+        (parts, buffered) => return Ok((Request::from_parts(parts, buffered), None)),
+    };
+    let mut rest = RequestBody::new(incoming, max_body, pause, rate);
+    let mut buffer = bytes::BytesMut::new();
+    let mut trailers = None;
+    while buffer.len() as u64 <= limit && trailers.is_none() {
+        match rest.frame().await {
+            None => break,
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => buffer.extend_from_slice(&data),
+                Err(frame) => trailers = frame.into_trailers().ok(),
+            },
+            Some(Err(e)) => {
+                return Err(if is_body_limit(e.as_ref()) {
+                    ProxyError::BodyTooLarge { limit: max_body }
+                } else {
+                    client_body_failure(e.as_ref())
+                        .unwrap_or_else(|| ProxyError::ClientBody(error_chain(e.as_ref())))
+                });
+            }
+        }
+    }
+    let truncated = buffer.len() as u64 > limit;
+    if truncated && waf.body_oversize_blocks() {
+        return Err(ProxyError::BodyTooLarge { limit });
+    }
+    let bytes = buffer.freeze();
+    let inspect = &bytes[..bytes.len().min(usize::try_from(limit).unwrap_or(usize::MAX))];
+    let parsed = outpost_protect::body::RequestBody::parse(&kind, inspect, truncated);
+    let body = ClientBody::Buffered(Box::new(body::Replayed::new(bytes, trailers, rest)));
+    Ok((Request::from_parts(parts, body), Some(parsed)))
 }
 
 /// What the PoP adds to and removes from a request's fields on its way to the origin: kept
@@ -570,11 +675,8 @@ async fn send(
             if is_body_limit(e.as_ref()) {
                 return Err(ProxyError::BodyTooLarge { limit: body_limit });
             }
-            if has_cause::<body::BodyStalled>(e.as_ref()) {
-                return Err(ProxyError::ClientBodyTimeout);
-            }
-            if is_client_body_error(e.as_ref()) {
-                return Err(ProxyError::ClientBody(error_chain(e.as_ref())));
+            if let Some(err) = client_body_failure(e.as_ref()) {
+                return Err(err);
             }
             pool.record_outcome(index, true);
             origin.metrics.protocol_error.inc();
@@ -645,7 +747,7 @@ fn error_response(err: &ProxyError, snapshot: &Snapshot) -> Response<OutBody> {
     }
     if matches!(
         err,
-        ProxyError::Misdirected { .. } | ProxyError::ClientBodyTimeout
+        ProxyError::Misdirected { .. } | ProxyError::ClientBodyTimeout | ProxyError::ClientBodyTooSlow
     ) {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
@@ -694,6 +796,19 @@ fn is_client_body_error(e: &(dyn std::error::Error + 'static)) -> bool {
 
 fn has_cause<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
     causes(e).any(|c| c.is::<T>())
+}
+
+/// The client's side of a failed body: stalled, too slow, or broken off.
+fn client_body_failure(e: &(dyn std::error::Error + 'static)) -> Option<ProxyError> {
+    if has_cause::<body::BodyStalled>(e) {
+        Some(ProxyError::ClientBodyTimeout)
+    } else if has_cause::<body::BodyTooSlow>(e) {
+        Some(ProxyError::ClientBodyTooSlow)
+    } else if is_client_body_error(e) {
+        Some(ProxyError::ClientBody(error_chain(e)))
+    } else {
+        None
+    }
 }
 
 fn is_body_limit(e: &(dyn std::error::Error + 'static)) -> bool {

@@ -217,6 +217,7 @@ async fn drive<I>(
     let idle = snapshot.timeouts.idle;
     let draining = conn.shared.draining.clone();
     let in_flight: Arc<AtomicUsize> = conn.in_flight.clone();
+    let shared = conn.shared.clone();
     let service = service_fn(move |req| proxy::handle(conn.clone(), req));
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(connection);
@@ -230,6 +231,16 @@ async fn drive<I>(
         tokio::select! {
             res = connection.as_mut() => {
                 if let Err(e) = res {
+                    // hyper answers an oversized head (431) itself and ends the connection with
+                    // this error: the request never reached the proxy, so it is counted here.
+                    let too_large = std::iter::successors(
+                        Some(&*e as &(dyn std::error::Error + 'static)),
+                        |e| e.source(),
+                    )
+                    .any(|c| c.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_parse_too_large));
+                    if too_large {
+                        shared.metrics.reject("header_too_large");
+                    }
                     tracing::trace!(error = %e, "client connection ended with an error");
                 }
                 return;

@@ -173,6 +173,7 @@ const NORMALIZE: [Transform; 3] = [
 enum Place<'a> {
     Path,
     Arg(&'a str),
+    BodyArg(&'a str),
     Header(&'a str),
     Cookie(&'a str),
 }
@@ -182,6 +183,7 @@ impl Place<'_> {
         match self {
             Place::Path => "path".to_owned(),
             Place::Arg(name) => format!("arg:{name}"),
+            Place::BodyArg(name) => format!("body_arg:{name}"),
             Place::Header(name) => format!("header:{name}"),
             Place::Cookie(name) => format!("cookie:{name}"),
         }
@@ -248,19 +250,14 @@ impl Managed {
             return Some(hit);
         }
         for (name, value) in form_urlencoded::parse(facts.query.unwrap_or("").as_bytes()) {
-            let value = normalize(&value);
-            if let Some(hit) = self.first_hit(&self.injection, Place::Arg(&name), &value, facts) {
+            if let Some(hit) = self.arg_hit(Place::Arg(&name), &name, &value, facts) {
                 return Some(hit);
             }
-            // Argument names are mostly plain identifiers; only odd ones are worth a scan.
-            if !name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"_-.[]".contains(&b))
-            {
-                let name_norm = normalize(&name);
-                if let Some(hit) = self.first_hit(&self.injection, Place::Arg(&name), &name_norm, facts) {
-                    return Some(hit);
-                }
+        }
+        // Body arguments are query arguments by other means.
+        for (name, value) in facts.body.map_or(&[][..], |b| &b.args[..]) {
+            if let Some(hit) = self.arg_hit(Place::BodyArg(name), name, value, facts) {
+                return Some(hit);
             }
         }
         let mut hit = None;
@@ -285,6 +282,22 @@ impl Managed {
                     return Some(hit);
                 }
             }
+        }
+        None
+    }
+
+    /// An argument's value, and its name when the name is odd.
+    fn arg_hit(&self, place: Place<'_>, name: &str, value: &str, facts: &RequestFacts<'_>) -> Option<Hit> {
+        let value = normalize(value);
+        if let Some(hit) = self.first_hit(&self.injection, place, &value, facts) {
+            return Some(hit);
+        }
+        // Argument names are mostly plain identifiers; only odd ones are worth a scan.
+        if !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.[]".contains(&b))
+        {
+            return self.first_hit(&self.injection, place, &normalize(name), facts);
         }
         None
     }
@@ -321,7 +334,7 @@ impl Managed {
                 && ex
                     .arg
                     .as_deref()
-                    .is_none_or(|a| matches!(place, Place::Arg(name) if name == a))
+                    .is_none_or(|a| matches!(place, Place::Arg(name) | Place::BodyArg(name) if name == a))
         })
     }
 }

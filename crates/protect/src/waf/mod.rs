@@ -2,7 +2,8 @@
 //! Pure decision logic: it reads request facts and returns a verdict, nothing else.
 //!
 //! Custom rules run first (by priority); then the managed rule set (`managed.rs`), unless a
-//! custom rule allowed the request. Request bodies are not inspected yet.
+//! custom rule allowed the request. Urlencoded, JSON and multipart request bodies are inspected
+//! up to the site's body limit (`crate::body`), when the proxy buffered them.
 
 pub mod managed;
 pub mod transform;
@@ -32,6 +33,10 @@ enum Target {
     Cookies,
     Cookie(String),
     ClientIp,
+    /// The body's text (as buffered, up to the body limit).
+    Body,
+    BodyArgs,
+    BodyArg(String),
 }
 
 #[derive(Debug, Clone)]
@@ -89,14 +94,18 @@ pub enum Verdict {
 pub struct Waf {
     rules: Vec<Rule>,
     managed: Option<managed::Managed>,
+    body_limit: u64,
+    body_oversize_blocks: bool,
+    /// Some rule (or the managed set) looks at the body, so the proxy must buffer it.
+    inspects_body: bool,
 }
 
 impl Waf {
     pub fn compile(
         configs: &[WafRuleConfig],
-        managed: &outpost_config::ManagedWafConfig,
+        managed_cfg: &outpost_config::ManagedWafConfig,
     ) -> Result<Self, String> {
-        let managed = managed::Managed::compile(managed)?;
+        let managed = managed::Managed::compile(managed_cfg)?;
         let mut ordered: Vec<&WafRuleConfig> = configs.iter().collect();
         ordered.sort_by_key(|r| r.priority);
         let rules = ordered
@@ -121,7 +130,29 @@ impl Waf {
                 })
             })
             .collect::<Result<Vec<_>, String>>()?;
-        Ok(Self { rules, managed })
+        let inspects_body = managed.is_some()
+            || rules.iter().any(|r| {
+                r.conditions
+                    .iter()
+                    .any(|c| matches!(c.target, Target::Body | Target::BodyArgs | Target::BodyArg(_)))
+            });
+        Ok(Self {
+            rules,
+            managed,
+            body_limit: managed_cfg.body_limit,
+            body_oversize_blocks: managed_cfg.body_oversize == outpost_config::WafBodyOversize::Block,
+            inspects_body,
+        })
+    }
+
+    /// How many body bytes to buffer for inspection; None when no rule looks at bodies.
+    pub fn body_limit(&self) -> Option<u64> {
+        self.inspects_body.then_some(self.body_limit)
+    }
+
+    /// A body over the limit is refused (413) rather than inspected in part.
+    pub fn body_oversize_blocks(&self) -> bool {
+        self.body_oversize_blocks
     }
 
     pub fn is_empty(&self) -> bool {
@@ -193,6 +224,8 @@ fn compile_condition(cfg: &WafConditionConfig) -> Result<Condition, String> {
         "headers" => Target::Headers,
         "cookies" => Target::Cookies,
         "client_ip" => Target::ClientIp,
+        "body" => Target::Body,
+        "body_args" => Target::BodyArgs,
         t => {
             if let Some(name) = t.strip_prefix("arg:") {
                 Target::Arg(name.to_owned())
@@ -200,6 +233,8 @@ fn compile_condition(cfg: &WafConditionConfig) -> Result<Condition, String> {
                 Target::Header(HeaderName::from_bytes(name.as_bytes()).map_err(|e| format!("{t}: {e}"))?)
             } else if let Some(name) = t.strip_prefix("cookie:") {
                 Target::Cookie(name.to_owned())
+            } else if let Some(name) = t.strip_prefix("body_arg:") {
+                Target::BodyArg(name.to_owned())
             } else {
                 return Err(format!("unknown target \"{t}\""));
             }
@@ -331,6 +366,23 @@ fn for_each_item(
                     }
                 }
                 if visit(&|| format!("arg:{name}"), &value) {
+                    return;
+                }
+            }
+        }
+        Target::Body => {
+            if let Some(body) = facts.body {
+                visit(&|| "body".into(), &body.text);
+            }
+        }
+        Target::BodyArgs | Target::BodyArg(_) => {
+            for (name, value) in facts.body.map_or(&[][..], |b| &b.args[..]) {
+                if let Target::BodyArg(wanted) = target {
+                    if wanted != name {
+                        continue;
+                    }
+                }
+                if visit(&|| format!("body_arg:{name}"), value) {
                     return;
                 }
             }

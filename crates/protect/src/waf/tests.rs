@@ -61,6 +61,7 @@ fn eval(waf: &Waf, r: &Req) -> Verdict {
         path: &r.path,
         query: r.query.as_deref(),
         headers: &r.headers,
+        body: None,
     })
 }
 
@@ -364,4 +365,87 @@ fn managed_rules_detect_block_and_honour_exclusions() {
     )
     .unwrap();
     assert!(blocked_by(&eval(&waf, &sqli)).is_none());
+}
+
+fn eval_body(waf: &Waf, r: &Req, body: &crate::body::RequestBody) -> Verdict {
+    waf.evaluate(&RequestFacts {
+        client_ip: r.ip,
+        method: &r.method,
+        path: &r.path,
+        query: r.query.as_deref(),
+        headers: &r.headers,
+        body: Some(body),
+    })
+}
+
+#[test]
+fn body_targets_and_body_args_in_the_managed_set() {
+    use crate::body::{BodyKind, RequestBody};
+    let json = RequestBody::parse(
+        &BodyKind::Json,
+        br#"{"user":{"bio":"<script>x</script>","role":"admin"}}"#,
+        false,
+    );
+    let r = req(Method::POST, "/api/profile", &[], "192.0.2.1");
+
+    let waf = compile(&[rule(
+        "no-admins",
+        1,
+        WafAction::Block,
+        vec![cond("body_arg:user.role", "equals", &["admin"], &[])],
+    )])
+    .unwrap();
+    assert_eq!(waf.body_limit(), Some(64 * 1024), "a body rule asks for the body");
+    assert_eq!(
+        blocked_by(&eval_body(&waf, &r, &json)),
+        Some(("no-admins", "body_arg:user.role", "admin"))
+    );
+    assert_eq!(blocked_by(&eval(&waf, &r)), None, "no body, no match");
+    let raw = compile(&[rule(
+        "raw",
+        1,
+        WafAction::Block,
+        vec![cond("body", "contains", &["\"role\""], &[])],
+    )])
+    .unwrap();
+    assert_eq!(blocked_by(&eval_body(&raw, &r, &json)).map(|b| b.1), Some("body"));
+    let headers_only = compile(&[rule(
+        "h",
+        1,
+        WafAction::Block,
+        vec![cond("header:x", "equals", &["1"], &[])],
+    )])
+    .unwrap();
+    assert_eq!(
+        headers_only.body_limit(),
+        None,
+        "no rule needs the body: stream it"
+    );
+
+    let managed = |exclusions| {
+        Waf::compile(
+            &[],
+            &outpost_config::ManagedWafConfig {
+                mode: outpost_config::WafMode::Block,
+                exclusions,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    };
+    let waf = managed(vec![]);
+    assert_eq!(
+        blocked_by(&eval_body(&waf, &r, &json)).map(|b| (b.0, b.1)),
+        Some(("xss-script-tag", "body_arg:user.bio"))
+    );
+    let waf = managed(vec![outpost_config::WafExclusionConfig {
+        rule: "xss".into(),
+        path_prefix: None,
+        arg: Some("user.bio".into()),
+    }]);
+    assert_eq!(
+        blocked_by(&eval_body(&waf, &r, &json)),
+        None,
+        "exclusions by argument name cover body arguments"
+    );
 }

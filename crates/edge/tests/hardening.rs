@@ -580,42 +580,56 @@ async fn http2_continuation_flood_is_cut_off() {
     still_serving(addr).await;
 }
 
-/// SETTINGS and PING floods: hyper's h2 keeps at most one unsent SETTINGS ACK and one unsent
-/// PONG per connection, so a flooding client that never reads costs the PoP a bounded amount
-/// of memory and some CPU, but h2 does not close the connection (no per-connection frame-rate
-/// limit exists in hyper 1 / h2 0.4). These tests pin what holds: the flood does not grow
-/// without bound into the PoP's writes, and other clients keep being served while it runs.
-async fn flood_while_others_are_served(tag: &str, chunk: Vec<u8>) {
-    let (_origin, _dir, _edge, addr) = setup(tag, "", "").await;
+/// SETTINGS and PING floods: each frame obliges the PoP to answer; past the per-connection
+/// budget (server::h2_guard) the connection is cut off and counted, and other clients are
+/// served throughout.
+async fn flood_is_cut_off(tag: &str, chunk: Vec<u8>) {
+    let (_origin, _dir, edge, addr) = setup(tag, "", "").await;
     let mut s = h2c_raw(addr).await;
     let attacker = tokio::spawn(async move {
         let written = flood(&mut s, &chunk, 1_000).await;
-        (written, s)
+        let closed = await_goaway(&mut s).await;
+        (written, closed)
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
     still_serving(addr).await;
-    let (written, _s) = attacker.await.unwrap();
-    assert!(written > 0, "the flood was written");
+    let (written, goaway) = attacker.await.unwrap();
+    assert!(
+        written < 1_000,
+        "the PoP stopped reading the flood after {written} rounds"
+    );
+    assert!(
+        goaway.is_none_or(|(_, code)| code != 0),
+        "closed with an error: {goaway:?}"
+    );
     still_serving(addr).await;
+    let text = metrics(&edge).await;
+    assert_eq!(
+        metric_value(
+            &text,
+            "outpost_rejected_requests_total",
+            &[("reason", "h2_control_flood")]
+        ),
+        Some(1.0)
+    );
 }
 
 #[tokio::test]
-async fn http2_settings_flood_does_not_starve_other_clients() {
+async fn http2_settings_flood_is_cut_off() {
     let mut chunk = Vec::new();
     for _ in 0..256 {
         // SETTINGS_MAX_CONCURRENT_STREAMS = 100: a real setting, each needing an ACK.
         frame(&mut chunk, SETTINGS, 0, 0, &[0x00, 0x03, 0, 0, 0, 100]);
     }
-    flood_while_others_are_served("settings-flood", chunk).await;
+    flood_is_cut_off("settings-flood", chunk).await;
 }
 
 #[tokio::test]
-async fn http2_ping_flood_does_not_starve_other_clients() {
+async fn http2_ping_flood_is_cut_off() {
     let mut chunk = Vec::new();
     for i in 0..256u64 {
         frame(&mut chunk, PING, 0, 0, &i.to_be_bytes());
     }
-    flood_while_others_are_served("ping-flood", chunk).await;
+    flood_is_cut_off("ping-flood", chunk).await;
 }
 
 #[tokio::test]

@@ -219,6 +219,11 @@ async fn drive<I>(
     let in_flight: Arc<AtomicUsize> = conn.in_flight.clone();
     let shared = conn.shared.clone();
     let service = service_fn(move |req| proxy::handle(conn.clone(), req));
+    let flood_shared = shared.clone();
+    let io = super::h2_guard::H2Guard::new(io, alpn_h2, move || {
+        tracing::info!("HTTP/2 SETTINGS/PING flood: connection closed");
+        flood_shared.metrics.reject("h2_control_flood");
+    });
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(connection);
     let mut closing = false;

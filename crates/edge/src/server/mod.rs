@@ -1,6 +1,7 @@
 //! Client-facing listeners: accepting, TLS termination, HTTP/1.1 and HTTP/2 serving, idle
 //! and drain handling.
 
+pub mod h2_guard;
 pub mod idle;
 pub mod listener;
 pub mod proxy_protocol;

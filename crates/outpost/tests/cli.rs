@@ -1,26 +1,13 @@
 //! The real binary as a child process: quick start, config file, SIGHUP reload (good and bad),
 //! SIGTERM drain, and `outpost validate`.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_outpost");
+mod common;
 
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
-}
+use common::*;
 
 fn spawn(args: &[&str]) -> Proc {
     Proc(
@@ -31,59 +18,6 @@ fn spawn(args: &[&str]) -> Proc {
             .spawn()
             .expect("spawn outpost"),
     )
-}
-
-fn signal(p: &Proc, sig: &str) {
-    let ok = Command::new("kill")
-        .args([sig, &p.0.id().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill {sig} failed");
-}
-
-/// One HTTP/1.1 request on a fresh connection; returns (status, body).
-fn http(
-    addr: SocketAddr,
-    method: &str,
-    host: &str,
-    path: &str,
-    auth: Option<&str>,
-) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let auth = auth
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    let status = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
-}
-
-fn wait_until(within: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + within;
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
-}
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("outpost-cli-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 /// A config whose site does not cache: these tests watch which origin answers after a reload.
@@ -118,6 +52,7 @@ fn quick_start_proxies_every_host_to_the_origin() {
             "GET",
             "any.example",
             "/x",
+            None,
             None
         )
         .is_ok_and(
@@ -139,17 +74,19 @@ fn quick_start_waf_detects_by_default_and_blocks_when_asked() {
         args.extend(["--listen", &l, "--origin", &o, "--waf", mode]);
         let _e = spawn(&args);
         assert!(
-            wait_until(Duration::from_secs(10), || http(listen, "GET", "h", "/", None)
-                .is_ok_and(|(s, _)| s == 200)),
+            wait_until(Duration::from_secs(10), || http(
+                listen, "GET", "h", "/", None, None
+            )
+            .is_ok_and(|(s, _)| s == 200)),
             "{mode}: PoP up"
         );
         assert_eq!(
-            http(listen, "GET", "h", attack, None).unwrap().0,
+            http(listen, "GET", "h", attack, None, None).unwrap().0,
             expected,
             "--waf {mode}"
         );
         assert_eq!(
-            http(listen, "GET", "h", "/search?q=O%27Reilly+books", None)
+            http(listen, "GET", "h", "/search?q=O%27Reilly+books", None, None)
                 .unwrap()
                 .0,
             200,
@@ -160,7 +97,7 @@ fn quick_start_waf_detects_by_default_and_blocks_when_asked() {
 
 #[test]
 fn sighup_reloads_refuses_bad_configs_and_sigterm_drains() {
-    let dir = temp_dir("reload");
+    let dir = temp_dir("cli", "reload");
     let (oa, ob, listen, admin) = (free_addr(), free_addr(), free_addr(), free_addr());
     let _a = spawn(&["origin", "--listen", &oa.to_string(), "--name", "origin-a"]);
     let _b = spawn(&["origin", "--listen", &ob.to_string(), "--name", "origin-b"]);
@@ -168,15 +105,17 @@ fn sighup_reloads_refuses_bad_configs_and_sigterm_drains() {
     std::fs::write(&path, config(listen, admin, oa, "one")).unwrap();
     let mut edge = spawn(&["edge", "--config", path.to_str().unwrap(), "--workers", "2"]);
     assert!(wait_until(Duration::from_secs(10), || http(
-        listen, "GET", "h", "/", None
+        listen, "GET", "h", "/", None, None
     )
     .is_ok_and(|(_, b)| b.contains("origin-a"))));
 
     std::fs::write(&path, config(listen, admin, ob, "two")).unwrap();
-    signal(&edge, "-HUP");
+    edge.signal("-HUP");
     assert!(
-        wait_until(Duration::from_secs(10), || http(listen, "GET", "h", "/", None)
-            .is_ok_and(|(_, b)| b.contains("origin-b"))),
+        wait_until(Duration::from_secs(10), || http(
+            listen, "GET", "h", "/", None, None
+        )
+        .is_ok_and(|(_, b)| b.contains("origin-b"))),
         "SIGHUP applies the new config"
     );
 
@@ -185,25 +124,25 @@ fn sighup_reloads_refuses_bad_configs_and_sigterm_drains() {
         config(listen, admin, ob, "three").replace("pool = \"p\"", "pool = \"nope\""),
     )
     .unwrap();
-    signal(&edge, "-HUP");
+    edge.signal("-HUP");
     assert!(wait_until(Duration::from_secs(10), || {
-        http(admin, "GET", "a", "/config", Some("t0k")).is_ok_and(|(_, b)| b.contains("\"invalid\""))
+        http(admin, "GET", "a", "/config", Some("t0k"), None).is_ok_and(|(_, b)| b.contains("\"invalid\""))
     }));
-    let (_, body) = http(admin, "GET", "a", "/config", Some("t0k")).unwrap();
+    let (_, body) = http(admin, "GET", "a", "/config", Some("t0k"), None).unwrap();
     assert!(body.contains("\"version\": \"two\""), "{body}");
     assert!(
         body.contains("edge.toml:") && body.contains("site[0].pool"),
         "{body}"
     );
     assert!(
-        http(listen, "GET", "h", "/", None)
+        http(listen, "GET", "h", "/", None, None)
             .unwrap()
             .1
             .contains("origin-b"),
         "old config keeps serving"
     );
 
-    signal(&edge, "-TERM");
+    edge.signal("-TERM");
     let end = Instant::now() + Duration::from_secs(15);
     let status = loop {
         if let Some(status) = edge.0.try_wait().unwrap() {
@@ -218,7 +157,7 @@ fn sighup_reloads_refuses_bad_configs_and_sigterm_drains() {
 
 #[test]
 fn validate_points_at_file_line_and_field() {
-    let dir = temp_dir("validate");
+    let dir = temp_dir("cli", "validate");
     let path = dir.join("bad.toml");
     std::fs::write(
         &path,

@@ -2,68 +2,16 @@
 //! --control`), a demo origin, and the CLI. Every wait is bounded.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
-const BIN: &str = env!("CARGO_BIN_EXE_outpost");
+mod common;
 
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Proc {
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([sig, &self.0.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill {sig} failed");
-    }
-
-    /// SIGTERM, then the exit status within 15 s.
-    fn stop(mut self) -> std::process::ExitStatus {
-        self.signal("-TERM");
-        let end = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < end {
-            if let Some(status) = self.0.try_wait().unwrap() {
-                return status;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("process did not stop within 15 s of SIGTERM");
-    }
-}
-
-/// A loopback port for a child process to bind. Taken below the kernel's ephemeral range
-/// (32768+), where no `bind(0)` of a concurrently running test can land between this check and
-/// the child's bind; a counter keeps this binary's tests apart, the pid other test binaries.
-fn free_addr() -> SocketAddr {
-    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
-    let base = 20_000 + (std::process::id() % 40) as u16 * 300;
-    loop {
-        let port = base + NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 300;
-        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
-            return l.local_addr().unwrap();
-        }
-    }
-}
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("outpost-fleet-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+use common::*;
 
 fn spawn(args: &[&str], env: &[(&str, &str)], log: &Path) -> Proc {
     let out = std::fs::File::create(log).unwrap();
@@ -80,56 +28,10 @@ fn spawn(args: &[&str], env: &[(&str, &str)], log: &Path) -> Proc {
     Proc(cmd.spawn().expect("spawn outpost"))
 }
 
-fn wait_until(within: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + within;
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
-}
-
-/// One HTTP/1.1 request on a fresh connection; (status, body).
-fn http(
-    addr: SocketAddr,
-    method: &str,
-    host: &str,
-    path: &str,
-    token: Option<&str>,
-    body: Option<&Value>,
-) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let ctype = if body.is_empty() {
-        ""
-    } else {
-        "Content-Type: application/json\r\n"
-    };
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{auth}{ctype}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut out = Vec::new();
-    s.read_to_end(&mut out)?;
-    let out = String::from_utf8_lossy(&out).into_owned();
-    let status = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
-}
-
 /// An API call; (status, JSON body or Null).
 fn api(addr: SocketAddr, method: &str, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {
-    let (status, text) = http(addr, method, "control", path, Some(token), body.as_ref()).unwrap();
+    let body = body.map(|b| b.to_string());
+    let (status, text) = http(addr, method, "control", path, Some(token), body.as_deref()).unwrap();
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
@@ -224,7 +126,7 @@ impl Fleet {
 
     /// Control plane, an origin, and `n` registered PoPs (not started).
     fn new(tag: &str, n: usize) -> Self {
-        let dir = temp_dir(tag);
+        let dir = temp_dir("fleet", tag);
         let control_addr = free_addr();
         let control = Self::start_control(&dir, control_addr);
         let admin_token = std::fs::read_to_string(dir.join("control/admin.token"))
@@ -727,7 +629,7 @@ fn uploaded_certificates_are_delivered_and_written_to_the_state_dir() {
 
 #[test]
 fn lab_starts_a_fleet_writes_lab_json_and_stops_cleanly() {
-    let dir = temp_dir("lab");
+    let dir = temp_dir("fleet", "lab");
     let lab = spawn(
         &["lab", "--dir", dir.to_str().unwrap(), "--ephemeral-ports"],
         &[],
@@ -787,7 +689,7 @@ fn lab_starts_a_fleet_writes_lab_json_and_stops_cleanly() {
 #[test]
 fn control_plane_over_tls_serves_the_cli_and_pop_streams() {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-    let dir = temp_dir("tls");
+    let dir = temp_dir("fleet", "tls");
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);

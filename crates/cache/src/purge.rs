@@ -245,31 +245,24 @@ mod tests {
     fn rules_apply_to_objects_stored_before_them_only() {
         let purges = Purges::default();
         let key = CacheKey::for_url("http://a.test/img/1.png").unwrap();
-        let old = crate::object::Object::new(
-            &key,
-            "site".into(),
-            http::StatusCode::OK,
-            Default::default(),
-            Default::default(),
-            crate::object::tests_support::freshness(),
-            Box::new([]),
-            purges.current_seq(),
-        );
+        let stored_now = |purges: &Purges| {
+            crate::object::Object::new(
+                &key,
+                "site".into(),
+                http::StatusCode::OK,
+                Default::default(),
+                Default::default(),
+                crate::object::tests_support::freshness(),
+                Box::new([]),
+                purges.current_seq(),
+            )
+        };
+        let old = stored_now(&purges);
         purges.add(req(r#"{"prefix":"http://a.test/img/","soft":true}"#).unwrap());
         assert_eq!(purges.verdict(&old), Verdict::Stale);
         purges.add(req(r#"{"site":"site"}"#).unwrap());
         assert_eq!(purges.verdict(&old), Verdict::Gone);
-        let newer = crate::object::Object::new(
-            &key,
-            "site".into(),
-            http::StatusCode::OK,
-            Default::default(),
-            Default::default(),
-            crate::object::tests_support::freshness(),
-            Box::new([]),
-            purges.current_seq(),
-        );
-        assert_eq!(purges.verdict(&newer), Verdict::Keep);
+        assert_eq!(purges.verdict(&stored_now(&purges)), Verdict::Keep);
         purges.retire(Instant::now());
         assert_eq!(purges.live_rules(), 0);
     }

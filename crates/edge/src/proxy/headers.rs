@@ -83,8 +83,9 @@ pub struct ClientAddr {
     pub ip: IpAddr,
     /// `203.0.113.7` or `2001:db8::1`, for X-Forwarded-For.
     text: HeaderValue,
-    /// `203.0.113.7` or `"[2001:db8::1]"` (RFC 7239 §6), for Forwarded.
-    node: String,
+    /// `203.0.113.7` or `"[2001:db8::1]"` (RFC 7239 §6), for Forwarded. Shared: the request
+    /// path clones this per request.
+    node: std::sync::Arc<str>,
 }
 
 impl ClientAddr {
@@ -93,7 +94,8 @@ impl ClientAddr {
         let node = match ip {
             IpAddr::V4(v4) => v4.to_string(),
             IpAddr::V6(v6) => format!("\"[{v6}]\""),
-        };
+        }
+        .into();
         Self { ip, text, node }
     }
 }

@@ -205,6 +205,9 @@ fn resolve_paths(config: &mut Config, base: &Path) {
     if let Some(dir) = &mut config.pop.state_dir {
         resolve(dir);
     }
+    if let Some(dir) = &mut config.cache.dir {
+        resolve(dir);
+    }
     let log = &mut config.log.access_log;
     if !matches!(log.as_str(), "stdout" | "off") && !log.trim().is_empty() {
         let mut path = PathBuf::from(&*log);

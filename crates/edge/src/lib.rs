@@ -52,6 +52,9 @@ pub struct Shared {
     /// The HTTP cache, shared by every site and kept across reloads; None when
     /// `cache.memory` is 0.
     pub cache: Option<Arc<outpost_cache::Cache>>,
+    /// While set, requests bypass the cache (neither read nor stored): a managed PoP restarted
+    /// without its control plane must not serve disk objects purged while it was away.
+    cache_held: std::sync::atomic::AtomicBool,
 }
 
 /// The outcome of the latest reload attempt, shown by the admin API.
@@ -142,6 +145,7 @@ impl Edge {
             last_reload: Mutex::new(None),
             connections_per_ip: Mutex::default(),
             cache,
+            cache_held: Default::default(),
         });
         // The admin listener first: if it cannot bind, nothing else has started.
         let admin_addr = match admin_cfg.listen {
@@ -218,6 +222,27 @@ impl Shared {
 
     pub fn last_reload(&self) -> Option<ReloadRecord> {
         self.last_reload.lock().ok()?.clone()
+    }
+
+    /// Holds (true) or releases the cache: while held, requests go to the origin as if the PoP
+    /// had no cache. A managed PoP holds its disk cache until it has the purges it missed.
+    pub fn hold_cache(&self, held: bool) {
+        let was = self.cache_held.swap(held, std::sync::atomic::Ordering::Relaxed);
+        if was != held {
+            tracing::info!(
+                held,
+                "cache {}",
+                if held {
+                    "held: requests bypass it"
+                } else {
+                    "in use"
+                }
+            );
+        }
+    }
+
+    pub fn cache_in_use(&self) -> bool {
+        self.cache.is_some() && !self.cache_held.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Purges the cache: effective for every request that starts after this returns (objects

@@ -120,6 +120,11 @@ impl Agent {
                 version,
                 reason: e.to_string(),
             })?;
+            // Purges made while this PoP was away arrive before the config; until then a disk
+            // cache may hold purged objects, so requests bypass it (a memory cache starts empty).
+            if started.shared().cache.as_ref().is_some_and(|c| c.has_disk()) {
+                started.shared().hold_cache(true);
+            }
             let _ = edge.set(started);
             link.applied = Some((lkg.version, lkg.hash.clone()));
             let _ = link.started.send(true);
@@ -328,13 +333,19 @@ impl Link {
                     toml,
                     certificates,
                 } => {
-                    self.config(Lkg {
-                        version,
-                        hash,
-                        toml,
-                        certificates,
-                    })
-                    .await
+                    let reply = self
+                        .config(Lkg {
+                            version,
+                            hash,
+                            toml,
+                            certificates,
+                        })
+                        .await;
+                    // The control plane sends missed purges before the config: caught up.
+                    if let Some(edge) = self.edge.get() {
+                        edge.shared().hold_cache(false);
+                    }
+                    reply
                 }
             };
             ws.send(Message::text(reply.to_json()))

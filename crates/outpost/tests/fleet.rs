@@ -531,7 +531,15 @@ fn pops_keep_serving_without_the_control_plane_and_restart_from_last_known_good(
     let mut fleet = Fleet::new("outage", 2);
     fleet.start_pop(0);
     fleet.start_pop(1);
-    assert_eq!(fleet.apply(&fleet_config(fleet.origin, "lkg")).0, 201);
+    // With a disk cache (in each PoP's state dir), which outlives a restart.
+    let origin = fleet.origin;
+    let with_disk = move |marker: &str| {
+        format!(
+            "{}[cache]\ndisk = \"16MiB\"\ndir = \"cache\"\n",
+            fleet_config(origin, marker)
+        )
+    };
+    assert_eq!(fleet.apply(&with_disk("lkg")).0, 201);
     assert!(wait_until(Duration::from_secs(20), || (0..2)
         .all(|i| fleet.serves(i, "control-v1"))));
 
@@ -550,6 +558,17 @@ fn pops_keep_serving_without_the_control_plane_and_restart_from_last_known_good(
         wait_until(Duration::from_secs(15), || fleet.serves(0, "control-v1")),
         "restarted PoP serves its last-known-good with the control plane down"
     );
+    // Purges may have been made meanwhile: until it has them, it does not use its disk cache,
+    // while pop-1, which never went away, still does.
+    for _ in 0..2 {
+        let status = cache_status(fleet.pops[0].http, "/held");
+        assert!(
+            !status.contains("hit"),
+            "restarted PoP bypasses its cache: {status}"
+        );
+        cache_status(fleet.pops[1].http, "/held");
+    }
+    assert!(cache_status(fleet.pops[1].http, "/held").contains("hit"));
 
     // The control plane comes back on the same data dir; a new version reaches both PoPs,
     // which reconnect by themselves.
@@ -557,11 +576,16 @@ fn pops_keep_serving_without_the_control_plane_and_restart_from_last_known_good(
     assert!(wait_until(Duration::from_secs(20), || (0..2).all(|i| {
         fleet.pop_status(&format!("pop-{i}"))["connected"] == json!(true)
     })));
-    assert_eq!(fleet.apply(&fleet_config(fleet.origin, "after")).0, 201);
+    assert_eq!(fleet.apply(&with_disk("after")).0, 201);
     assert!(
         wait_until(Duration::from_secs(20), || (0..2)
             .all(|i| fleet.serves(i, "control-v2"))),
         "both PoPs get version 2 after the outage"
+    );
+    cache_status(fleet.pops[0].http, "/held");
+    assert!(
+        cache_status(fleet.pops[0].http, "/held").contains("hit"),
+        "caught up with the control plane, the PoP caches again"
     );
 }
 

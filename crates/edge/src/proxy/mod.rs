@@ -240,7 +240,7 @@ async fn proxy(
         None
     };
     let cache = match (&conn.shared.cache, &site.cache) {
-        (Some(cache), Some(policy)) if !upgrade => Some((cache, policy)),
+        (Some(cache), Some(policy)) if !upgrade && conn.shared.cache_in_use() => Some((cache, policy)),
         _ => None,
     };
     if let Some((cache, policy)) = cache {

@@ -4,11 +4,14 @@
 //! 1. admit: limits on the request target and declared body size (414, 413);
 //! 2. route: Host/:authority to a site (400 without a host, 404 for an unknown one,
 //!    421 when the host does not fit the TLS connection's certificate);
-//! 3. protect: the site's WAF rules (block with the rule's status, or only log), then its
-//!    rate limits (429 with Retry-After, or only counted in log mode);
-//! 4. forward: choose an origin, rewrite headers, send; retry idempotent bodiless requests
+//! 3. protect: the site's WAF rules, bodies included where the WAF inspects them (block with
+//!    the rule's status, or only log), then its rate limits (429 with Retry-After, or only
+//!    counted in log mode);
+//! 4. cache: GET and HEAD on caching sites go through `cache` (answered from the store, or
+//!    fetched once for everyone asking and stored);
+//! 5. forward: choose an origin, rewrite headers, send; retry idempotent bodiless requests
 //!    on another origin within the pool's retry budget;
-//! 5. respond: strip hop-by-hop headers, add Via, stream the body back; metrics and the
+//! 6. respond: strip hop-by-hop headers, add Via, stream the body back; metrics and the
 //!    access log are written when the body ends (`body::Completion`).
 
 pub mod body;

@@ -295,7 +295,7 @@ impl Metrics {
         );
         r.register(
             "cache_requests",
-            "Cacheable requests by site and result (hit, miss, stale_swr, stale_if_error, stale_max_stale, revalidated, pass, bypass)",
+            "Cacheable requests by site and result (hit, miss, stale_swr, stale_if_error, stale_max_stale, revalidated; pass: a URL that recently answered uncacheable goes to the origin without collapsing)",
             m.cache_requests.clone(),
         );
         r.register(
@@ -409,7 +409,6 @@ impl Metrics {
             stale_max_stale: result("stale_max_stale"),
             revalidated: result("revalidated"),
             pass: result("pass"),
-            bypass: result("bypass"),
             not_modified: revalidation("not_modified"),
             replaced: revalidation("replaced"),
             revalidation_error: revalidation("error"),
@@ -493,7 +492,6 @@ pub struct CacheMetrics {
     pub stale_max_stale: Counter,
     pub revalidated: Counter,
     pub pass: Counter,
-    pub bypass: Counter,
     pub not_modified: Counter,
     pub replaced: Counter,
     pub revalidation_error: Counter,

@@ -902,3 +902,29 @@ async fn a_range_request_on_a_miss_fills_the_whole_object_and_gets_its_range() {
     );
     assert_eq!(o.hits("/video"), 1);
 }
+
+#[tokio::test]
+async fn a_head_miss_fills_the_cache_with_a_get() {
+    let o = Scripted::start().await;
+    o.set(
+        "/h",
+        route(
+            200,
+            &[("cache-control", "max-age=600"), ("etag", "\"h\"")],
+            "0123456789",
+        ),
+    );
+    let (_dir, _edge, addr) = pop(&o, "").await;
+    let head = req(addr, http::Method::HEAD, "/h", &[]).await;
+    assert_eq!(head.status, StatusCode::OK);
+    assert_eq!(head.headers["content-length"], "10");
+    assert!(head.body.is_empty());
+    let get = get(addr, "/h").await;
+    assert_eq!(get.body, "0123456789");
+    assert!(
+        cache_status(&get).starts_with("Outpost; hit"),
+        "{}",
+        cache_status(&get)
+    );
+    assert_eq!(o.hits("/h"), 1, "one GET to the origin answered both");
+}

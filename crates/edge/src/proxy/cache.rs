@@ -119,38 +119,9 @@ pub(super) async fn serve(
     if ctx.directives.only_if_cached {
         return Err(ProxyError::NotCached);
     }
-    if ctx.head {
-        // Not worth a whole-object fetch: forward as it came, store nothing.
-        m.pass.inc();
-        log.cache = Some("pass");
-        let mut rec = Attempts::default();
-        let result = ctx
-            .upstream
-            .fetch(
-                &Method::from(&ctx),
-                ctx.path_and_query.clone(),
-                ctx.forward.apply(ctx.headers.clone(), false),
-                &mut rec,
-            )
-            .await;
-        log.record(rec);
-        let resp = result?;
-        log.upstream_done = Some(Instant::now());
-        log.from_origin = true;
-        let (parts, body) = resp.into_parts();
-        return Ok(ctx.forwarded(parts, body, "fwd=bypass"));
-    }
+    // A HEAD miss fetches the whole response with GET, like nginx's proxy_cache_convert_head:
+    // it answers the HEAD with the response's fields and warms the cache for the GETs.
     ctx.miss(log).await
-}
-
-impl From<&Ctx<'_>> for Method {
-    fn from(ctx: &Ctx<'_>) -> Self {
-        if ctx.head {
-            Method::HEAD
-        } else {
-            Method::GET
-        }
-    }
 }
 
 impl Ctx<'_> {
@@ -158,7 +129,10 @@ impl Ctx<'_> {
         let m = &self.policy.metrics;
         let leader = match self.cache.collapse.join(self.key.hash, self.cache.fetch_seq()) {
             Join::Leader(leader) => Some(leader),
-            Join::Pass => None,
+            Join::Pass => {
+                m.pass.inc();
+                None
+            }
             Join::Wait(rx) => {
                 let limit = self.upstream.pool.config.response_header_timeout;
                 if let Pending::Ready(fill) = collapse::wait(rx, limit).await {

@@ -75,11 +75,7 @@ impl Fill {
 
     /// Whether a request with these headers and extra key parts may share this response.
     pub fn matches(&self, request: &HeaderMap, extra: Option<&str>) -> bool {
-        self.extra.as_deref() == extra
-            && self
-                .vary
-                .iter()
-                .all(|(name, value)| crate::object::normalized(request, name).as_deref() == value.as_deref())
+        crate::object::selects(&self.vary, self.extra.as_deref(), request, extra)
     }
 
     pub fn reader(self: &Arc<Self>) -> FillReader {

@@ -74,11 +74,7 @@ impl Object {
 
     /// Whether this object answers a request with these headers and extra key parts.
     pub fn matches(&self, request: &HeaderMap, extra: Option<&str>) -> bool {
-        self.extra.as_deref() == extra
-            && self
-                .vary
-                .iter()
-                .all(|(name, value)| normalized(request, name).as_deref() == value.as_deref())
+        selects(&self.vary, self.extra.as_deref(), request, extra)
     }
 
     /// Same selecting facts as `other`: a newer response for the same variant replaces it.
@@ -100,6 +96,20 @@ impl Object {
         let total = self.body.len() + self.head.len() + self.url.len() + OVERHEAD;
         u32::try_from(total).unwrap_or(u32::MAX)
     }
+}
+
+/// Whether a response stored with these Vary values and extra key parts answers a request with
+/// these headers and extra key parts (for stored objects and fills alike).
+pub(crate) fn selects(
+    vary: &VaryValues,
+    stored_extra: Option<&str>,
+    request: &HeaderMap,
+    extra: Option<&str>,
+) -> bool {
+    stored_extra == extra
+        && vary
+            .iter()
+            .all(|(name, value)| normalized(request, name).as_deref() == value.as_deref())
 }
 
 /// The request's values of the fields a response varies on, by field name.

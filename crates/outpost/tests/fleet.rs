@@ -13,6 +13,18 @@ mod common;
 
 use common::*;
 
+/// The demo origin every fleet test proxies to ("hello from fleet-origin").
+fn spawn_origin(dir: &Path) -> (SocketAddr, Proc) {
+    let addr = free_addr();
+    let listen = addr.to_string();
+    let proc = spawn(
+        &["origin", "--listen", &listen, "--name", "fleet-origin"],
+        &[],
+        &dir.join("origin.log"),
+    );
+    (addr, proc)
+}
+
 fn spawn(args: &[&str], env: &[(&str, &str)], log: &Path) -> Proc {
     let out = std::fs::File::create(log).unwrap();
     let err = out.try_clone().unwrap();
@@ -133,18 +145,7 @@ impl Fleet {
             .unwrap()
             .trim()
             .to_owned();
-        let origin = free_addr();
-        let origin_proc = spawn(
-            &[
-                "origin",
-                "--listen",
-                &origin.to_string(),
-                "--name",
-                "fleet-origin",
-            ],
-            &[],
-            &dir.join("origin.log"),
-        );
+        let (origin, origin_proc) = spawn_origin(&dir);
         let mut pops = Vec::new();
         for i in 0..n {
             let id = format!("pop-{i}");
@@ -766,18 +767,7 @@ fn control_plane_over_tls_serves_the_cli_and_pop_streams() {
     let out = run(&["token", "t-tls-1", "--role", "pop", "--pop", "tls-1"]);
     let pop_token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     assert!(pop_token.starts_with("opt_"), "{out:?}");
-    let origin = free_addr();
-    let _origin = spawn(
-        &[
-            "origin",
-            "--listen",
-            &origin.to_string(),
-            "--name",
-            "fleet-origin",
-        ],
-        &[],
-        &dir.join("origin.log"),
-    );
+    let (origin, _origin) = spawn_origin(&dir);
     let file = dir.join("fleet.toml");
     std::fs::write(&file, fleet_config(origin, "tls")).unwrap();
     assert!(run(&["apply", "-f", file.to_str().unwrap()]).status.success());

@@ -10,8 +10,8 @@
 //! admission, eviction and recovery machinery that Outpost would then have to tune around its
 //! own purge rules, for no gain at this size.
 //!
-//! File format (`*.obj`): `OPC1`, u32 length + JSON metadata, u32 length + header block
-//! (`name: value\r\n` lines, values as raw bytes), then the body.
+//! File format (`*.obj`): `OPC2`, u32 length + JSON metadata, u32 length + header block
+//! (`crate::fields`' encoding), then the body. Files of another format are dropped at the scan.
 
 use std::collections::HashMap;
 use std::fs;
@@ -21,14 +21,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderName};
 use http::StatusCode;
 
 use crate::freshness::Freshness;
 use crate::key::CacheKey;
 use crate::object::{Object, VaryValues};
 
-const MAGIC: &[u8; 4] = b"OPC1";
+const MAGIC: &[u8; 4] = b"OPC2";
 /// Writes waiting for the writer thread; beyond this a write is skipped (memory still has it).
 const QUEUE: usize = 1024;
 
@@ -422,14 +422,7 @@ fn decode(data: &[u8]) -> Option<(Meta, HeaderMap, Bytes)> {
     if body.len() as u64 != meta.body_len {
         return None;
     }
-    let mut headers = HeaderMap::new();
-    for line in block.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let colon = line.iter().position(|b| *b == b':')?;
-        let name = HeaderName::from_bytes(&line[..colon]).ok()?;
-        let value = HeaderValue::from_bytes(line[colon + 1..].trim_ascii_start()).ok()?;
-        headers.append(name, value);
-    }
+    let headers = crate::fields::try_decode(&Bytes::copy_from_slice(block))?;
     Some((meta, headers, Bytes::copy_from_slice(body)))
 }
 

@@ -47,8 +47,9 @@ pub struct Freshness {
     pub forbids_stale: bool,
     /// no-cache without field names: every reuse revalidates first.
     pub always_revalidate: bool,
-    pub stale_while_revalidate: u64,
-    pub stale_if_error: u64,
+    /// Seconds (u32: 136 years is enough, and the object stays within an allocator size class).
+    pub stale_while_revalidate: u32,
+    pub stale_if_error: u32,
 }
 
 impl Freshness {
@@ -94,8 +95,8 @@ impl Freshness {
             heuristic,
             forbids_stale: d.forbids_stale(),
             always_revalidate: d.no_cache,
-            stale_while_revalidate: d.stale_while_revalidate.unwrap_or(0),
-            stale_if_error: d.stale_if_error.unwrap_or(0),
+            stale_while_revalidate: clamp_secs(d.stale_while_revalidate.unwrap_or(0)),
+            stale_if_error: clamp_secs(d.stale_if_error.unwrap_or(0)),
         }
     }
 
@@ -147,6 +148,10 @@ pub fn heuristically_cacheable(status: StatusCode) -> bool {
 pub fn header_time(headers: &HeaderMap, name: header::HeaderName) -> Option<f64> {
     let v = headers.get(name)?.to_str().ok()?;
     httpdate::parse_http_date(v.trim()).ok().map(to_secs)
+}
+
+fn clamp_secs(secs: u64) -> u32 {
+    u32::try_from(secs).unwrap_or(u32::MAX)
 }
 
 #[cfg(test)]

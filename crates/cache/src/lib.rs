@@ -9,6 +9,7 @@ pub mod collapse;
 pub mod conditional;
 pub mod directives;
 mod disk;
+pub mod fields;
 pub mod fill;
 pub mod freshness;
 pub mod key;

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName};
 use http::StatusCode;
 
+use crate::fields;
 use crate::freshness::Freshness;
 use crate::key::CacheKey;
 
@@ -17,8 +18,9 @@ pub struct Object {
     pub url: Arc<str>,
     pub site: Arc<str>,
     pub status: StatusCode,
-    /// The response's header fields as `name: value\r\n` lines in one exact-size buffer
-    /// (see `headers()`): a `HeaderMap` costs about a kilobyte per object at rest.
+    /// The response's header fields in one exact-size buffer (see `fields`): a `HeaderMap`
+    /// costs about a kilobyte per object at rest. Copying them out also frees the connection
+    /// read buffer that hyper's parsed values point into.
     head: Bytes,
     pub body: Bytes,
     pub freshness: Freshness,
@@ -51,7 +53,7 @@ impl Object {
             url: key.url.as_str().into(),
             site,
             status,
-            head: encode_block(&headers),
+            head: fields::encode(&headers),
             body,
             freshness,
             vary,
@@ -64,10 +66,15 @@ impl Object {
 
     /// The stored header fields.
     pub fn headers(&self) -> HeaderMap {
-        decode_block(&self.head)
+        fields::decode(&self.head)
     }
 
-    /// The stored header fields as `name: value\r\n` lines.
+    /// The stored header fields a client is sent (without those addressed to this cache).
+    pub fn client_headers(&self) -> HeaderMap {
+        fields::decode_for_client(&self.head)
+    }
+
+    /// The stored header fields, encoded (see `fields`).
     pub fn header_block(&self) -> &Bytes {
         &self.head
     }
@@ -117,49 +124,6 @@ pub type VaryValues = Box<[(HeaderName, Option<Box<str>>)]>;
 
 /// Per-object bytes outside the body and headers: the object struct, the memory tier's entry.
 pub const OVERHEAD: usize = 384;
-
-/// Header fields as `name: value\r\n` lines. Copying them out also frees the connection read
-/// buffer that hyper's parsed values point into (kilobytes per object otherwise).
-fn encode_block(headers: &HeaderMap) -> Bytes {
-    let len: usize = headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
-    let mut buf = bytes::BytesMut::with_capacity(len);
-    for (name, value) in headers {
-        buf.extend_from_slice(name.as_str().as_bytes());
-        buf.extend_from_slice(b": ");
-        buf.extend_from_slice(value.as_bytes());
-        buf.extend_from_slice(b"\r\n");
-    }
-    buf.freeze()
-}
-
-/// The lines of `encode_block` back as a map; values are slices of the block, not copies.
-fn decode_block(block: &Bytes) -> HeaderMap {
-    let mut map = HeaderMap::with_capacity(block.iter().filter(|b| **b == b'\n').count());
-    let mut at = 0;
-    while at < block.len() {
-        let end = block[at..]
-            .iter()
-            .position(|b| *b == b'\n')
-            .map_or(block.len(), |p| at + p);
-        let line_end = if end > at && block[end - 1] == b'\r' {
-            end - 1
-        } else {
-            end
-        };
-        let line = &block[at..line_end];
-        if let Some(colon) = line.iter().position(|b| *b == b':') {
-            let value_start = at + colon + 2;
-            if let (Ok(name), Ok(value)) = (
-                HeaderName::from_bytes(&line[..colon]),
-                http::HeaderValue::from_maybe_shared(block.slice(value_start.min(line_end)..line_end)),
-            ) {
-                map.append(name, value);
-            }
-        }
-        at = end + 1;
-    }
-    map
-}
 
 /// The request's values for the fields a response varies on; `None` when `Vary: *` (such a
 /// response never matches a later request and is not stored).
@@ -248,23 +212,6 @@ mod tests {
             &h(&[("accept-encoding", "gzip,br"), ("accept-language", "fr")]),
             None
         ));
-    }
-
-    #[test]
-    fn header_fields_survive_the_block() {
-        let headers = h(&[("etag", "\"a\""), ("x-two", "1"), ("x-two", "2"), ("empty", "")]);
-        let key = CacheKey::for_url("http://a.test/").unwrap();
-        let obj = Object::new(
-            &key,
-            "s".into(),
-            StatusCode::OK,
-            headers.clone(),
-            Bytes::new(),
-            tests_support::freshness(),
-            Box::new([]),
-            0,
-        );
-        assert_eq!(obj.headers(), headers);
     }
 
     #[test]

@@ -71,8 +71,7 @@ pub fn stale_on_error(
     }
     let lifetime = if obj.is_soft_purged() { 0.0 } else { f.lifetime };
     let staleness = f.age(now) - lifetime;
-    let allowed = f
-        .stale_if_error
+    let allowed = u64::from(f.stale_if_error)
         .max(req.stale_if_error.unwrap_or(0))
         .max(grace_secs)
         .max(if disconnected { DISCONNECTED_MAX_SECS } else { 0 });
@@ -87,7 +86,7 @@ mod tests {
     use bytes::Bytes;
     use http::{HeaderMap, StatusCode};
 
-    fn obj(lifetime: f64, swr: u64, sie: u64, forbids: bool) -> Object {
+    fn obj(lifetime: f64, swr: u32, sie: u32, forbids: bool) -> Object {
         let f = Freshness {
             request_time: 0.0,
             response_time: 0.0,

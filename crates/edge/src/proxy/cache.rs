@@ -442,17 +442,16 @@ impl Ctx<'_> {
         } else {
             obj.freshness.ttl(now)
         };
-        let cache_status = format!("{CACHE_NAME}; {status}; ttl={ttl}");
-        let mut headers = obj.headers();
+        let cache_status = cache_status_value(status, Some(ttl));
+        let mut headers = obj.client_headers();
         if obj.status == StatusCode::OK && conditional::client_has_current(&self.headers, &headers) {
             let mut headers = conditional::not_modified_headers(&headers);
-            finish_headers(&mut headers, Some(age), &cache_status, self.snapshot);
+            finish_headers(&mut headers, Some(age), cache_status, self.snapshot);
             return build(StatusCode::NOT_MODIFIED, headers, OutBody::empty());
         }
         let len = obj.body.len() as u64;
         let range = range::answer(&self.headers, &headers, len);
-        headers.remove(header::TRANSFER_ENCODING);
-        finish_headers(&mut headers, Some(age), &cache_status, self.snapshot);
+        finish_headers(&mut headers, Some(age), cache_status, self.snapshot);
         let (status, body) = match (obj.status, range) {
             (StatusCode::OK, range::RangeAnswer::Partial { start, end }) => {
                 headers.insert(
@@ -481,11 +480,11 @@ impl Ctx<'_> {
     /// `own` is the origin's full header set for the request that fetched it; requests that
     /// collapse onto the fill get what is stored.
     fn answer_from_fill(&self, fill: &Arc<Fill>, own: Option<HeaderMap>, status: &str) -> Response<OutBody> {
-        let cache_status = format!("{CACHE_NAME}; {status}");
+        let cache_status = cache_status_value(status, None);
         let mut headers = own.unwrap_or_else(|| fill.headers.clone());
         if fill.status == StatusCode::OK && conditional::client_has_current(&self.headers, &headers) {
             let mut headers = conditional::not_modified_headers(&headers);
-            finish_headers(&mut headers, None, &cache_status, self.snapshot);
+            finish_headers(&mut headers, None, cache_status, self.snapshot);
             return build(StatusCode::NOT_MODIFIED, headers, OutBody::empty());
         }
         // A range of a response still arriving: answered from the fill when its length is
@@ -502,20 +501,20 @@ impl Ctx<'_> {
                         header_value(&format!("bytes {start}-{end}/{len}")),
                     );
                     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start + 1));
-                    finish_headers(&mut headers, None, &cache_status, self.snapshot);
+                    finish_headers(&mut headers, None, cache_status, self.snapshot);
                     let body = OutBody::Fill(fill.range_reader(start, end - start + 1));
                     return build(StatusCode::PARTIAL_CONTENT, headers, body);
                 }
                 range::RangeAnswer::Unsatisfiable => {
                     headers.insert(header::CONTENT_RANGE, header_value(&format!("bytes */{len}")));
                     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
-                    finish_headers(&mut headers, None, &cache_status, self.snapshot);
+                    finish_headers(&mut headers, None, cache_status, self.snapshot);
                     return build(StatusCode::RANGE_NOT_SATISFIABLE, headers, OutBody::empty());
                 }
                 range::RangeAnswer::Full => {}
             }
         }
-        finish_headers(&mut headers, None, &cache_status, self.snapshot);
+        finish_headers(&mut headers, None, cache_status, self.snapshot);
         let body = if self.head {
             OutBody::empty()
         } else {
@@ -527,8 +526,8 @@ impl Ctx<'_> {
     /// The origin's response passed through, with `Cache-Status` saying why it was not stored.
     fn forwarded(&self, mut parts: http::response::Parts, body: Incoming, status: &str) -> Response<OutBody> {
         hop::remove_hop_by_hop(&mut parts.headers, false);
-        let cache_status = format!("{CACHE_NAME}; {status}");
-        finish_headers(&mut parts.headers, None, &cache_status, self.snapshot);
+        let cache_status = cache_status_value(status, None);
+        finish_headers(&mut parts.headers, None, cache_status, self.snapshot);
         parts.version = http::Version::HTTP_11;
         Response::from_parts(parts, OutBody::Origin(body))
     }
@@ -559,14 +558,33 @@ fn unreachable(e: &ProxyError) -> bool {
     )
 }
 
-fn finish_headers(headers: &mut HeaderMap, age: Option<u64>, cache_status: &str, snapshot: &Snapshot) {
-    // Addressed to this cache (the surrogate); clients and caches downstream never see it.
-    headers.remove("surrogate-control");
+/// The fields every response of the cache phase gets. Stored objects' fields come without
+/// Surrogate-Control already (`Object::client_headers`); responses from the origin or a fill
+/// have it removed here: it is addressed to this cache, and clients never see it.
+fn finish_headers(headers: &mut HeaderMap, age: Option<u64>, cache_status: HeaderValue, snapshot: &Snapshot) {
+    if age.is_none() {
+        headers.remove("surrogate-control");
+    }
     if let Some(age) = age {
         headers.insert(header::AGE, HeaderValue::from(age));
     }
-    headers.append("cache-status", header_value(cache_status));
+    headers.append(CACHE_STATUS.clone(), cache_status);
     headers.append(header::VIA, snapshot.via(http::Version::HTTP_11).clone());
+}
+
+static CACHE_STATUS: http::HeaderName = http::HeaderName::from_static("cache-status");
+
+/// `Outpost; <status>[; ttl=<ttl>]` (RFC 9211), written straight into the value's buffer.
+fn cache_status_value(status: &str, ttl: Option<i64>) -> HeaderValue {
+    use std::fmt::Write as _;
+    let mut text = String::with_capacity(CACHE_NAME.len() + status.len() + 32);
+    text.push_str(CACHE_NAME);
+    text.push_str("; ");
+    text.push_str(status);
+    if let Some(ttl) = ttl {
+        let _ = write!(text, "; ttl={ttl}");
+    }
+    HeaderValue::from_maybe_shared(Bytes::from(text)).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
 fn header_value(text: &str) -> HeaderValue {

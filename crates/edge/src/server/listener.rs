@@ -215,7 +215,6 @@ async fn drive<I>(
         None => builder,
     };
     let idle = snapshot.timeouts.idle;
-    let draining = conn.shared.draining.clone();
     let in_flight: Arc<AtomicUsize> = conn.in_flight.clone();
     let shared = conn.shared.clone();
     let service = service_fn(move |req| proxy::handle(conn.clone(), req));
@@ -250,11 +249,8 @@ async fn drive<I>(
                 }
                 return;
             }
+            // `stop` is a child of the PoP's drain token: it fires for a drain too.
             _ = stop.cancelled(), if !closing => {
-                closing = true;
-                connection.as_mut().graceful_shutdown();
-            }
-            _ = draining.cancelled(), if !closing => {
                 closing = true;
                 connection.as_mut().graceful_shutdown();
             }

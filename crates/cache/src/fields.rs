@@ -1,0 +1,193 @@
+//! Stored header fields in one compact buffer, and back.
+//!
+//! A `HeaderMap` costs about a kilobyte per object at rest, so objects keep their fields as
+//! one exact-size buffer and rebuild a map for each response they answer. That rebuild runs on
+//! every cache hit, so the encoding is made for it: the field count first (the map is sized
+//! once), well-known names as one-byte codes (no name parsing or classification), lengths
+//! instead of delimiters (no scanning). Values are slices of the buffer, not copies. The
+//! same buffer is the header section of disk-tier files, so it is also decoded from bytes
+//! that may be damaged: decoding checks every length and value and fails as a whole.
+//!
+//! Layout: u16 field count, then per field: a name code (0 = a literal name follows as u16
+//! length + bytes; n > 0 = `KNOWN[n - 1]`), u16 value length, value bytes (little-endian).
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Names with a one-byte code. Append only: codes are stored on disk.
+const KNOWN: [HeaderName; 32] = [
+    header::DATE,
+    header::SERVER,
+    header::CONTENT_TYPE,
+    header::CONTENT_LENGTH,
+    header::LAST_MODIFIED,
+    header::ETAG,
+    header::CACHE_CONTROL,
+    header::EXPIRES,
+    header::ACCEPT_RANGES,
+    header::VARY,
+    header::CONTENT_ENCODING,
+    header::CONTENT_LANGUAGE,
+    header::CONTENT_LOCATION,
+    header::CONTENT_DISPOSITION,
+    header::CONTENT_RANGE,
+    header::LOCATION,
+    header::AGE,
+    header::PRAGMA,
+    header::LINK,
+    header::ACCESS_CONTROL_ALLOW_ORIGIN,
+    header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+    header::ACCESS_CONTROL_EXPOSE_HEADERS,
+    header::STRICT_TRANSPORT_SECURITY,
+    header::X_CONTENT_TYPE_OPTIONS,
+    header::X_FRAME_OPTIONS,
+    header::CONTENT_SECURITY_POLICY,
+    header::REFERRER_POLICY,
+    header::WARNING,
+    header::X_XSS_PROTECTION,
+    header::TRANSFER_ENCODING,
+    header::ALLOW,
+    header::RETRY_AFTER,
+];
+
+/// Fields added to every stored response on its way out (Age, Cache-Status, Via): the
+/// decoded map is sized for them too.
+const ROOM_FOR_ADDED: usize = 3;
+
+/// The fields of `headers` as one exact-size buffer.
+pub fn encode(headers: &HeaderMap) -> Bytes {
+    let mut len = 2;
+    let mut count: u16 = 0;
+    for (name, value) in headers {
+        len += 3
+            + value.len()
+            + if code_of(name).is_some() {
+                0
+            } else {
+                2 + name.as_str().len()
+            };
+        count = count.saturating_add(1);
+    }
+    let mut buf = BytesMut::with_capacity(len);
+    buf.put_u16_le(count);
+    for (name, value) in headers.iter().take(usize::from(count)) {
+        match code_of(name) {
+            Some(code) => buf.put_u8(code),
+            None => {
+                buf.put_u8(0);
+                put_len(&mut buf, name.as_str().len());
+                buf.extend_from_slice(name.as_str().as_bytes());
+            }
+        }
+        put_len(&mut buf, value.len());
+        buf.extend_from_slice(value.as_bytes());
+    }
+    buf.freeze()
+}
+
+/// Every stored field.
+pub fn decode(block: &Bytes) -> HeaderMap {
+    decode_filtered(block, |_| true).unwrap_or_default()
+}
+
+/// The stored fields a client sees: Surrogate-Control is addressed to this cache.
+pub fn decode_for_client(block: &Bytes) -> HeaderMap {
+    decode_filtered(block, |name| name != "surrogate-control").unwrap_or_default()
+}
+
+/// Every stored field, or None when the buffer is not a valid encoding (a damaged file).
+pub fn try_decode(block: &Bytes) -> Option<HeaderMap> {
+    decode_filtered(block, |_| true)
+}
+
+fn decode_filtered(block: &Bytes, keep: impl Fn(&HeaderName) -> bool) -> Option<HeaderMap> {
+    let mut at = 2;
+    let count = usize::from(u16::from_le_bytes(block.get(..2)?.try_into().ok()?));
+    let mut map = HeaderMap::with_capacity(count + ROOM_FOR_ADDED);
+    for _ in 0..count {
+        let code = *block.get(at)?;
+        at += 1;
+        let name = if code == 0 {
+            let len = read_len(block, &mut at)?;
+            let name = HeaderName::from_bytes(block.get(at..at + len)?).ok()?;
+            at += len;
+            name
+        } else {
+            KNOWN.get(usize::from(code) - 1)?.clone()
+        };
+        let len = read_len(block, &mut at)?;
+        if at + len > block.len() {
+            return None;
+        }
+        let value = HeaderValue::from_maybe_shared(block.slice(at..at + len)).ok()?;
+        at += len;
+        if keep(&name) {
+            map.append(name, value);
+        }
+    }
+    (at == block.len()).then_some(map)
+}
+
+fn code_of(name: &HeaderName) -> Option<u8> {
+    KNOWN
+        .iter()
+        .position(|k| k == name)
+        .and_then(|i| u8::try_from(i + 1).ok())
+}
+
+fn put_len(buf: &mut BytesMut, len: usize) {
+    // Header names and values are far below 64 KiB (the PoP's header limit); a longer one
+    // would be cut, which the decoder then refuses as damaged rather than misread.
+    buf.put_u16_le(u16::try_from(len).unwrap_or(u16::MAX));
+}
+
+fn read_len(block: &[u8], at: &mut usize) -> Option<usize> {
+    let len = u16::from_le_bytes(block.get(*at..*at + 2)?.try_into().ok()?);
+    *at += 2;
+    Some(usize::from(len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::object::tests_support::headers as h;
+
+    #[test]
+    fn fields_survive_known_and_literal_names_repeats_and_empty_values() {
+        let headers = h(&[
+            ("etag", "\"a\""),
+            ("x-two", "1"),
+            ("x-two", "2"),
+            ("empty", ""),
+            ("content-type", "text/html; charset=utf-8"),
+            ("surrogate-control", "max-age=60"),
+        ]);
+        let block = encode(&headers);
+        assert_eq!(decode(&block), headers);
+        assert_eq!(try_decode(&block), Some(headers.clone()));
+        let client = decode_for_client(&block);
+        assert!(!client.contains_key("surrogate-control"));
+        assert_eq!(client.len(), headers.len() - 1);
+    }
+
+    #[test]
+    fn known_names_cost_one_byte() {
+        let block = encode(&h(&[("content-type", "a")]));
+        assert_eq!(block.len(), 2 + 1 + 2 + 1);
+    }
+
+    #[test]
+    fn damaged_buffers_are_refused_not_misread() {
+        let block = encode(&h(&[("etag", "\"a\""), ("x-custom", "v")]));
+        for cut in 0..block.len() {
+            assert_eq!(try_decode(&block.slice(..cut)), None, "cut at {cut}");
+        }
+        let mut bad = block.to_vec();
+        bad[2] = 200; // an unknown name code
+        assert_eq!(try_decode(&Bytes::from(bad)), None);
+        let mut bad = block.to_vec();
+        let last = bad.len() - 1;
+        bad[last] = b'\n'; // not a valid value byte
+        assert_eq!(try_decode(&Bytes::from(bad)), None);
+    }
+}

@@ -15,7 +15,7 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Vectored writes up to this size are copied into one buffer and sent with one plain write.
-const COALESCE_MAX: usize = 16 * 1024;
+const COALESCE_MAX: usize = 64 * 1024;
 
 thread_local! {
     static COALESCE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };

@@ -14,13 +14,6 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Vectored writes up to this size are copied into one buffer and sent with one plain write.
-const COALESCE_MAX: usize = 64 * 1024;
-
-thread_local! {
-    static COALESCE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
 #[derive(Clone, Default)]
 pub struct Activity(Arc<AtomicU64>);
 
@@ -96,19 +89,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        let total: usize = bufs.iter().map(|b| b.len()).sum();
-        let res = if bufs.len() > 1 && total <= COALESCE_MAX {
-            // A small response (head and body in separate buffers) costs less as one send()
-            // of a copy than as a writev(): the kernel's iovec path is dearer than the memcpy.
-            COALESCE.with(|scratch| {
-                let mut scratch = scratch.borrow_mut();
-                scratch.clear();
-                bufs.iter().for_each(|b| scratch.extend_from_slice(b));
-                Pin::new(&mut self.inner).poll_write(cx, &scratch)
-            })
-        } else {
-            Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-        };
+        let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
             self.activity.touch();
         }

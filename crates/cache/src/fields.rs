@@ -8,8 +8,9 @@
 //! same buffer is the header section of disk-tier files, so it is also decoded from bytes
 //! that may be damaged: decoding checks every length and value and fails as a whole.
 //!
-//! Layout: u16 field count, then per field: a name code (0 = a literal name follows as u16
-//! length + bytes; n > 0 = `KNOWN[n - 1]`), u16 value length, value bytes (little-endian).
+//! Layout: u16 field count, then per field: a name code (0 = a literal name follows as its
+//! length and bytes; n > 0 = `KNOWN[n - 1]`), value length, value bytes. Lengths are u16, or
+//! 0xFFFF and a u32 for the rare field of 64 KiB or more (little-endian).
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -59,13 +60,10 @@ pub fn encode(headers: &HeaderMap) -> Bytes {
     let mut len = 2;
     let mut count: u16 = 0;
     for (name, value) in headers {
-        len += 3
-            + value.len()
-            + if code_of(name).is_some() {
-                0
-            } else {
-                2 + name.as_str().len()
-            };
+        len += 1 + len_size(value.len()) + value.len();
+        if code_of(name).is_none() {
+            len += len_size(name.as_str().len()) + name.as_str().len();
+        }
         count = count.saturating_add(1);
     }
     let mut buf = BytesMut::with_capacity(len);
@@ -135,16 +133,35 @@ fn code_of(name: &HeaderName) -> Option<u8> {
         .and_then(|i| u8::try_from(i + 1).ok())
 }
 
+/// Lengths below 65,535 take two bytes; longer ones (an origin may send a huge field) are
+/// marked by 0xFFFF and follow as four.
 fn put_len(buf: &mut BytesMut, len: usize) {
-    // Header names and values are far below 64 KiB (the PoP's header limit); a longer one
-    // would be cut, which the decoder then refuses as damaged rather than misread.
-    buf.put_u16_le(u16::try_from(len).unwrap_or(u16::MAX));
+    match u16::try_from(len) {
+        Ok(short) if short < u16::MAX => buf.put_u16_le(short),
+        _ => {
+            buf.put_u16_le(u16::MAX);
+            buf.put_u32_le(u32::try_from(len).unwrap_or(u32::MAX));
+        }
+    }
+}
+
+fn len_size(len: usize) -> usize {
+    if len < usize::from(u16::MAX) {
+        2
+    } else {
+        6
+    }
 }
 
 fn read_len(block: &[u8], at: &mut usize) -> Option<usize> {
-    let len = u16::from_le_bytes(block.get(*at..*at + 2)?.try_into().ok()?);
+    let short = u16::from_le_bytes(block.get(*at..*at + 2)?.try_into().ok()?);
     *at += 2;
-    Some(usize::from(len))
+    if short < u16::MAX {
+        return Some(usize::from(short));
+    }
+    let long = u32::from_le_bytes(block.get(*at..*at + 4)?.try_into().ok()?);
+    *at += 4;
+    usize::try_from(long).ok()
 }
 
 #[cfg(test)]
@@ -168,6 +185,15 @@ mod tests {
         let client = decode_for_client(&block);
         assert!(!client.contains_key("surrogate-control"));
         assert_eq!(client.len(), headers.len() - 1);
+    }
+
+    #[test]
+    fn a_field_longer_than_64_kib_survives() {
+        let long = "v".repeat(70_000);
+        let headers = h(&[("x-huge", &long), ("etag", "\"a\"")]);
+        let block = encode(&headers);
+        assert_eq!(try_decode(&block), Some(headers));
+        assert_eq!(block.len(), 2 + (1 + 2 + 6) + 6 + 70_000 + (1 + 2 + 3));
     }
 
     #[test]

@@ -141,6 +141,9 @@ impl ResponseDirectives {
 /// `Surrogate-Control` directives (`max-age=60;outpost`).
 pub const SURROGATE_TOKEN: &str = "outpost";
 
+/// Addressed to this cache (the surrogate), never forwarded to clients.
+pub const SURROGATE_CONTROL: HeaderName = HeaderName::from_static("surrogate-control");
+
 /// The `Surrogate-Capability` request header value Outpost sends to origins.
 pub const SURROGATE_CAPABILITY: &str = "outpost=\"Surrogate/1.0\"";
 
@@ -154,7 +157,7 @@ struct Surrogate {
 }
 
 fn surrogate_directives(headers: &HeaderMap) -> Option<Surrogate> {
-    let mut values = headers.get_all("surrogate-control").iter().peekable();
+    let mut values = headers.get_all(SURROGATE_CONTROL).iter().peekable();
     values.peek()?;
     let (mut general, mut targeted) = (Surrogate::default(), Surrogate::default());
     let mut any_targeted = false;

@@ -90,7 +90,7 @@ pub fn decode(block: &Bytes) -> HeaderMap {
 
 /// The stored fields a client sees: Surrogate-Control is addressed to this cache.
 pub fn decode_for_client(block: &Bytes) -> HeaderMap {
-    decode_filtered(block, |name| name != "surrogate-control").unwrap_or_default()
+    decode_filtered(block, |name| name != crate::directives::SURROGATE_CONTROL).unwrap_or_default()
 }
 
 /// Every stored field, or None when the buffer is not a valid encoding (a damaged file).

@@ -98,15 +98,8 @@ async fn serve(args: EdgeArgs) -> ExitCode {
     let loaded = match (&args.config, &args.listen, &args.origin) {
         (Some(path), _, _) => outpost_config::load_file(path),
         (None, Some(listen), Some(origin)) => {
-            let admin = match args.admin.as_str() {
-                "off" => None,
-                a => match a.parse::<SocketAddr>() {
-                    Ok(addr) => Some(addr),
-                    Err(e) => {
-                        eprintln!("outpost edge: --admin {a}: {e} (use host:port or off)");
-                        return ExitCode::from(2);
-                    }
-                },
+            let Ok(admin) = parse_admin(&args.admin) else {
+                return ExitCode::from(2);
             };
             let mut config = outpost_config::quick_start(*listen, origin, admin);
             config.log.access_log = args.access_log.clone();
@@ -176,5 +169,15 @@ pub async fn wait_for_signals(edge: &Edge) {
             _ = term.recv() => return,
             _ = int.recv() => return,
         }
+    }
+}
+
+/// `--admin host:port|off`; a bad value is reported here (the caller exits with status 2).
+pub fn parse_admin(value: &str) -> Result<Option<SocketAddr>, ()> {
+    match value {
+        "off" => Ok(None),
+        a => a.parse::<SocketAddr>().map(Some).map_err(|e| {
+            eprintln!("outpost edge: --admin {a}: {e} (use host:port or off)");
+        }),
     }
 }

@@ -59,15 +59,8 @@ fn purge_sink() -> PurgeSink {
 }
 
 pub async fn serve(args: ManagedArgs, admin: &str) -> ExitCode {
-    let admin = match admin {
-        "off" => None,
-        a => match a.parse::<SocketAddr>() {
-            Ok(addr) => Some(addr),
-            Err(e) => {
-                eprintln!("outpost edge: --admin {a}: {e} (use host:port or off)");
-                return ExitCode::from(2);
-            }
-        },
+    let Ok(admin) = crate::edge::parse_admin(admin) else {
+        return ExitCode::from(2);
     };
     let (Some(control_url), Some(pop), Some(token), Some(state_dir)) =
         (args.control, args.pop, args.token, args.state_dir)

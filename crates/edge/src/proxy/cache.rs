@@ -16,6 +16,7 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use outpost_cache::collapse::{self, FillDone, Leader};
+use outpost_cache::directives::SURROGATE_CONTROL;
 use outpost_cache::freshness::now_secs;
 use outpost_cache::object::vary_values;
 use outpost_cache::reuse::{self, Reuse};
@@ -482,6 +483,7 @@ impl Ctx<'_> {
     fn answer_from_fill(&self, fill: &Arc<Fill>, own: Option<HeaderMap>, status: &str) -> Response<OutBody> {
         let cache_status = cache_status_value(status, None);
         let mut headers = own.unwrap_or_else(|| fill.headers.clone());
+        headers.remove(SURROGATE_CONTROL);
         if fill.status == StatusCode::OK && conditional::client_has_current(&self.headers, &headers) {
             let mut headers = conditional::not_modified_headers(&headers);
             finish_headers(&mut headers, None, cache_status, self.snapshot);
@@ -526,6 +528,7 @@ impl Ctx<'_> {
     /// The origin's response passed through, with `Cache-Status` saying why it was not stored.
     fn forwarded(&self, mut parts: http::response::Parts, body: Incoming, status: &str) -> Response<OutBody> {
         hop::remove_hop_by_hop(&mut parts.headers, false);
+        parts.headers.remove(SURROGATE_CONTROL);
         let cache_status = cache_status_value(status, None);
         finish_headers(&mut parts.headers, None, cache_status, self.snapshot);
         parts.version = http::Version::HTTP_11;
@@ -558,13 +561,10 @@ fn unreachable(e: &ProxyError) -> bool {
     )
 }
 
-/// The fields every response of the cache phase gets. Stored objects' fields come without
-/// Surrogate-Control already (`Object::client_headers`); responses from the origin or a fill
-/// have it removed here: it is addressed to this cache, and clients never see it.
+/// The fields every response of the cache phase gets. Surrogate-Control, addressed to this
+/// cache, is already gone: stored objects decode without it (`Object::client_headers`), and
+/// origin and fill responses have it removed where they enter the response.
 fn finish_headers(headers: &mut HeaderMap, age: Option<u64>, cache_status: HeaderValue, snapshot: &Snapshot) {
-    if age.is_none() {
-        headers.remove("surrogate-control");
-    }
     if let Some(age) = age {
         headers.insert(header::AGE, HeaderValue::from(age));
     }

@@ -9,7 +9,6 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 /// non-standard ones that real clients still send).
 const HOP_BY_HOP_COUNT: usize = 7;
 
-/// Order matters to `remove_hop_by_hop`: Connection first, TE fourth.
 const HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
@@ -33,7 +32,8 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             present[i] = true;
         }
     }
-    if present[0] {
+    let has = |name: &HeaderName| HOP_BY_HOP.iter().zip(present).any(|(h, p)| p && h == name);
+    if has(&header::CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
@@ -46,7 +46,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             headers.remove(name);
         }
     }
-    let te_trailers = present[3]
+    let te_trailers = has(&header::TE)
         && headers
             .get(header::TE)
             .and_then(|v| v.to_str().ok())

@@ -32,7 +32,7 @@ pub use freshness::{Freshness, LifetimePolicy};
 pub use key::{CacheKey, KeyPolicy, QueryMode};
 pub use object::Object;
 pub use purge::{Purge, PurgeRequest, Target, Verdict};
-pub use storable::{NotStored, StorePolicy};
+pub use storable::{may_store_set_cookie, NotStored, StorePolicy};
 
 use memory::MemoryTier;
 use purge::Purges;

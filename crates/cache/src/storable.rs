@@ -7,16 +7,39 @@ use http::{Method, StatusCode};
 use crate::directives::{RequestDirectives, ResponseDirectives};
 use crate::freshness::heuristically_cacheable;
 
-/// Operator switches that widen what is stored.
-#[derive(Debug, Clone, Default)]
+/// Operator switches that widen (or, for cookies, narrow) what is stored.
+#[derive(Debug, Clone)]
 pub struct StorePolicy {
     /// Store responses the origin marked private or no-store, and ones without freshness
-    /// information (they then live for the site's TTL). Responses that set cookies are still
-    /// never stored: replaying one user's cookie to another is never what an operator wants.
+    /// information (they then live for the site's TTL). It never stores a response that sets
+    /// a cookie: only the origin's own explicit lifetime does that (see `store_set_cookie`).
     pub cache_everything: bool,
+    /// Store a response that sets a cookie when the origin itself gives it a shared lifetime
+    /// (`s-maxage`, `max-age`, `Expires` or `public`): RFC 9111 §7.3 says Set-Cookie does not
+    /// inhibit caching, and such a response is replayed, cookie included, to every client.
+    /// Off, no response that sets a cookie is stored (Varnish's and nginx's default).
+    pub store_set_cookie: bool,
     /// A lifetime is configured for responses that carry none.
     pub has_default_ttl: bool,
     pub max_object_bytes: u64,
+}
+
+impl Default for StorePolicy {
+    fn default() -> Self {
+        Self {
+            cache_everything: false,
+            store_set_cookie: true,
+            has_default_ttl: false,
+            max_object_bytes: 0,
+        }
+    }
+}
+
+/// May a stored response keep the Set-Cookie fields it carries? Only when the operator allows
+/// it and the origin, not the site's TTL rules, says the response may be shared.
+pub fn may_store_set_cookie(response: &HeaderMap, res: &ResponseDirectives, policy: &StorePolicy) -> bool {
+    policy.store_set_cookie
+        && (res.has_explicit_lifetime() || res.public || response.contains_key(header::EXPIRES))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,7 +124,10 @@ pub fn check(
     {
         return Err(NotStored::Authorization);
     }
-    if response.contains_key(header::SET_COOKIE) && !res.private_fields.contains(&header::SET_COOKIE) {
+    if response.contains_key(header::SET_COOKIE)
+        && !res.private_fields.contains(&header::SET_COOKIE)
+        && !may_store_set_cookie(response, res, policy)
+    {
         return Err(NotStored::SetCookie);
     }
     if response
@@ -137,7 +163,13 @@ pub fn check(
 mod tests {
     use super::*;
 
-    fn run(method: Method, req: &[(&str, &str)], status: u16, res: &[(&str, &str)]) -> Result<(), NotStored> {
+    fn run_with(
+        policy: &StorePolicy,
+        method: Method,
+        req: &[(&str, &str)],
+        status: u16,
+        res: &[(&str, &str)],
+    ) -> Result<(), NotStored> {
         let to_map = |pairs: &[(&str, &str)]| {
             let mut m = HeaderMap::new();
             for (k, v) in pairs {
@@ -156,8 +188,56 @@ mod tests {
             StatusCode::from_u16(status).unwrap(),
             &rs,
             &ResponseDirectives::parse(&rs),
-            &StorePolicy::default(),
+            policy,
         )
+    }
+
+    fn run(method: Method, req: &[(&str, &str)], status: u16, res: &[(&str, &str)]) -> Result<(), NotStored> {
+        run_with(&StorePolicy::default(), method, req, status, res)
+    }
+
+    #[test]
+    fn a_cookie_is_stored_only_under_the_origins_own_shared_lifetime() {
+        for explicit in ["max-age=60", "s-maxage=60", "public"] {
+            let res = [("cache-control", explicit), ("set-cookie", "a=b")];
+            assert_eq!(run(Method::GET, &[], 200, &res), Ok(()), "{explicit}");
+        }
+        let expires = [
+            ("expires", "Wed, 01 Jan 2031 00:00:00 GMT"),
+            ("set-cookie", "a=b"),
+        ];
+        assert_eq!(run(Method::GET, &[], 200, &expires), Ok(()));
+        // Heuristic freshness (Last-Modified only) or the operator's rules are not the origin
+        // saying the cookie may be shared.
+        let heuristic = [
+            ("last-modified", "Wed, 01 Jan 2020 00:00:00 GMT"),
+            ("set-cookie", "a=b"),
+        ];
+        assert_eq!(run(Method::GET, &[], 200, &heuristic), Err(NotStored::SetCookie));
+        let everything = StorePolicy {
+            cache_everything: true,
+            has_default_ttl: true,
+            ..StorePolicy::default()
+        };
+        assert_eq!(
+            run_with(&everything, Method::GET, &[], 200, &[("set-cookie", "a=b")]),
+            Err(NotStored::SetCookie)
+        );
+        let never = StorePolicy {
+            store_set_cookie: false,
+            ..StorePolicy::default()
+        };
+        let explicit = [("cache-control", "max-age=60"), ("set-cookie", "a=b")];
+        assert_eq!(
+            run_with(&never, Method::GET, &[], 200, &explicit),
+            Err(NotStored::SetCookie)
+        );
+        // private="set-cookie" stores the response without the cookie, whatever the switch.
+        let private_field = [
+            ("cache-control", "max-age=60, private=\"set-cookie\""),
+            ("set-cookie", "a=b"),
+        ];
+        assert_eq!(run_with(&never, Method::GET, &[], 200, &private_field), Ok(()));
     }
 
     #[test]

@@ -88,10 +88,17 @@ pub struct SiteCacheConfig {
     #[serde(default, with = "serde_opt_duration", skip_serializing_if = "Option::is_none")]
     pub ttl: Option<Duration>,
     /// Also store what the origin marks private or no-store, and answers without freshness
-    /// information (for origins that send no cache headers). Responses setting cookies are
-    /// never stored.
+    /// information (for origins that send no cache headers). A response that sets a cookie is
+    /// not stored this way: see `store_set_cookie`.
     #[serde(default)]
     pub cache_everything: bool,
+    /// Store a response that sets a cookie when the origin gives it a shared lifetime itself
+    /// (`s-maxage`, `max-age`, `Expires` or `public`), as RFC 9111 §7.3 allows: every client
+    /// then gets that cookie. `false` never stores such responses (Varnish's and nginx's
+    /// default); an origin can also keep the cookie out of the stored copy with
+    /// `private="set-cookie"`.
+    #[serde(default = "default_true")]
+    pub store_set_cookie: bool,
     /// Larger responses stream through without being stored.
     #[serde(default = "default_max_object_size", with = "serde_size")]
     pub max_object_size: u64,
@@ -120,6 +127,7 @@ impl Default for SiteCacheConfig {
             default_ttl: None,
             ttl: None,
             cache_everything: false,
+            store_set_cookie: true,
             max_object_size: default_max_object_size(),
             stale_if_error: Duration::ZERO,
             query: CacheQuery::Keep,

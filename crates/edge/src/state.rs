@@ -73,6 +73,7 @@ impl SiteCache {
             },
             store: outpost_cache::StorePolicy {
                 cache_everything: c.cache_everything,
+                store_set_cookie: c.store_set_cookie,
                 has_default_ttl: c.default_ttl.is_some() || c.ttl.is_some(),
                 max_object_bytes: c.max_object_size,
             },

@@ -245,7 +245,10 @@ async fn what_a_shared_cache_must_not_store_reaches_the_origin_every_time() {
         "/cookie",
         route(
             200,
-            &[("cache-control", "max-age=60"), ("set-cookie", "a=b")],
+            &[
+                ("last-modified", "Wed, 01 Jan 2020 00:00:00 GMT"),
+                ("set-cookie", "a=b"),
+            ],
             "x",
         ),
     );
@@ -272,6 +275,72 @@ async fn what_a_shared_cache_must_not_store_reaches_the_origin_every_time() {
         o.hits("/post"),
         2,
         "a request with Authorization is not stored without public/s-maxage"
+    );
+}
+
+#[tokio::test]
+async fn a_response_setting_a_cookie_is_stored_only_when_the_origin_shares_it() {
+    let o = Scripted::start().await;
+    let shared = [("cache-control", "max-age=60"), ("set-cookie", "a=b")];
+    o.set("/shared", route(200, &shared, "x"));
+    o.set(
+        "/private-field",
+        route(
+            200,
+            &[
+                ("cache-control", "max-age=60, private=\"set-cookie\""),
+                ("set-cookie", "a=b"),
+            ],
+            "x",
+        ),
+    );
+    let (_dir, _edge, addr) = pop(&o, "").await;
+    get(addr, "/shared").await;
+    let hit = get(addr, "/shared").await;
+    assert!(
+        cache_status(&hit).starts_with("Outpost; hit"),
+        "{}",
+        cache_status(&hit)
+    );
+    assert_eq!(
+        hit.headers["set-cookie"], "a=b",
+        "RFC 9111 §7.3: the stored cookie is replayed"
+    );
+    assert_eq!(o.hits("/shared"), 1);
+
+    let first = get(addr, "/private-field").await;
+    assert_eq!(
+        first.headers["set-cookie"], "a=b",
+        "the fetching client gets its cookie"
+    );
+    let hit = get(addr, "/private-field").await;
+    assert!(
+        cache_status(&hit).starts_with("Outpost; hit"),
+        "{}",
+        cache_status(&hit)
+    );
+    assert!(
+        !hit.headers.contains_key("set-cookie"),
+        "private=\"set-cookie\" keeps the cookie out of the stored copy"
+    );
+    assert_eq!(o.hits("/private-field"), 1);
+
+    let never = Scripted::start().await;
+    never.set("/shared", route(200, &shared, "x"));
+    let (_dir2, _edge2, addr2) = pop(&never, "store_set_cookie = false").await;
+    for _ in 0..2 {
+        let a = get(addr2, "/shared").await;
+        assert_eq!(a.headers["set-cookie"], "a=b");
+        assert!(
+            cache_status(&a).contains("detail=set-cookie"),
+            "{}",
+            cache_status(&a)
+        );
+    }
+    assert_eq!(
+        never.hits("/shared"),
+        2,
+        "store_set_cookie = false stores no cookie"
     );
 }
 

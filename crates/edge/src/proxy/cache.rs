@@ -184,7 +184,16 @@ impl Ctx<'_> {
                 );
                 let stored = self.cache.store(&self.key, fresh);
                 let current = stored.unwrap_or(obj);
-                Ok(self.answer_from_object(&current, now, "fwd=stale; fwd-status=304"))
+                let mut answer = self.answer_from_object(&current, now, "fwd=stale; fwd-status=304");
+                // A cookie the 304 set for this client but that is not stored still reaches it.
+                if resp.headers().contains_key(header::SET_COOKIE)
+                    && !current.headers().contains_key(header::SET_COOKIE)
+                {
+                    for cookie in resp.headers().get_all(header::SET_COOKIE) {
+                        answer.headers_mut().append(header::SET_COOKIE, cookie.clone());
+                    }
+                }
+                Ok(answer)
             }
             Ok(resp)
                 if resp.status().is_server_error()
@@ -603,8 +612,15 @@ fn refreshed(
 ) -> Object {
     let mut update = not_modified.clone();
     hop::remove_hop_by_hop(&mut update, false);
-    let headers = conditional::merge(&obj.headers(), &update);
+    let mut headers = conditional::merge(&obj.headers(), &update);
     let dirs = ResponseDirectives::parse(&headers);
+    // What admission keeps out of a stored copy stays out when a 304 brings it.
+    for field in dirs.private_fields.iter().chain(&dirs.no_cache_fields) {
+        headers.remove(field);
+    }
+    if !outpost_cache::may_store_set_cookie(&headers, &dirs, &policy.store) {
+        headers.remove(header::SET_COOKIE);
+    }
     let freshness = Freshness::compute(
         request_time,
         response_time,

@@ -36,7 +36,7 @@ pub struct DeadlineExceeded;
 /// What a response carries: the origin's body, streamed, or a small body the PoP made itself.
 /// An enum rather than a boxed body: this is built for every request.
 pub enum OutBody {
-    Origin(Incoming),
+    Origin(crate::upstream::OriginBody),
     Local(Option<Bytes>),
     /// A response being filled into the cache, shared with other requests.
     Fill(outpost_cache::FillReader),

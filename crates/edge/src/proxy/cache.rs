@@ -7,12 +7,12 @@
 
 use std::sync::Arc;
 
+use crate::upstream::OriginBody;
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use outpost_cache::collapse::{self, FillDone, Leader};
@@ -237,7 +237,7 @@ impl Ctx<'_> {
         &self,
         revalidating: Option<&Object>,
         rec: &mut Attempts,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<OriginBody>, ProxyError> {
         let mut headers = self.forward.apply(self.headers.clone(), false);
         for name in [
             header::IF_NONE_MATCH,
@@ -268,7 +268,7 @@ impl Ctx<'_> {
         &self,
         revalidating: Option<&Object>,
         log: &mut RequestLog,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<OriginBody>, ProxyError> {
         let mut rec = Attempts::default();
         let result = self.fetch_for_cache(revalidating, &mut rec).await;
         log.record(rec);
@@ -280,7 +280,7 @@ impl Ctx<'_> {
     /// by its own task while this client (and any that collapse onto it) stream it.
     fn admit(
         &self,
-        resp: Response<Incoming>,
+        resp: Response<OriginBody>,
         request_time: f64,
         seq: u64,
         leader: Option<Leader>,
@@ -369,7 +369,7 @@ impl Ctx<'_> {
     /// origin (then it counts as backhaul when it ends) or through a fill (counted there).
     fn admit_logged(
         &self,
-        resp: Response<Incoming>,
+        resp: Response<OriginBody>,
         request_time: f64,
         seq: u64,
         leader: Option<Leader>,
@@ -535,7 +535,12 @@ impl Ctx<'_> {
     }
 
     /// The origin's response passed through, with `Cache-Status` saying why it was not stored.
-    fn forwarded(&self, mut parts: http::response::Parts, body: Incoming, status: &str) -> Response<OutBody> {
+    fn forwarded(
+        &self,
+        mut parts: http::response::Parts,
+        body: OriginBody,
+        status: &str,
+    ) -> Response<OutBody> {
         hop::remove_hop_by_hop(&mut parts.headers, false);
         parts.headers.remove(SURROGATE_CONTROL);
         let cache_status = cache_status_value(status, None);
@@ -661,7 +666,7 @@ struct FillJob {
 }
 
 impl FillJob {
-    async fn run(mut self, mut body: Incoming) {
+    async fn run(mut self, mut body: OriginBody) {
         let started = Instant::now();
         let mut chunks: Vec<Bytes> = Vec::new();
         let mut total: u64 = 0;

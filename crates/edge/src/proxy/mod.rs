@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::upstream::{OriginBody, SendError};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -235,9 +236,9 @@ async fn proxy(
         via: snapshot.via(req.version()).clone(),
         join_cookies: req.version() == Version::HTTP_2
             && pool.config.protocol == outpost_config::UpstreamProtocol::Http1,
-        h2_upstream: pool.h2.is_some(),
+        h2_upstream: pool.is_http2(),
     };
-    let site_authority: Option<http::uri::Authority> = if pool.h2.is_some() {
+    let site_authority: Option<http::uri::Authority> = if pool.is_http2() {
         raw_host.parse().ok()
     } else {
         None
@@ -481,7 +482,7 @@ impl Upstream {
         attempts: usize,
         request_body_done: Option<&Arc<std::sync::atomic::AtomicBool>>,
         rec: &mut Attempts,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<OriginBody>, ProxyError> {
         let pool = &self.pool;
         // Each attempt goes to an origin not tried yet, so there are no more than origins.
         let attempts = attempts.min(pool.origins.len()).max(1);
@@ -489,13 +490,14 @@ impl Upstream {
         pool.retry_budget.record_request(std::time::Instant::now());
         // Origins already tried for this request; attempts are capped at MAX_ATTEMPTS.
         let mut tried = [usize::MAX; MAX_ATTEMPTS];
-        let mut previous: Option<Result<Response<Incoming>, ProxyError>> = None;
+        let mut previous: Option<Result<Response<OriginBody>, ProxyError>> = None;
         let mut attempt = 0;
         loop {
             attempt += 1;
             let index = match (pool.select(self.hash, &tried[..attempt - 1]), previous.take()) {
                 // Only another origin may do better: the one that just failed is not asked twice
-                // (stale pooled connections are already retried by the client).
+                // (a pooled connection found closed before the request went out is
+                // already replaced by the connection layer).
                 (Ok(index), Some(previous)) if tried[..attempt - 1].contains(&index) => return previous,
                 (Ok(index), _) => index,
                 // A retry found no origin left: the previous answer is more useful than a 503.
@@ -505,13 +507,13 @@ impl Upstream {
             tried[attempt - 1] = index;
             let origin = &pool.origins[index];
             rec.origin = Some((pool.clone(), index));
-            let uri = {
+            let uri = if pool.is_http2() {
                 // HTTP/2 names the site in :authority (the connection already goes to the
-                // origin); HTTP/1.1 puts the origin in the URI and the site in Host.
-                let authority = match (&pool.h2, &self.site_authority) {
-                    (Some(_), Some(site)) => site.clone(),
-                    _ => origin.authority.clone(),
-                };
+                // origin).
+                let authority = self
+                    .site_authority
+                    .clone()
+                    .unwrap_or_else(|| origin.authority.clone());
                 let mut b = Uri::builder().scheme(origin.scheme.clone()).authority(authority);
                 if let Some(pq) = &path_and_query {
                     b = b.path_and_query(pq.clone());
@@ -520,6 +522,12 @@ impl Upstream {
                     origin: origin.url.clone(),
                     reason: e.to_string(),
                 })?
+            } else {
+                // HTTP/1.1: origin-form; the site is in Host.
+                let pq = path_and_query
+                    .clone()
+                    .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+                Uri::from(pq)
             };
             let last_attempt = attempt >= attempts;
             let req_headers = if last_attempt {
@@ -535,9 +543,10 @@ impl Upstream {
             let mut upstream_req = Request::new(req_body);
             *upstream_req.method_mut() = method.clone();
             *upstream_req.uri_mut() = uri;
-            *upstream_req.version_mut() = match pool.config.protocol {
-                outpost_config::UpstreamProtocol::Http1 => Version::HTTP_11,
-                outpost_config::UpstreamProtocol::Http2 => Version::HTTP_2,
+            *upstream_req.version_mut() = if pool.is_http2() {
+                Version::HTTP_2
+            } else {
+                Version::HTTP_11
             };
             *upstream_req.headers_mut() = req_headers;
 
@@ -580,7 +589,7 @@ impl Upstream {
         path_and_query: Option<http::uri::PathAndQuery>,
         headers: HeaderMap,
         rec: &mut Attempts,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<OriginBody>, ProxyError> {
         let attempts = (1 + self.pool.config.retry.attempts as usize).min(MAX_ATTEMPTS);
         self.exchange(
             method,
@@ -619,40 +628,12 @@ async fn send(
     request_deadline: Option<Instant>,
     body_limit: u64,
     request_body_done: Option<&Arc<std::sync::atomic::AtomicBool>>,
-) -> Result<Response<Incoming>, ProxyError> {
+) -> Result<Response<OriginBody>, ProxyError> {
     let origin = &pool.origins[index];
     let sent = Instant::now();
     let header_deadline = sent + pool.config.response_header_timeout;
     let deadline = request_deadline.map_or(header_deadline, |d| d.min(header_deadline));
-    let exchange = async {
-        match &pool.h2 {
-            Some(h2) => {
-                let cfg = &pool.config;
-                // Boxed: the HTTP/2 connect path (TCP + TLS handshake) would otherwise make every
-                // request's future several kilobytes larger, all of it copied on every move.
-                Box::pin(crate::upstream::h2::send(
-                    &origin.state.h2,
-                    &origin.scheme,
-                    &origin.authority,
-                    h2.tls.as_ref(),
-                    cfg.connect_timeout,
-                    req,
-                ))
-                .await
-                .map_err(|e| match e {
-                    crate::upstream::h2::H2Error::Connect(reason) => Failure::Connect(reason),
-                    crate::upstream::h2::H2Error::Protocol(e) => Failure::Other(Box::new(e)),
-                })
-            }
-            None => pool.client.request(req).await.map_err(|e| {
-                if e.is_connect() {
-                    Failure::Connect(error_chain(&e))
-                } else {
-                    Failure::Other(Box::new(e))
-                }
-            }),
-        }
-    };
+    let exchange = pool.send_to(index, req);
     let in_flight = InFlight::enter(&origin.state.in_flight);
     let result = tokio::time::timeout_at(deadline, exchange).await;
     drop(in_flight);
@@ -664,7 +645,7 @@ async fn send(
             pool.record_outcome(index, status >= 500);
             Ok(resp)
         }
-        Ok(Err(Failure::Connect(reason))) => {
+        Ok(Err(SendError::Connect(reason))) => {
             pool.record_outcome(index, true);
             origin.metrics.connect_error.inc();
             Err(ProxyError::OriginConnect {
@@ -672,20 +653,20 @@ async fn send(
                 reason,
             })
         }
-        Ok(Err(Failure::Other(e))) => {
+        Ok(Err(SendError::Protocol(e))) => {
             // The client's own body failing (too large, aborted upload) says nothing about the
             // origin: no outlier strike, and the client is told what it did.
-            if is_body_limit(e.as_ref()) {
+            if is_body_limit(&e) {
                 return Err(ProxyError::BodyTooLarge { limit: body_limit });
             }
-            if let Some(err) = client_body_failure(e.as_ref()) {
+            if let Some(err) = client_body_failure(&e) {
                 return Err(err);
             }
             pool.record_outcome(index, true);
             origin.metrics.protocol_error.inc();
             Err(ProxyError::OriginProtocol {
                 origin: origin.url.clone(),
-                reason: error_chain(e.as_ref()),
+                reason: error_chain(&e),
             })
         }
         Err(_) if request_body_done.is_some_and(|done| !done.load(Ordering::Relaxed)) => {
@@ -704,13 +685,7 @@ async fn send(
     }
 }
 
-/// How an exchange with an origin failed, whichever client carried it.
-enum Failure {
-    Connect(String),
-    Other(Box<dyn std::error::Error + Send + Sync>),
-}
-
-fn respond(resp: Response<Incoming>, snapshot: &Snapshot, upgrade_requested: bool) -> Response<OutBody> {
+fn respond(resp: Response<OriginBody>, snapshot: &Snapshot, upgrade_requested: bool) -> Response<OutBody> {
     let (mut parts, incoming) = resp.into_parts();
     headers::remove_hop_by_hop(
         &mut parts.headers,

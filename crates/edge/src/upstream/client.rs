@@ -1,29 +1,23 @@
-//! The connection-pooling HTTP client one origin pool uses: HTTP/1.1 or HTTP/2, plain or TLS
-//! (with an optional client certificate for mTLS), keep-alive with an idle limit.
+//! How a pool talks to its origins: the HTTP version, TLS (modern versions only, the pool's CA
+//! bundle or the web roots, an optional client certificate for mTLS), timeouts.
 
 use std::sync::Arc;
 
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use outpost_config::{PoolConfig, UpstreamProtocol, UpstreamTls};
 use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::proxy::body::ProxyBody;
+use super::connect::OriginTls;
 
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
-
-/// The part of a pool's config that decides how its client connects; a reload that leaves it
-/// unchanged keeps the client and its warm connections.
+/// The part of a pool's config that decides how it connects; a reload that leaves it
+/// unchanged keeps the warm connections.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClientSettings {
-    protocol: UpstreamProtocol,
+    pub protocol: UpstreamProtocol,
     tls: Option<UpstreamTls>,
-    connect_timeout: std::time::Duration,
-    idle_timeout: std::time::Duration,
+    pub connect_timeout: std::time::Duration,
+    pub idle_timeout: std::time::Duration,
 }
 
 impl ClientSettings {
@@ -37,58 +31,24 @@ impl ClientSettings {
     }
 }
 
-pub fn build(settings: &ClientSettings) -> Result<HttpClient, String> {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(settings.connect_timeout));
-    http.set_keepalive(Some(std::time::Duration::from_secs(60)));
-
-    let tls = tls_config(settings.tls.as_ref())?;
-    let builder = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http();
-    let builder = match settings.tls.as_ref().and_then(|t| t.server_name.clone()) {
-        Some(name) => {
-            let name =
-                rustls_pki_types::ServerName::try_from(name).map_err(|e| format!("tls.server_name: {e}"))?;
-            builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name))
-        }
-        None => builder,
-    };
-    let connector = match settings.protocol {
-        UpstreamProtocol::Http1 => builder.enable_http1().wrap_connector(http),
-        UpstreamProtocol::Http2 => builder.enable_http2().wrap_connector(http),
-    };
-
-    let mut client = Client::builder(TokioExecutor::new());
-    client
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .pool_idle_timeout(settings.idle_timeout)
-        // The proxy sets Host itself: the client's Host would name the origin, not the site.
-        .set_host(false)
-        // Requests are mostly a head without a body: one send of one buffer costs less than
-        // writev's iovec path (bodies are copied into the buffer, up to hyper's buffer limit).
-        .http1_writev(false)
-        .http2_only(settings.protocol == UpstreamProtocol::Http2);
-    Ok(client.build(connector))
-}
-
-/// TLS for HTTP/2 origins reached through `h2.rs`; None when no origin needs it.
-pub fn h2_tls(settings: &ClientSettings) -> Result<Option<Arc<super::h2::H2Tls>>, String> {
+/// TLS for a pool's `https://` origins, offering the pool's HTTP version in ALPN. Built for
+/// every pool, so a bad CA bundle or client certificate fails the config load, not a request.
+pub fn origin_tls(settings: &ClientSettings) -> Result<Arc<OriginTls>, String> {
     let mut config = tls_config(settings.tls.as_ref())?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    config.alpn_protocols = match settings.protocol {
+        UpstreamProtocol::Http1 => vec![b"http/1.1".to_vec()],
+        UpstreamProtocol::Http2 => vec![b"h2".to_vec()],
+    };
     let server_name = match settings.tls.as_ref().and_then(|t| t.server_name.clone()) {
         Some(name) => {
             Some(rustls_pki_types::ServerName::try_from(name).map_err(|e| format!("tls.server_name: {e}"))?)
         }
         None => None,
     };
-    Ok(Some(Arc::new(super::h2::H2Tls {
+    Ok(Arc::new(OriginTls {
         connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
         server_name,
-    })))
+    }))
 }
 
 fn tls_config(cfg: Option<&UpstreamTls>) -> Result<rustls::ClientConfig, String> {

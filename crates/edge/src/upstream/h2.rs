@@ -6,17 +6,17 @@
 //! `:authority` (RFC 9113 §8.3.1; origins route virtual hosts on it). Driving
 //! `hyper::client::conn::http2` directly separates the two.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
 use http::{Request, Response};
-use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use rustls_pki_types::ServerName;
-use tokio::net::TcpStream;
 
+use super::connect::{self, OriginTls};
+use super::h1::OriginBody;
+use super::SendError;
 use crate::proxy::body::ProxyBody;
 
 /// The live HTTP/2 connection to one origin, if any.
@@ -39,25 +39,14 @@ impl H2Conn {
     }
 }
 
-/// How to reach origins over TLS, shared by a pool's origins.
-pub struct H2Tls {
-    pub connector: tokio_rustls::TlsConnector,
-    pub server_name: Option<ServerName<'static>>,
-}
-
-pub enum H2Error {
-    Connect(String),
-    Protocol(hyper::Error),
-}
-
 pub async fn send(
     conn: &H2Conn,
     scheme: &Scheme,
     origin: &Authority,
-    tls: Option<&Arc<H2Tls>>,
+    tls: Option<&OriginTls>,
     connect_timeout: Duration,
     req: Request<ProxyBody>,
-) -> Result<Response<Incoming>, H2Error> {
+) -> Result<Response<OriginBody>, SendError> {
     let mut sender = match conn.current() {
         Some(s) => s,
         None => {
@@ -70,56 +59,53 @@ pub async fn send(
             s
         }
     };
-    sender.send_request(req).await.map_err(|e| {
-        conn.reset();
-        H2Error::Protocol(e)
-    })
+    match sender.send_request(req).await {
+        Ok(resp) => Ok(resp.map(OriginBody::unleased)),
+        Err(e) => {
+            conn.reset();
+            Err(SendError::Protocol(e))
+        }
+    }
 }
 
 async fn connect(
     scheme: &Scheme,
     origin: &Authority,
-    tls: Option<&Arc<H2Tls>>,
+    tls: Option<&OriginTls>,
     timeout: Duration,
-) -> Result<SendRequest<ProxyBody>, H2Error> {
-    let https = *scheme == Scheme::HTTPS;
-    let port = origin.port_u16().unwrap_or(if https { 443 } else { 80 });
-    let host = origin.host().trim_start_matches('[').trim_end_matches(']');
-    let tcp = tokio::time::timeout(timeout, TcpStream::connect((host, port)))
+) -> Result<SendRequest<ProxyBody>, SendError> {
+    let tcp = connect::tcp(scheme, origin, timeout)
         .await
-        .map_err(|_| H2Error::Connect(format!("connect timed out after {timeout:?}")))?
-        .map_err(|e| H2Error::Connect(e.to_string()))?;
-    let _ = tcp.set_nodelay(true);
+        .map_err(SendError::Connect)?;
     let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())
         .keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(10));
-    if https {
-        let tls = tls.ok_or_else(|| H2Error::Connect("no TLS settings for an https origin".into()))?;
-        let name = match &tls.server_name {
-            Some(name) => name.clone(),
-            None => ServerName::try_from(host.to_owned()).map_err(|e| H2Error::Connect(e.to_string()))?,
-        };
-        let stream = tokio::time::timeout(timeout, tls.connector.connect(name, tcp))
+    if connect::is_tls(scheme) {
+        let stream = connect::tls(tls, origin, tcp, timeout)
             .await
-            .map_err(|_| H2Error::Connect(format!("TLS handshake timed out after {timeout:?}")))?
-            .map_err(|e| H2Error::Connect(format!("TLS handshake failed: {e}")))?;
+            .map_err(SendError::Connect)?;
         if stream.get_ref().1.alpn_protocol() != Some(b"h2") {
-            return Err(H2Error::Connect("origin did not agree to HTTP/2 (ALPN)".into()));
+            return Err(SendError::Connect("origin did not agree to HTTP/2 (ALPN)".into()));
         }
-        let (sender, connection) = builder
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| H2Error::Connect(e.to_string()))?;
-        tokio::spawn(connection);
-        Ok(sender)
+        handshake(&builder, stream).await
     } else {
-        let (sender, connection) = builder
-            .handshake(TokioIo::new(tcp))
-            .await
-            .map_err(|e| H2Error::Connect(e.to_string()))?;
-        tokio::spawn(connection);
-        Ok(sender)
+        handshake(&builder, tcp).await
     }
+}
+
+async fn handshake<IO>(
+    builder: &hyper::client::conn::http2::Builder<TokioExecutor>,
+    io: IO,
+) -> Result<SendRequest<ProxyBody>, SendError>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = builder
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| SendError::Connect(e.to_string()))?;
+    tokio::spawn(connection);
+    Ok(sender)
 }

@@ -10,6 +10,7 @@ use outpost_config::HealthCheckConfig;
 use tokio_util::sync::CancellationToken;
 
 use super::pool::Pool;
+use super::SendError;
 use crate::proxy::body;
 
 pub fn spawn_checks(pools: &[Arc<Pool>], cancel: &CancellationToken) {
@@ -46,13 +47,17 @@ pub fn spawn_checks(pools: &[Arc<Pool>], cancel: &CancellationToken) {
 
 async fn probe(pool: &Pool, index: usize, check: &HealthCheckConfig) -> Result<(), String> {
     let origin = &pool.origins[index];
-    let uri = http::Uri::builder()
-        .scheme(origin.scheme.clone())
-        .authority(origin.authority.clone())
-        .path_and_query(check.path.as_str())
-        .build()
-        .map_err(|e| e.to_string())?;
     let host = check.host.clone().unwrap_or_else(|| origin.authority.to_string());
+    let uri = if pool.is_http2() {
+        http::Uri::builder()
+            .scheme(origin.scheme.clone())
+            .authority(host.as_str())
+            .path_and_query(check.path.as_str())
+            .build()
+    } else {
+        http::Uri::builder().path_and_query(check.path.as_str()).build()
+    }
+    .map_err(|e| e.to_string())?;
     let req = Request::builder()
         .method(Method::GET)
         .uri(uri)
@@ -60,10 +65,13 @@ async fn probe(pool: &Pool, index: usize, check: &HealthCheckConfig) -> Result<(
         .header(header::USER_AGENT, "outpost-health-check")
         .body(body::empty())
         .map_err(|e| e.to_string())?;
-    let resp = tokio::time::timeout(check.timeout, pool.client.request(req))
+    let resp = tokio::time::timeout(check.timeout, pool.send_to(index, req))
         .await
         .map_err(|_| format!("no answer within {:?}", check.timeout))?
-        .map_err(|e| format!("{e}"))?;
+        .map_err(|e| match e {
+            SendError::Connect(reason) => reason,
+            SendError::Protocol(e) => e.to_string(),
+        })?;
     let status = resp.status();
     let ok = if check.expect_status == 0 {
         status.is_success() || status.is_redirection()

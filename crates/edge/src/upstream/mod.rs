@@ -1,10 +1,21 @@
-//! Everything about origins: pools, balancing, health, outlier ejection, retries, the client.
+//! Everything about origins: pools, balancing, health, outlier ejection, retries, connections.
 
 pub mod balance;
 pub mod client;
+pub mod connect;
+pub mod h1;
 pub mod h2;
 pub mod health;
 pub mod health_state;
 pub mod outlier;
 pub mod pool;
 pub mod retry_budget;
+
+pub use h1::OriginBody;
+
+/// How an exchange with an origin failed, over either HTTP version.
+pub enum SendError {
+    /// No connection could be opened: nothing reached the origin.
+    Connect(String),
+    Protocol(hyper::Error),
+}

@@ -1,6 +1,6 @@
 //! An origin pool as the request path sees it: its origins with their live state, the
-//! balancer, the retry budget and the client. Built per config version; origin state (health,
-//! ejections, in-flight counts) and the client carry over across reloads when unchanged.
+//! balancer, the retry budget and the connections. Built per config version; origin state
+//! (health, ejections, in-flight counts, warm connections) carries over across reloads.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -13,10 +13,13 @@ use outpost_config::{BalancePolicy, PoolConfig};
 use prometheus_client::metrics::counter::Counter;
 
 use super::balance::{hash_key, Balancer};
-use super::client::{ClientSettings, HttpClient};
+use super::client::ClientSettings;
+use super::connect::OriginTls;
+use super::h1::{self, H1Conns, OriginBody};
 use super::health_state::HealthState;
 use super::outlier::{OutlierPolicy, OutlierState};
 use super::retry_budget::RetryBudget;
+use super::SendError;
 use crate::metrics::{Metrics, OriginMetrics, PoolLabels, PoolOutcomeLabels};
 use crate::proxy::error::ProxyError;
 
@@ -25,6 +28,8 @@ pub struct OriginState {
     pub health: HealthState,
     pub outlier: OutlierState,
     pub in_flight: AtomicU64,
+    /// Idle keep-alive connections of HTTP/1.1 pools (`h1.rs`).
+    pub h1: Arc<H1Conns>,
     /// The multiplexed connection of HTTP/2 pools (`h2.rs`).
     pub h2: super::h2::H2Conn,
 }
@@ -43,11 +48,6 @@ impl Origin {
     pub fn is_available(&self, now: Instant) -> bool {
         self.state.health.is_healthy() && !self.state.outlier.is_ejected(now)
     }
-}
-
-pub struct H2Settings {
-    /// TLS for `https://` origins (ALPN h2).
-    pub tls: Option<Arc<super::h2::H2Tls>>,
 }
 
 /// What a consistent-hash pool hashes.
@@ -87,9 +87,8 @@ pub struct Pool {
     backup_balancer: Balancer,
     hash_key: HashKey,
     pub client_settings: ClientSettings,
-    /// Set for HTTP/2 pools, which reach origins through `h2.rs`.
-    pub h2: Option<H2Settings>,
-    pub client: HttpClient,
+    /// TLS for `https://` origins, with the pool's HTTP version in ALPN.
+    tls: Arc<OriginTls>,
     pub retry_budget: RetryBudget,
     pub outlier_policy: OutlierPolicy,
     pub epoch: Instant,
@@ -101,7 +100,7 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// Builds a pool, reusing origin state and the client from `previous` where they still apply.
+    /// Builds a pool, reusing origin state and connections from `previous` where they still apply.
     pub fn build(
         cfg: &PoolConfig,
         previous: Option<&Pool>,
@@ -110,15 +109,9 @@ impl Pool {
     ) -> Result<Self, String> {
         let settings = ClientSettings::of(cfg);
         let unchanged = previous.is_some_and(|p| p.client_settings == settings);
-        let client = match previous {
-            Some(p) if unchanged => p.client.clone(),
-            _ => super::client::build(&settings).map_err(|e| format!("pool \"{}\": {e}", cfg.name))?,
-        };
-        let h2 = match cfg.protocol {
-            outpost_config::UpstreamProtocol::Http2 => Some(H2Settings {
-                tls: super::client::h2_tls(&settings).map_err(|e| format!("pool \"{}\": {e}", cfg.name))?,
-            }),
-            outpost_config::UpstreamProtocol::Http1 => None,
+        let tls = match previous {
+            Some(p) if unchanged => p.tls.clone(),
+            _ => super::client::origin_tls(&settings).map_err(|e| format!("pool \"{}\": {e}", cfg.name))?,
         };
         let mut origins = Vec::with_capacity(cfg.origins.len());
         for o in &cfg.origins {
@@ -132,8 +125,10 @@ impl Pool {
                 .and_then(|p| p.origins.iter().find(|old| old.url == o.url))
                 .map(|old| {
                     if !unchanged {
-                        // New TLS or timeouts: the next request opens a connection with them.
+                        // New TLS, protocol or timeouts: the next request opens a connection
+                        // with them.
                         old.state.h2.reset();
+                        old.state.h1.clear();
                     }
                     old.state.clone()
                 })
@@ -142,6 +137,7 @@ impl Pool {
                         health: HealthState::new(true),
                         outlier: OutlierState::new(epoch),
                         in_flight: AtomicU64::new(0),
+                        h1: Default::default(),
                         h2: Default::default(),
                     })
                 });
@@ -189,8 +185,7 @@ impl Pool {
             primary_balancer,
             backup_balancer,
             client_settings: settings,
-            h2,
-            client,
+            tls,
             retry_budget: RetryBudget::new(cfg.retry.budget_ratio, cfg.retry.min_per_second, epoch),
             outlier_policy,
             epoch,
@@ -199,6 +194,47 @@ impl Pool {
             retries_attempted: outcome("attempted"),
             retries_budget_exhausted: outcome("budget_exhausted"),
         })
+    }
+
+    /// One exchange with one origin over the pool's HTTP version. The request carries the
+    /// site in Host (HTTP/1.1, origin-form URI) or in the URI's authority (HTTP/2).
+    pub async fn send_to(
+        &self,
+        index: usize,
+        req: http::Request<crate::proxy::body::ProxyBody>,
+    ) -> Result<http::Response<OriginBody>, SendError> {
+        let origin = &self.origins[index];
+        let settings = &self.client_settings;
+        match settings.protocol {
+            outpost_config::UpstreamProtocol::Http1 => {
+                let target = h1::Target {
+                    conns: &origin.state.h1,
+                    scheme: &origin.scheme,
+                    authority: &origin.authority,
+                    tls: Some(&self.tls),
+                    connect_timeout: settings.connect_timeout,
+                    idle_timeout: settings.idle_timeout,
+                };
+                h1::send(target, req).await
+            }
+            // Boxed: the HTTP/2 connect path (TCP + TLS handshake) would otherwise make every
+            // request's future several kilobytes larger, all of it copied on every move.
+            outpost_config::UpstreamProtocol::Http2 => {
+                Box::pin(super::h2::send(
+                    &origin.state.h2,
+                    &origin.scheme,
+                    &origin.authority,
+                    Some(&self.tls),
+                    settings.connect_timeout,
+                    req,
+                ))
+                .await
+            }
+        }
+    }
+
+    pub fn is_http2(&self) -> bool {
+        self.client_settings.protocol == outpost_config::UpstreamProtocol::Http2
     }
 
     /// The request's hash for consistent hashing, if this pool hashes.

@@ -27,7 +27,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::upstream::{OriginBody, SendError};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -43,6 +42,7 @@ use crate::metrics::SiteMetrics;
 use crate::router::normalize_host;
 use crate::state::Snapshot;
 use crate::upstream::pool::Pool;
+use crate::upstream::{OriginBody, SendError};
 use crate::Shared;
 
 /// Upper bound on attempts per request (first try plus retries), whatever the config says.

@@ -13,7 +13,37 @@ use crate::object::Object;
 /// At most this many variants per URL; a new one beyond it replaces the oldest.
 const MAX_VARIANTS: usize = 16;
 
-pub type Variants = Arc<[Arc<Object>]>;
+/// The variants stored for one URL. Almost every URL has one, held without a list: a list is
+/// one more allocation per URL. Both arms are thin pointers, so the value moka stores stays
+/// 16 bytes.
+#[derive(Clone)]
+pub enum Variants {
+    One(Arc<Object>),
+    Many(Arc<Vec<Arc<Object>>>),
+}
+
+impl std::ops::Deref for Variants {
+    type Target = [Arc<Object>];
+
+    fn deref(&self) -> &[Arc<Object>] {
+        match self {
+            Self::One(obj) => std::slice::from_ref(obj),
+            Self::Many(list) => list,
+        }
+    }
+}
+
+impl From<Vec<Arc<Object>>> for Variants {
+    fn from(mut list: Vec<Arc<Object>>) -> Self {
+        if list.len() == 1 {
+            if let Some(only) = list.pop() {
+                return Self::One(only);
+            }
+        }
+        list.shrink_to_fit();
+        Self::Many(Arc::new(list))
+    }
+}
 
 pub struct MemoryTier {
     cache: moka::sync::Cache<u64, Variants>,

@@ -15,7 +15,7 @@ use crate::key::CacheKey;
 /// replaces the object rather than editing it, so readers never see half an update.
 #[derive(Debug)]
 pub struct Object {
-    pub url: Arc<str>,
+    pub url: Box<str>,
     pub site: Arc<str>,
     pub status: StatusCode,
     /// The response's header fields in one exact-size buffer (see `fields`): a `HeaderMap`

@@ -132,17 +132,17 @@ impl DiskTier {
             return;
         }
         let meta = Meta {
-            url: obj.url.to_string(),
+            url: obj.url().to_owned(),
             site: obj.site.to_string(),
             status: obj.status.as_u16(),
             freshness: obj.freshness.clone(),
             vary: obj
-                .vary
+                .vary()
                 .iter()
                 .map(|(n, v)| (n.as_str().to_owned(), v.as_deref().map(str::to_owned)))
                 .collect(),
-            extra: obj.extra.as_deref().map(str::to_owned),
-            tags: obj.tags.iter().map(|t| t.to_string()).collect(),
+            extra: obj.extra().map(str::to_owned),
+            tags: obj.tags().iter().map(|t| t.to_string()).collect(),
             stored_seq: obj.stored_seq,
             epoch: self.epoch,
             body_len: obj.body.len() as u64,

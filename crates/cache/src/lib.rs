@@ -120,7 +120,7 @@ impl Cache {
         let obj = variants
             .iter()
             .rev()
-            .find(|o| *o.url == *key.url && o.matches(request, key.extra.as_deref()))?;
+            .find(|o| o.url() == key.url && o.matches(request, key.extra.as_deref()))?;
         match self.purges.verdict(obj) {
             Verdict::Keep => Some(obj.clone()),
             Verdict::Stale => {

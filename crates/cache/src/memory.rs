@@ -75,7 +75,7 @@ impl MemoryTier {
         let mut list: Vec<Arc<Object>> = match self.cache.get(&hash) {
             Some(v) => v
                 .iter()
-                .filter(|o| !o.same_variant(&obj) && o.url == obj.url)
+                .filter(|o| !o.same_variant(&obj) && o.url() == obj.url())
                 .cloned()
                 .collect(),
             None => Vec::new(),

@@ -13,9 +13,13 @@ use crate::key::CacheKey;
 
 /// One stored response. Immutable once stored except for the soft-purge mark; a revalidation
 /// replaces the object rather than editing it, so readers never see half an update.
+///
+/// Kept within an allocator size class on purpose (see "Cache memory" in
+/// docs/architecture.md): what few objects have (Vary, extra key parts, tags) sits behind one
+/// optional box.
 #[derive(Debug)]
 pub struct Object {
-    pub url: Box<str>,
+    url: Box<str>,
     pub site: Arc<str>,
     pub status: StatusCode,
     /// The response's header fields in one exact-size buffer (see `fields`): a `HeaderMap`
@@ -24,16 +28,22 @@ pub struct Object {
     head: Bytes,
     pub body: Bytes,
     pub freshness: Freshness,
-    /// The request's values of the fields named in Vary, normalised.
-    pub vary: VaryValues,
-    /// The operator's extra key parts (see `KeyPolicy`).
-    pub extra: Option<Box<str>>,
-    /// Surrogate keys from Surrogate-Key and Cache-Tag.
-    pub tags: Box<[Box<str>]>,
+    selectors: Option<Box<Selectors>>,
     /// Purge sequence number when the fetch that produced this object started: purges after it
     /// apply to the object even when they arrived while it was being fetched.
     pub stored_seq: u64,
     soft_purged: AtomicBool,
+}
+
+/// What selects an object among its URL's variants, and its purge tags.
+#[derive(Debug)]
+struct Selectors {
+    /// The request's values of the fields named in Vary, normalised.
+    vary: VaryValues,
+    /// The operator's extra key parts (see `KeyPolicy`).
+    extra: Option<Box<str>>,
+    /// Surrogate keys from Surrogate-Key and Cache-Tag.
+    tags: Box<[Box<str>]>,
 }
 
 impl Object {
@@ -49,6 +59,13 @@ impl Object {
         stored_seq: u64,
     ) -> Self {
         let tags = surrogate_keys(&headers);
+        let selectors = (!vary.is_empty() || key.extra.is_some() || !tags.is_empty()).then(|| {
+            Box::new(Selectors {
+                vary,
+                extra: key.extra.clone(),
+                tags,
+            })
+        });
         Self {
             url: key.url.as_str().into(),
             site,
@@ -56,12 +73,30 @@ impl Object {
             head: fields::encode(&headers),
             body,
             freshness,
-            vary,
-            extra: key.extra.clone(),
-            tags,
+            selectors,
             stored_seq,
             soft_purged: AtomicBool::new(false),
         }
+    }
+
+    /// The URL of the cache key (`scheme://host/path?query`).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The request's values of the fields named in Vary, normalised.
+    pub fn vary(&self) -> &[(HeaderName, Option<Box<str>>)] {
+        self.selectors.as_ref().map_or(&[], |s| &s.vary)
+    }
+
+    /// The operator's extra key parts (see `KeyPolicy`).
+    pub fn extra(&self) -> Option<&str> {
+        self.selectors.as_ref().and_then(|s| s.extra.as_deref())
+    }
+
+    /// Surrogate keys from Surrogate-Key and Cache-Tag.
+    pub fn tags(&self) -> &[Box<str>] {
+        self.selectors.as_ref().map_or(&[], |s| &s.tags)
     }
 
     /// The stored header fields.
@@ -81,12 +116,12 @@ impl Object {
 
     /// Whether this object answers a request with these headers and extra key parts.
     pub fn matches(&self, request: &HeaderMap, extra: Option<&str>) -> bool {
-        selects(&self.vary, self.extra.as_deref(), request, extra)
+        selects(self.vary(), self.extra(), request, extra)
     }
 
     /// Same selecting facts as `other`: a newer response for the same variant replaces it.
     pub fn same_variant(&self, other: &Object) -> bool {
-        self.extra == other.extra && self.vary == other.vary
+        self.extra() == other.extra() && self.vary() == other.vary()
     }
 
     pub fn mark_soft_purged(&self) {
@@ -108,7 +143,7 @@ impl Object {
 /// Whether a response stored with these Vary values and extra key parts answers a request with
 /// these headers and extra key parts (for stored objects and fills alike).
 pub(crate) fn selects(
-    vary: &VaryValues,
+    vary: &[(HeaderName, Option<Box<str>>)],
     stored_extra: Option<&str>,
     request: &HeaderMap,
     extra: Option<&str>,

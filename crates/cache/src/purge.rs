@@ -174,7 +174,7 @@ impl Purges {
     }
 
     pub fn verdict(&self, obj: &Object) -> Verdict {
-        self.verdict_for(&obj.url, &obj.site, &obj.tags, obj.stored_seq)
+        self.verdict_for(obj.url(), &obj.site, obj.tags(), obj.stored_seq)
     }
 
     /// `verdict` for an object known only by its metadata (the disk tier's index).

@@ -635,7 +635,7 @@ fn refreshed(
         &policy.lifetime,
     );
     let mut key = key.clone();
-    key.extra = obj.extra.clone();
+    key.extra = obj.extra().map(Into::into);
     Object::new(
         &key,
         obj.site.clone(),
@@ -643,7 +643,7 @@ fn refreshed(
         headers,
         obj.body.clone(),
         freshness,
-        obj.vary.clone(),
+        obj.vary().into(),
         seq,
     )
 }

@@ -34,14 +34,14 @@ impl std::ops::Deref for Variants {
 }
 
 impl From<Vec<Arc<Object>>> for Variants {
-    fn from(mut list: Vec<Arc<Object>>) -> Self {
-        if list.len() == 1 {
-            if let Some(only) = list.pop() {
-                return Self::One(only);
+    fn from(list: Vec<Arc<Object>>) -> Self {
+        match <[Arc<Object>; 1]>::try_from(list) {
+            Ok([only]) => Self::One(only),
+            Err(mut list) => {
+                list.shrink_to_fit();
+                Self::Many(Arc::new(list))
             }
         }
-        list.shrink_to_fit();
-        Self::Many(Arc::new(list))
     }
 }
 

@@ -7,7 +7,6 @@
 
 use std::sync::Arc;
 
-use crate::upstream::OriginBody;
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::uri::PathAndQuery;
@@ -29,6 +28,7 @@ use super::body::OutBody;
 use super::error::ProxyError;
 use super::{headers as hop, Attempts, RequestLog, Upstream};
 use crate::state::{SiteCache, Snapshot};
+use crate::upstream::OriginBody;
 
 /// Cache identifier in `Cache-Status` (RFC 9211).
 const CACHE_NAME: &str = "Outpost";

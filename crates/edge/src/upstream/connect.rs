@@ -37,12 +37,11 @@ pub async fn tcp(scheme: &Scheme, origin: &Authority, timeout: Duration) -> Resu
 }
 
 pub async fn tls(
-    tls: Option<&OriginTls>,
+    tls: &OriginTls,
     origin: &Authority,
     tcp: TcpStream,
     timeout: Duration,
 ) -> Result<TlsStream<TcpStream>, String> {
-    let tls = tls.ok_or("no TLS settings for an https origin")?;
     let name = match &tls.server_name {
         Some(name) => name.clone(),
         None => ServerName::try_from(host_of(origin).to_owned()).map_err(|e| e.to_string())?,

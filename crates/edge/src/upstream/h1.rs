@@ -132,7 +132,7 @@ pub struct Target<'a> {
     pub conns: &'a Arc<H1Conns>,
     pub scheme: &'a Scheme,
     pub authority: &'a Authority,
-    pub tls: Option<&'a OriginTls>,
+    pub tls: &'a OriginTls,
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
 }

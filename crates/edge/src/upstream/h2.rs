@@ -15,8 +15,7 @@ use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use super::connect::{self, OriginTls};
-use super::h1::OriginBody;
-use super::SendError;
+use super::{OriginBody, SendError};
 use crate::proxy::body::ProxyBody;
 
 /// The live HTTP/2 connection to one origin, if any.
@@ -43,7 +42,7 @@ pub async fn send(
     conn: &H2Conn,
     scheme: &Scheme,
     origin: &Authority,
-    tls: Option<&OriginTls>,
+    tls: &OriginTls,
     connect_timeout: Duration,
     req: Request<ProxyBody>,
 ) -> Result<Response<OriginBody>, SendError> {
@@ -71,7 +70,7 @@ pub async fn send(
 async fn connect(
     scheme: &Scheme,
     origin: &Authority,
-    tls: Option<&OriginTls>,
+    tls: &OriginTls,
     timeout: Duration,
 ) -> Result<SendRequest<ProxyBody>, SendError> {
     let tcp = connect::tcp(scheme, origin, timeout)

@@ -10,7 +10,6 @@ use outpost_config::HealthCheckConfig;
 use tokio_util::sync::CancellationToken;
 
 use super::pool::Pool;
-use super::SendError;
 use crate::proxy::body;
 
 pub fn spawn_checks(pools: &[Arc<Pool>], cancel: &CancellationToken) {
@@ -68,10 +67,7 @@ async fn probe(pool: &Pool, index: usize, check: &HealthCheckConfig) -> Result<(
     let resp = tokio::time::timeout(check.timeout, pool.send_to(index, req))
         .await
         .map_err(|_| format!("no answer within {:?}", check.timeout))?
-        .map_err(|e| match e {
-            SendError::Connect(reason) => reason,
-            SendError::Protocol(e) => e.to_string(),
-        })?;
+        .map_err(|e| e.to_string())?;
     let status = resp.status();
     let ok = if check.expect_status == 0 {
         status.is_success() || status.is_redirection()

@@ -19,3 +19,12 @@ pub enum SendError {
     Connect(String),
     Protocol(hyper::Error),
 }
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Connect(reason) => f.write_str(reason),
+            Self::Protocol(e) => e.fmt(f),
+        }
+    }
+}

@@ -211,7 +211,7 @@ impl Pool {
                     conns: &origin.state.h1,
                     scheme: &origin.scheme,
                     authority: &origin.authority,
-                    tls: Some(&self.tls),
+                    tls: &self.tls,
                     connect_timeout: settings.connect_timeout,
                     idle_timeout: settings.idle_timeout,
                 };
@@ -224,7 +224,7 @@ impl Pool {
                     &origin.state.h2,
                     &origin.scheme,
                     &origin.authority,
-                    Some(&self.tls),
+                    &self.tls,
                     settings.connect_timeout,
                     req,
                 ))

@@ -656,17 +656,17 @@ async fn send(
         Ok(Err(SendError::Protocol(e))) => {
             // The client's own body failing (too large, aborted upload) says nothing about the
             // origin: no outlier strike, and the client is told what it did.
-            if is_body_limit(&e) {
+            if is_body_limit(&*e) {
                 return Err(ProxyError::BodyTooLarge { limit: body_limit });
             }
-            if let Some(err) = client_body_failure(&e) {
+            if let Some(err) = client_body_failure(&*e) {
                 return Err(err);
             }
             pool.record_outcome(index, true);
             origin.metrics.protocol_error.inc();
             Err(ProxyError::OriginProtocol {
                 origin: origin.url.clone(),
-                reason: error_chain(&e),
+                reason: error_chain(&*e),
             })
         }
         Err(_) if request_body_done.is_some_and(|done| !done.load(Ordering::Relaxed)) => {

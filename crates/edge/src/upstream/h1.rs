@@ -7,10 +7,16 @@
 //! idle list; a connection goes back on it when the response body ends ([`OriginBody`]), with no
 //! task of its own, and a checkout is a pop.
 //!
-//! A connection the origin closed while it sat idle is noticed by hyper either before the
-//! request is written (`try_send_request` hands the request back, and it goes to the next
-//! connection or a new one) or not at all, when the close races the write: that exchange fails
-//! like any other broken exchange, and the proxy's retry policy decides.
+//! Requests without a body that ask for no upgrade (nearly all) are written and answered inside
+//! the request's own task (`h1_inline.rs`) on connections of their own; requests with a body and
+//! upgrades go through hyper's client connection, which writes the body while it reads the
+//! response. Each kind keeps its own idle list per origin.
+//!
+//! A connection the origin closed while it sat idle is noticed at checkout (hyper's connection
+//! task sees the close; an inline connection is polled once without waiting) or, when the close
+//! races the write, by the exchange failing: an idempotent inline request then goes again on a
+//! fresh connection, anything else fails like any other broken exchange and the proxy's retry
+//! policy decides.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -21,15 +27,16 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::uri::{Authority, Scheme};
-use http::{Request, Response, StatusCode};
+use http::{header, Method, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{Builder, SendRequest};
 use hyper_util::rt::TokioIo;
 
 use super::connect::{self, OriginTls};
+use super::h1_inline::{self, Conn, InlineBody};
 use super::SendError;
-use crate::proxy::body::ProxyBody;
+use crate::proxy::body::{BoxError, ProxyBody};
 
 /// Idle connections kept per origin; more are closed as they come back.
 const MAX_IDLE: usize = 1024;
@@ -40,41 +47,96 @@ const MAX_BUSY_SKIPS: usize = 4;
 /// The idle keep-alive connections to one origin.
 #[derive(Default)]
 pub struct H1Conns {
-    /// Oldest first; checkouts take from the back.
-    idle: Mutex<VecDeque<Idle>>,
+    /// hyper's connections (requests with bodies, upgrades). Oldest first; checkouts take from
+    /// the back.
+    idle: Mutex<VecDeque<Idle<SendRequest<ProxyBody>>>>,
+    /// Connections for inline exchanges, likewise ordered.
+    inline: Mutex<VecDeque<Idle<Box<Conn>>>>,
     /// Set while a task is closing connections idle longer than the pool's idle timeout.
     reaping: AtomicBool,
 }
 
-struct Idle {
-    sender: SendRequest<ProxyBody>,
+struct Idle<C> {
+    conn: C,
     since: Instant,
+}
+
+/// Pushes a connection on an idle list, closing the oldest beyond `MAX_IDLE`.
+fn push_idle<C>(list: &Mutex<VecDeque<Idle<C>>>, conn: C) {
+    let surplus = {
+        let Ok(mut idle) = list.lock() else { return };
+        idle.push_back(Idle {
+            conn,
+            since: Instant::now(),
+        });
+        (idle.len() > MAX_IDLE).then(|| idle.pop_front())
+    };
+    drop(surplus);
+}
+
+/// Takes the connections idle for `idle_timeout` or longer off the front of a list.
+fn expired<C>(list: &mut VecDeque<Idle<C>>, idle_timeout: Duration) -> Vec<Idle<C>> {
+    let now = Instant::now();
+    let keep = list
+        .iter()
+        .position(|c| now.duration_since(c.since) < idle_timeout)
+        .unwrap_or(list.len());
+    list.drain(..keep).collect()
 }
 
 impl H1Conns {
     /// Closes every idle connection (the pool's TLS or timeouts changed).
     pub fn clear(&self) {
-        let drained: Vec<Idle> = match self.idle.lock() {
+        let hyper: Vec<_> = match self.idle.lock() {
             Ok(mut idle) => idle.drain(..).collect(),
-            Err(_) => return,
+            Err(_) => Vec::new(),
         };
-        drop(drained);
+        let inline: Vec<_> = match self.inline.lock() {
+            Ok(mut idle) => idle.drain(..).collect(),
+            Err(_) => Vec::new(),
+        };
+        drop((hyper, inline));
+    }
+
+    fn checkout_inline(&self, idle_timeout: Duration) -> Option<Box<Conn>> {
+        let mut idle = self.inline.lock().ok()?;
+        let now = Instant::now();
+        while let Some(mut entry) = idle.pop_back() {
+            if now.duration_since(entry.since) < idle_timeout && entry.conn.is_usable() {
+                return Some(entry.conn);
+            }
+        }
+        None
+    }
+
+    fn put_back_inline(self: &Arc<Self>, conn: Box<Conn>, idle_timeout: Duration) {
+        if idle_timeout.is_zero() {
+            return;
+        }
+        push_idle(&self.inline, conn);
+        self.start_reaper(idle_timeout);
+    }
+
+    fn start_reaper(self: &Arc<Self>, idle_timeout: Duration) {
+        if !self.reaping.swap(true, Ordering::AcqRel) {
+            tokio::spawn(reap(Arc::downgrade(self), idle_timeout));
+        }
     }
 
     fn checkout(&self, idle_timeout: Duration) -> Option<SendRequest<ProxyBody>> {
         let mut idle = self.idle.lock().ok()?;
         let now = Instant::now();
         let mut skipped = 0;
-        while let Some(conn) = idle.pop_back() {
-            if now.duration_since(conn.since) >= idle_timeout || conn.sender.is_closed() {
+        while let Some(entry) = idle.pop_back() {
+            if now.duration_since(entry.since) >= idle_timeout || entry.conn.is_closed() {
                 continue;
             }
-            if conn.sender.is_ready() {
-                return Some(conn.sender);
+            if entry.conn.is_ready() {
+                return Some(entry.conn);
             }
             // Its previous response ended a moment ago and hyper has not yet marked the
             // connection idle (or the request body is still going out): leave it for later.
-            idle.push_front(conn);
+            idle.push_front(entry);
             skipped += 1;
             if skipped >= MAX_BUSY_SKIPS {
                 return None;
@@ -87,18 +149,8 @@ impl H1Conns {
         if sender.is_closed() || idle_timeout.is_zero() {
             return;
         }
-        let surplus = {
-            let Ok(mut idle) = self.idle.lock() else { return };
-            idle.push_back(Idle {
-                sender,
-                since: Instant::now(),
-            });
-            (idle.len() > MAX_IDLE).then(|| idle.pop_front())
-        };
-        drop(surplus);
-        if !self.reaping.swap(true, Ordering::AcqRel) {
-            tokio::spawn(reap(Arc::downgrade(self), idle_timeout));
-        }
+        push_idle(&self.idle, sender);
+        self.start_reaper(idle_timeout);
     }
 }
 
@@ -107,23 +159,22 @@ async fn reap(conns: Weak<H1Conns>, idle_timeout: Duration) {
     loop {
         tokio::time::sleep(idle_timeout.max(Duration::from_millis(100))).await;
         let Some(conns) = conns.upgrade() else { return };
-        let expired: Vec<Idle> = {
-            let Ok(mut idle) = conns.idle.lock() else { return };
-            let now = Instant::now();
-            let keep = idle
-                .iter()
-                .position(|c| now.duration_since(c.since) < idle_timeout)
-                .unwrap_or(idle.len());
-            let expired = idle.drain(..keep).collect();
-            if idle.is_empty() {
-                conns.reaping.store(false, Ordering::Release);
-                drop(idle);
-                drop(expired);
-                return;
-            }
-            expired
+        let (Ok(mut idle), Ok(mut inline)) = (conns.idle.lock(), conns.inline.lock()) else {
+            return;
         };
-        drop(expired);
+        let closed = (
+            expired(&mut idle, idle_timeout),
+            expired(&mut inline, idle_timeout),
+        );
+        let done = idle.is_empty() && inline.is_empty();
+        if done {
+            conns.reaping.store(false, Ordering::Release);
+        }
+        drop((idle, inline));
+        drop(closed);
+        if done {
+            return;
+        }
     }
 }
 
@@ -138,7 +189,65 @@ pub struct Target<'a> {
 }
 
 /// Sends `req` (origin-form URI, Host set) on an idle connection to the origin or a new one.
-pub async fn send(
+pub async fn send(target: Target<'_>, req: Request<ProxyBody>) -> Result<Response<OriginBody>, SendError> {
+    use http_body::Body as _;
+    if req.body().is_end_stream() && !req.headers().contains_key(header::UPGRADE) {
+        send_inline(&target, req).await
+    } else {
+        send_hyper(target, req).await
+    }
+}
+
+async fn send_inline(
+    target: &Target<'_>,
+    req: Request<ProxyBody>,
+) -> Result<Response<OriginBody>, SendError> {
+    let (parts, _) = req.into_parts();
+    let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let head = h1_inline::encode_head(&parts.method, path, &parts.headers);
+    let idempotent = matches!(
+        parts.method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    );
+    loop {
+        let (mut conn, reused) = match target.conns.checkout_inline(target.idle_timeout) {
+            Some(conn) => (conn, true),
+            // Boxed: connecting is rare and would make every request's future larger.
+            None => (Box::new(Conn::new(Box::pin(open_inline(target)).await?)), false),
+        };
+        match conn.exchange(&head, &parts.method).await {
+            Ok(resp) => {
+                let conns = target.conns.clone();
+                let idle_timeout = target.idle_timeout;
+                return Ok(resp.map(|framing| {
+                    let on_end = Box::new(move |conn| conns.put_back_inline(conn, idle_timeout));
+                    OriginBody::inline(InlineBody::new(conn, framing, on_end))
+                }));
+            }
+            // The origin closed a kept-alive connection as the request went out: nothing was
+            // answered, so an idempotent request goes again (on the next idle connection or a
+            // new one; a new one is not retried).
+            Err(e) if reused && idempotent && e.is_stale_connection() => continue,
+            Err(e) => return Err(SendError::Protocol(e.into())),
+        }
+    }
+}
+
+async fn open_inline(target: &Target<'_>) -> Result<h1_inline::Io, SendError> {
+    let tcp = connect::tcp(target.scheme, target.authority, target.connect_timeout)
+        .await
+        .map_err(SendError::Connect)?;
+    if connect::is_tls(target.scheme) {
+        let stream = connect::tls(target.tls, target.authority, tcp, target.connect_timeout)
+            .await
+            .map_err(SendError::Connect)?;
+        Ok(h1_inline::Io::Tls(Box::new(stream)))
+    } else {
+        Ok(h1_inline::Io::Plain(tcp))
+    }
+}
+
+async fn send_hyper(
     target: Target<'_>,
     mut req: Request<ProxyBody>,
 ) -> Result<Response<OriginBody>, SendError> {
@@ -148,7 +257,7 @@ pub async fn send(
             Err(mut e) => match e.take_message() {
                 // Closed before the request was written: nothing reached the origin.
                 Some(unsent) => req = unsent,
-                None => return Err(SendError::Protocol(e.into_error())),
+                None => return Err(SendError::Protocol(e.into_error().into())),
             },
         }
     }
@@ -157,7 +266,7 @@ pub async fn send(
     let mut sender = Box::pin(open(&target)).await?;
     match sender.try_send_request(req).await {
         Ok(resp) => Ok(leased(resp, sender, &target)),
-        Err(e) => Err(SendError::Protocol(e.into_error())),
+        Err(e) => Err(SendError::Protocol(e.into_error().into())),
     }
 }
 
@@ -218,58 +327,94 @@ impl Lease {
     }
 }
 
-/// An origin's response body. Over HTTP/1.1 it carries the connection's lease: the connection
-/// goes back to its origin's idle list when the body ends, and is closed (by hyper, with the
-/// body) when the body is dropped unfinished.
+/// An origin's response body. Over HTTP/1.1 it carries its connection: the connection goes
+/// back to its origin's idle list when the body ends, and is closed with the body when the body
+/// is dropped unfinished.
 pub struct OriginBody {
-    inner: Incoming,
-    lease: Option<Lease>,
+    kind: Kind,
+}
+
+enum Kind {
+    /// Read by hyper's connection task; `lease` is the right to reuse that connection.
+    Hyper { inner: Incoming, lease: Option<Lease> },
+    /// Read inline from the connection it owns.
+    Inline(InlineBody),
+    /// Already complete in memory (a small inline response read with its head).
+    Buffered(Option<Bytes>),
 }
 
 impl OriginBody {
     fn new(inner: Incoming, lease: Option<Lease>) -> Self {
-        let mut body = Self { inner, lease };
-        if body.inner.is_end_stream() {
+        let mut body = Self {
+            kind: Kind::Hyper { inner, lease },
+        };
+        if body.is_end_stream() {
             body.release();
         }
         body
     }
 
+    fn inline(mut body: InlineBody) -> Self {
+        let kind = match body.take_buffered() {
+            Some(data) => Kind::Buffered(Some(data)),
+            None => Kind::Inline(body),
+        };
+        Self { kind }
+    }
+
     /// A body that holds no connection (HTTP/2 streams share theirs).
     pub fn unleased(inner: Incoming) -> Self {
-        Self { inner, lease: None }
+        Self {
+            kind: Kind::Hyper { inner, lease: None },
+        }
     }
 
     fn release(&mut self) {
-        if let Some(lease) = self.lease.take() {
-            lease.release();
+        if let Kind::Hyper { lease, .. } = &mut self.kind {
+            if let Some(lease) = lease.take() {
+                lease.release();
+            }
         }
     }
 }
 
 impl Body for OriginBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => self.release(),
-            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.release(),
-            Poll::Ready(Some(Err(_))) => self.lease = None,
-            _ => {}
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match &mut self.kind {
+            Kind::Buffered(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            Kind::Inline(body) => body.poll_frame(cx).map(|f| f.map(|r| r.map_err(BoxError::from))),
+            Kind::Hyper { inner, lease } => {
+                let polled = Pin::new(&mut *inner).poll_frame(cx);
+                match &polled {
+                    Poll::Ready(None) => self.release(),
+                    Poll::Ready(Some(Ok(_))) if inner.is_end_stream() => self.release(),
+                    Poll::Ready(Some(Err(_))) => *lease = None,
+                    _ => {}
+                }
+                polled.map(|f| f.map(|r| r.map_err(BoxError::from)))
+            }
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.kind {
+            Kind::Buffered(data) => data.is_none(),
+            Kind::Inline(body) => body.is_end_stream(),
+            Kind::Hyper { inner, .. } => inner.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.kind {
+            Kind::Buffered(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            Kind::Inline(body) => body.size_hint(),
+            Kind::Hyper { inner, .. } => inner.size_hint(),
+        }
     }
 }

@@ -62,7 +62,7 @@ pub async fn send(
         Ok(resp) => Ok(resp.map(OriginBody::unleased)),
         Err(e) => {
             conn.reset();
-            Err(SendError::Protocol(e))
+            Err(SendError::Protocol(e.into()))
         }
     }
 }

@@ -4,6 +4,7 @@ pub mod balance;
 pub mod client;
 pub mod connect;
 pub mod h1;
+pub mod h1_inline;
 pub mod h2;
 pub mod health;
 pub mod health_state;
@@ -17,7 +18,8 @@ pub use h1::OriginBody;
 pub enum SendError {
     /// No connection could be opened: nothing reached the origin.
     Connect(String),
-    Protocol(hyper::Error),
+    /// The exchange broke (hyper's error, or the inline codec's).
+    Protocol(crate::proxy::body::BoxError),
 }
 
 impl std::fmt::Display for SendError {

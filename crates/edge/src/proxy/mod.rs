@@ -167,7 +167,9 @@ async fn proxy(
         // parsed when a rule looks at bodies; the bytes then go to the origin unchanged.
         let mut inspected = None;
         if let Some(waf) = &site.waf {
-            (req, inspected) = inspect_body(req, waf, max_body, snapshot.timeouts.body, rate).await?;
+            // Boxed, like the cache phase below: a phase's future inlined here would make every
+            // request's future (moved by value into hyper's connection) that much larger.
+            (req, inspected) = Box::pin(inspect_body(req, waf, max_body, snapshot.timeouts.body, rate)).await?;
         }
         // Rules see the path as the origin will (`//admin`, `/./admin`, `/%61dmin` are `/admin`).
         let path = outpost_protect::path::normalize(req.uri().path());
@@ -266,7 +268,9 @@ async fn proxy(
                 headers: parts.headers,
                 forward,
             };
-            return cache::serve(cache, policy, snapshot, &upstream, request, log).await;
+            // Boxed: the cache phase's future is several kilobytes, and inlined it would be
+            // part of every request's future, pass-through ones included.
+            return Box::pin(cache::serve(cache, policy, snapshot, &upstream, request, log)).await;
         }
     }
 

@@ -169,7 +169,8 @@ async fn proxy(
         if let Some(waf) = &site.waf {
             // Boxed, like the cache phase below: a phase's future inlined here would make every
             // request's future (moved by value into hyper's connection) that much larger.
-            (req, inspected) = Box::pin(inspect_body(req, waf, max_body, snapshot.timeouts.body, rate)).await?;
+            (req, inspected) =
+                Box::pin(inspect_body(req, waf, max_body, snapshot.timeouts.body, rate)).await?;
         }
         // Rules see the path as the origin will (`//admin`, `/./admin`, `/%61dmin` are `/admin`).
         let path = outpost_protect::path::normalize(req.uri().path());
@@ -637,9 +638,10 @@ async fn send(
     let sent = Instant::now();
     let header_deadline = sent + pool.config.response_header_timeout;
     let deadline = request_deadline.map_or(header_deadline, |d| d.min(header_deadline));
-    let exchange = pool.send_to(index, req);
     let in_flight = InFlight::enter(&origin.state.in_flight);
-    let result = tokio::time::timeout_at(deadline, exchange).await;
+    // The exchange is built inside the awaited expression: bound to a local first, it would be
+    // laid out twice in this future (the local and the timeout holding it).
+    let result = tokio::time::timeout_at(deadline, pool.send_to(index, req)).await;
     drop(in_flight);
     origin.metrics.duration.observe(sent.elapsed().as_secs_f64());
     match result {

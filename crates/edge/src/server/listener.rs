@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -196,7 +196,7 @@ async fn drive<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let snapshot = conn.shared.snapshot.load_full();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(SpawnBoxed);
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -268,6 +268,23 @@ async fn drive<I>(
                 }
             }
         }
+    }
+}
+
+/// Runs what hyper spawns (a task per HTTP/2 stream) as a boxed future. A stream's future holds
+/// the request's whole future, kilobytes, and tokio moves a spawned future by value several
+/// times on its way into the task; boxed first, it is copied once and tokio moves a pointer.
+/// (HTTP/1.1 keeps the request's future inside its connection's task, unboxed.)
+#[derive(Clone, Copy)]
+struct SpawnBoxed;
+
+impl<F> hyper::rt::Executor<F> for SpawnBoxed
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        tokio::spawn(Box::pin(fut));
     }
 }
 

@@ -45,7 +45,7 @@ pub(super) struct CacheRequest<'a> {
 }
 
 /// Everything one cacheable request needs, owned where a background task needs it.
-struct Ctx<'a> {
+pub(super) struct Ctx<'a> {
     cache: &'a Arc<Cache>,
     policy: &'a Arc<SiteCache>,
     snapshot: &'a Arc<Snapshot>,
@@ -59,14 +59,25 @@ struct Ctx<'a> {
     forward: super::ForwardHeaders,
 }
 
-pub(super) async fn serve(
-    cache: &Arc<Cache>,
-    policy: &Arc<SiteCache>,
-    snapshot: &Arc<Snapshot>,
-    upstream: &Upstream,
+/// What the cache phase's synchronous start found.
+pub(super) enum Step<'a> {
+    /// Answered from memory (or refused: `only-if-cached`), with no I/O.
+    Done(Result<Response<OutBody>, ProxyError>),
+    /// Needs I/O (the disk tier, the origin): continue with [`finish`], with the object found in
+    /// memory if any.
+    Continue(Box<Ctx<'a>>, Option<Arc<Object>>),
+}
+
+/// The cache phase up to the memory lookup, without a future: a memory hit (most of a PoP's
+/// answers) is served from here, and only what needs I/O builds `finish`'s future.
+pub(super) fn start<'a>(
+    cache: &'a Arc<Cache>,
+    policy: &'a Arc<SiteCache>,
+    snapshot: &'a Arc<Snapshot>,
+    upstream: &'a Upstream,
     req: CacheRequest<'_>,
     log: &mut RequestLog,
-) -> Result<Response<OutBody>, ProxyError> {
+) -> Step<'a> {
     let target = req.path_and_query.as_ref().map_or("/", PathAndQuery::as_str);
     let key = CacheKey::new(req.scheme, req.host, target, &req.headers, &policy.key);
     let directives =
@@ -87,35 +98,31 @@ pub(super) async fn serve(
         headers: req.headers,
         forward: req.forward,
     };
-    let m = &policy.metrics;
-    let now = now_secs();
+    match cache.lookup(&ctx.key, &ctx.headers) {
+        Some(obj) => match ctx.answer_stored(&obj, log) {
+            Some(answered) => Step::Done(answered),
+            None => Step::Continue(Box::new(ctx), Some(obj)),
+        },
+        None => Step::Continue(Box::new(ctx), None),
+    }
+}
 
-    let found = match cache.lookup(&ctx.key, &ctx.headers) {
+/// The rest of the cache phase: the disk tier, revalidation, or a miss.
+pub(super) async fn finish(
+    ctx: Box<Ctx<'_>>,
+    in_memory: Option<Arc<Object>>,
+    log: &mut RequestLog,
+) -> Result<Response<OutBody>, ProxyError> {
+    let found = match in_memory {
         Some(obj) => Some(obj),
-        None if cache.has_disk() => cache.lookup_disk(&ctx.key, &ctx.headers).await,
+        None if ctx.cache.has_disk() => ctx.cache.lookup_disk(&ctx.key, &ctx.headers).await,
         None => None,
     };
     if let Some(obj) = found {
-        match reuse::decide(&obj, &ctx.directives, now) {
-            Reuse::Fresh => {
-                m.hit.inc();
-                log.cache = Some("hit");
-                return Ok(ctx.answer_from_object(&obj, now, "hit"));
-            }
-            Reuse::StaleAccepted => {
-                m.stale_max_stale.inc();
-                log.cache = Some("stale");
-                return Ok(ctx.answer_from_object(&obj, now, "hit; detail=max-stale"));
-            }
-            Reuse::StaleWhileRevalidate => {
-                m.stale_swr.inc();
-                log.cache = Some("stale");
-                ctx.spawn_revalidation(obj.clone());
-                return Ok(ctx.answer_from_object(&obj, now, "hit; detail=stale-while-revalidate"));
-            }
-            Reuse::Revalidate if ctx.directives.only_if_cached => return Err(ProxyError::NotCached),
-            Reuse::Revalidate => return ctx.revalidate(obj, log).await,
+        if let Some(answered) = ctx.answer_stored(&obj, log) {
+            return answered;
         }
+        return ctx.revalidate(obj, log).await;
     }
     if ctx.directives.only_if_cached {
         return Err(ProxyError::NotCached);
@@ -123,6 +130,39 @@ pub(super) async fn serve(
     // A HEAD miss fetches the whole response with GET, like nginx's proxy_cache_convert_head:
     // it answers the HEAD with the response's fields and warms the cache for the GETs.
     ctx.miss(log).await
+}
+
+impl Ctx<'_> {
+    /// Answers from a stored object when it may be reused as it is; None when it must be
+    /// revalidated with the origin first.
+    fn answer_stored(
+        &self,
+        obj: &Arc<Object>,
+        log: &mut RequestLog,
+    ) -> Option<Result<Response<OutBody>, ProxyError>> {
+        let m = &self.policy.metrics;
+        let now = now_secs();
+        Some(match reuse::decide(obj, &self.directives, now) {
+            Reuse::Fresh => {
+                m.hit.inc();
+                log.cache = Some("hit");
+                Ok(self.answer_from_object(obj, now, "hit"))
+            }
+            Reuse::StaleAccepted => {
+                m.stale_max_stale.inc();
+                log.cache = Some("stale");
+                Ok(self.answer_from_object(obj, now, "hit; detail=max-stale"))
+            }
+            Reuse::StaleWhileRevalidate => {
+                m.stale_swr.inc();
+                log.cache = Some("stale");
+                self.spawn_revalidation(obj.clone());
+                Ok(self.answer_from_object(obj, now, "hit; detail=stale-while-revalidate"))
+            }
+            Reuse::Revalidate if self.directives.only_if_cached => Err(ProxyError::NotCached),
+            Reuse::Revalidate => return None,
+        })
+    }
 }
 
 impl Ctx<'_> {

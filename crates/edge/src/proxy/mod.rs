@@ -269,9 +269,12 @@ async fn proxy(
                 headers: parts.headers,
                 forward,
             };
-            // Boxed: the cache phase's future is several kilobytes, and inlined it would be
-            // part of every request's future, pass-through ones included.
-            return Box::pin(cache::serve(cache, policy, snapshot, &upstream, request, log)).await;
+            return match cache::start(cache, policy, snapshot, &upstream, request, log) {
+                cache::Step::Done(answered) => answered,
+                // Boxed: the rest of the cache phase is a future of several kilobytes; inlined
+                // it would be part of every request's future, hits and pass-through included.
+                cache::Step::Continue(ctx, in_memory) => Box::pin(cache::finish(ctx, in_memory, log)).await,
+            };
         }
     }
 

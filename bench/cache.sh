@@ -26,7 +26,10 @@ export TARGET_PORT=${TARGET_PORT:-18086}
 export TARGET_H2_PORT=$TARGET_PORT   # the plain listener speaks h2c with prior knowledge too
 export PEERS=${PEERS:-"origin nginx varnish ats haproxy-cache target"}
 export SIZES=${SIZES:-"1k 16k 256k"} RESULTS_DIR=$results
+. "$root/bench/steal.sh"
+steal_before=$(steal_ticks)
 "$peers"
+steal_line=$(steal_report "$steal_before" "$(steal_ticks)")
 
 # Outpost against the faster of nginx and Varnish and against HAProxy's cache, per protocol and
 # size, from this run's raw results (medians over the reps).
@@ -47,4 +50,5 @@ awk -F'\t' '
       printf "| %s | %s | %.0f | %.0f | %s | %.0f | %s | %.2f | %s |\n", p[1], p[2], ro, best, (best > 0 ? sprintf("%.2f", ro / best) : "-"),
         rh, (rh > 0 ? sprintf("%.2f", ro / rh) : "-"), med(L[o]), (L[n] == "" ? "-" : sprintf("%.2f", med(L[n]))) } }
 ' "$results/results.tsv" | tee "$results/ratios.md"
+echo "$steal_line" | tee -a "$results/ratios.md"
 echo "raw results: $results"

@@ -22,7 +22,10 @@ export TARGET_NAME=outpost
 export TARGET_PORT=${TARGET_PORT:-18086}
 export TARGET_H2_PORT=$TARGET_PORT   # the plain listener speaks h2c with prior knowledge too
 export PEERS="origin haproxy target" SIZES=${SIZES:-"1k 16k"} MEM_OBJECTS=0 RESULTS_DIR=$results
+. "$root/bench/steal.sh"
+steal_before=$(steal_ticks)
 "$peers"
+steal_line=$(steal_report "$steal_before" "$(steal_ticks)")
 
 # Ratios outpost / haproxy from the raw results of this run (medians over the reps).
 awk -F'\t' '
@@ -40,4 +43,5 @@ awk -F'\t' '
       ro = med(R[o]); rh = med(R[h]); lo = med(L[o]); lh = med(L[h])
       printf "| %s | %s | %.0f | %.0f | %.2f | %.3f | %.3f | %.2f |\n", p[1], p[2], ro, rh, (rh > 0 ? ro / rh : 0), lo, lh, (lh > 0 ? lo / lh : 0) } }
 ' "$results/results.tsv" | tee "$results/ratios.md"
+echo "$steal_line" | tee -a "$results/ratios.md"
 echo "raw results: $results"

@@ -27,13 +27,38 @@ async fn slow_request_heads_are_cut_off() {
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
         .await
         .unwrap();
-    // Never finish the head: the PoP must close the connection after `timeouts.header`.
-    let answer = read_to_close(&mut s).await.expect("connection closed by the PoP");
+    // Never finish the head, but keep it moving (a byte every 100 ms for 6 s, so the idle
+    // timeout never sees silence): the PoP must close the connection after `timeouts.header`,
+    // well before the trickle ends.
+    let (mut rd, mut wr) = s.into_split();
+    let trickle = tokio::spawn(async move {
+        for _ in 0..60 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if wr.write_all(b"a").await.is_err() {
+                return true;
+            }
+        }
+        false
+    });
+    let mut answer = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut buf = [0u8; 1024];
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the slow head was not cut off");
+    let answer = String::from_utf8_lossy(&answer);
     assert!(
         answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
         "{answer}"
     );
     assert_eq!(origin.hits(), 0);
+    trickle.abort();
 }
 
 #[tokio::test]

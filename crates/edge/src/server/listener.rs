@@ -5,9 +5,12 @@
 //! (in-flight requests finish) when it idles out, when its listener is removed by a reload, or
 //! when the PoP drains.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::Context;
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -17,6 +20,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+use super::head_timer::HeadTimer;
+use super::housekeeping::Housekeeping;
 use super::idle::{Activity, IdleIo};
 use super::tls::classify_handshake_error;
 use crate::metrics::{HandshakeLabels, ListenerLabels, RefusedLabels};
@@ -196,10 +201,11 @@ async fn drive<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let snapshot = conn.shared.snapshot.load_full();
+    let head_timer = HeadTimer::new();
     let mut builder = auto::Builder::new(SpawnBoxed);
     builder
         .http1()
-        .timer(TokioTimer::new())
+        .timer(head_timer.clone())
         .header_read_timeout(snapshot.timeouts.header)
         .max_buf_size(snapshot.limits.max_header_bytes.max(8192))
         .keep_alive(true)
@@ -224,41 +230,36 @@ async fn drive<I>(
         flood_shared.metrics.reject("h2_control_flood");
     });
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-    tokio::pin!(connection);
+    let mut connection = pin!(connection);
+    // `stop` is a child of the PoP's drain token: it fires for a drain too.
+    let mut stopped = pin!(stop.cancelled());
+    // Four ticks per idle period (or head timeout, when shorter): a connection closes after
+    // between 1 and 1.25 idle periods of silence, a head that never completes is cut off
+    // between 1 and 1.25 head timeouts after hyper started waiting for it.
+    let tick = (idle.min(snapshot.timeouts.header) / 4).max(Duration::from_millis(10));
+    let mut ticker = pin!(tokio::time::sleep(tick));
+    let (housekeeping, housekeeping_waker) = Housekeeping::new();
     let mut closing = false;
-    // Checked four times per idle period: a connection closes after between 1 and 1.25 idle
-    // periods of silence.
-    let tick = (idle / 4).max(std::time::Duration::from_millis(10));
     let mut seen = activity.count();
-    let mut quiet = std::time::Duration::ZERO;
-    loop {
-        tokio::select! {
-            res = connection.as_mut() => {
-                if let Err(e) = res {
-                    // hyper answers an oversized head (431) itself and ends the connection with
-                    // this error: the request never reached the proxy, so it is counted here.
-                    let too_large = std::iter::successors(
-                        Some(&*e as &(dyn std::error::Error + 'static)),
-                        |e| e.source(),
-                    )
-                    .any(|c| c.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_parse_too_large));
-                    if too_large {
-                        shared.metrics.reject("header_too_large");
-                    }
-                    tracing::trace!(error = %e, "client connection ended with an error");
-                }
-                return;
-            }
-            // `stop` is a child of the PoP's drain token: it fires for a drain too.
-            _ = stop.cancelled(), if !closing => {
+    let mut quiet = Duration::ZERO;
+    let res = std::future::poll_fn(|cx| {
+        if housekeeping.take_due(cx) {
+            let mut hcx = Context::from_waker(&housekeeping_waker);
+            if !closing && stopped.as_mut().poll(&mut hcx).is_ready() {
                 closing = true;
                 connection.as_mut().graceful_shutdown();
             }
-            _ = tokio::time::sleep(tick), if !closing => {
+            while ticker.as_mut().poll(&mut hcx).is_ready() {
+                ticker.as_mut().reset(tokio::time::Instant::now() + tick);
+                // An expired head timer is seen by hyper when the connection is polled below.
+                head_timer.check(std::time::Instant::now());
+                if closing {
+                    continue;
+                }
                 let now = activity.count();
                 if now != seen || in_flight.load(Ordering::Relaxed) > 0 {
                     seen = now;
-                    quiet = std::time::Duration::ZERO;
+                    quiet = Duration::ZERO;
                 } else {
                     quiet += tick;
                     if quiet >= idle {
@@ -268,6 +269,21 @@ async fn drive<I>(
                 }
             }
         }
+        connection.as_mut().poll(cx)
+    })
+    .await;
+    if let Err(e) = res {
+        // hyper answers an oversized head (431) itself and ends the connection with this error:
+        // the request never reached the proxy, so it is counted here.
+        let too_large =
+            std::iter::successors(Some(&*e as &(dyn std::error::Error + 'static)), |e| e.source()).any(|c| {
+                c.downcast_ref::<hyper::Error>()
+                    .is_some_and(hyper::Error::is_parse_too_large)
+            });
+        if too_large {
+            shared.metrics.reject("header_too_large");
+        }
+        tracing::trace!(error = %e, "client connection ended with an error");
     }
 }
 

@@ -2,6 +2,8 @@
 //! and drain handling.
 
 pub mod h2_guard;
+pub mod head_timer;
+pub mod housekeeping;
 pub mod idle;
 pub mod listener;
 pub mod proxy_protocol;

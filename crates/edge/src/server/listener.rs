@@ -233,10 +233,16 @@ async fn drive<I>(
     let mut connection = pin!(connection);
     // `stop` is a child of the PoP's drain token: it fires for a drain too.
     let mut stopped = pin!(stop.cancelled());
-    // Four ticks per idle period (or head timeout, when shorter): a connection closes after
-    // between 1 and 1.25 idle periods of silence, a head that never completes is cut off
-    // between 1 and 1.25 head timeouts after hyper started waiting for it.
-    let tick = (idle.min(snapshot.timeouts.header) / 4).max(Duration::from_millis(10));
+    // Four ticks per idle period (or head timeout, when shorter and HTTP/1 is possible): a
+    // connection closes after between 1 and 1.25 idle periods of silence, a head that never
+    // completes is cut off between 1 and 1.25 head timeouts after hyper started waiting for it.
+    // HTTP/2 by ALPN has no head timer, so its idle connections wake less often.
+    let period = if alpn_h2 == Some(true) {
+        idle
+    } else {
+        idle.min(snapshot.timeouts.header)
+    };
+    let tick = (period / 4).max(Duration::from_millis(10));
     let mut ticker = pin!(tokio::time::sleep(tick));
     let (housekeeping, housekeeping_waker) = Housekeeping::new();
     let mut closing = false;

@@ -28,6 +28,36 @@ impl Activity {
     }
 }
 
+/// The idle-timeout arithmetic of a connection's tick: a connection idles out once its
+/// activity count has not moved, with no request in flight, for the idle timeout.
+pub struct IdleWatch {
+    idle: std::time::Duration,
+    seen: u64,
+    quiet: std::time::Duration,
+}
+
+impl IdleWatch {
+    pub fn new(idle: std::time::Duration, activity: &Activity) -> Self {
+        Self {
+            idle,
+            seen: activity.count(),
+            quiet: std::time::Duration::ZERO,
+        }
+    }
+
+    /// One tick of `tick` has passed; true when the connection has now idled out.
+    pub fn on_tick(&mut self, tick: std::time::Duration, activity: &Activity, busy: bool) -> bool {
+        let now = activity.count();
+        if now != self.seen || busy {
+            self.seen = now;
+            self.quiet = std::time::Duration::ZERO;
+            return false;
+        }
+        self.quiet += tick;
+        self.quiet >= self.idle
+    }
+}
+
 pub struct IdleIo<T> {
     inner: T,
     activity: Activity,
@@ -106,5 +136,37 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn a_connection_idles_out_only_after_a_whole_quiet_idle_period() {
+        let activity = Activity::default();
+        let tick = Duration::from_secs(15);
+        let mut watch = IdleWatch::new(Duration::from_secs(60), &activity);
+        assert!(!watch.on_tick(tick, &activity, false));
+        assert!(!watch.on_tick(tick, &activity, false));
+        activity.touch();
+        assert!(
+            !watch.on_tick(tick, &activity, false),
+            "activity restarts the count"
+        );
+        for _ in 0..3 {
+            assert!(!watch.on_tick(tick, &activity, false));
+        }
+        assert!(
+            !watch.on_tick(tick, &activity, true),
+            "a request in flight is not idle"
+        );
+        for _ in 0..3 {
+            assert!(!watch.on_tick(tick, &activity, false));
+        }
+        assert!(watch.on_tick(tick, &activity, false));
     }
 }

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::head_timer::HeadTimer;
 use super::housekeeping::Housekeeping;
-use super::idle::{Activity, IdleIo};
+use super::idle::{Activity, IdleIo, IdleWatch};
 use super::tls::classify_handshake_error;
 use crate::metrics::{HandshakeLabels, ListenerLabels, RefusedLabels};
 use crate::proxy::headers::ClientAddr;
@@ -246,8 +246,7 @@ async fn drive<I>(
     let mut ticker = pin!(tokio::time::sleep(tick));
     let (housekeeping, housekeeping_waker) = Housekeeping::new();
     let mut closing = false;
-    let mut seen = activity.count();
-    let mut quiet = Duration::ZERO;
+    let mut idle_watch = IdleWatch::new(idle, &activity);
     let res = std::future::poll_fn(|cx| {
         if housekeeping.take_due(cx) {
             let mut hcx = Context::from_waker(&housekeeping_waker);
@@ -259,19 +258,10 @@ async fn drive<I>(
                 ticker.as_mut().reset(tokio::time::Instant::now() + tick);
                 // An expired head timer is seen by hyper when the connection is polled below.
                 head_timer.check(std::time::Instant::now());
-                if closing {
-                    continue;
-                }
-                let now = activity.count();
-                if now != seen || in_flight.load(Ordering::Relaxed) > 0 {
-                    seen = now;
-                    quiet = Duration::ZERO;
-                } else {
-                    quiet += tick;
-                    if quiet >= idle {
-                        closing = true;
-                        connection.as_mut().graceful_shutdown();
-                    }
+                let busy = in_flight.load(Ordering::Relaxed) > 0;
+                if !closing && idle_watch.on_tick(tick, &activity, busy) {
+                    closing = true;
+                    connection.as_mut().graceful_shutdown();
                 }
             }
         }

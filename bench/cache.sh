@@ -32,23 +32,31 @@ steal_before=$(steal_ticks)
 steal_line=$(steal_report "$steal_before" "$(steal_ticks)")
 
 # Outpost against the faster of nginx and Varnish and against HAProxy's cache, per protocol and
-# size, from this run's raw results (medians over the reps).
+# size, from this run's raw results (medians over the reps). Where the load tool is the
+# bottleneck (wrk's CPU near 100 %, as at 256 KiB and on fast days at 1 KiB), req/s stops telling
+# servers apart; the "per server CPU" ratios divide each peer's req/s by the share of the server
+# CPU it kept busy (peers.sh's CPU0 busy %), i.e. they compare the work per request.
 awk -F'\t' '
   function med(s,   a, n, t, i, j) { n = split(s, a, " "); for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++)
       if (a[j] + 0 < a[i] + 0) { t = a[i]; a[i] = a[j]; a[j] = t }
     return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
-  { k = $1 SUBSEP $2 SUBSEP $3; R[k] = R[k] " " $5; L[k] = L[k] " " $7; sizes[$1 SUBSEP $3] = 1 }
+  function ratio(a, b) { return (a > 0 && b > 0) ? sprintf("%.2f", a / b) : "-" }
+  # h1 rows carry p99 (wrk), h2 rows only a mean (h2load).
+  { k = $1 SUBSEP $2 SUBSEP $3; R[k] = R[k] " " $5; L[k] = L[k] " " ($1 == "h1" ? $7 : $6)
+    E[k] = E[k] " " ($8 > 0 ? $5 * 100 / $8 : 0); C[k] = C[k] " " $9; sizes[$1 SUBSEP $3] = 1 }
   END {
     print ""; print "### Outpost cache hits against the peers (same run, medians; >1 favours Outpost)"; print ""
-    print "| protocol | size | outpost req/s | best of nginx/varnish | ratio | haproxy cache | ratio | outpost p99 ms | nginx p99 ms |"
-    print "|---|---|---|---|---|---|---|---|---|"
+    print "Latency: p99 for h1 (wrk), mean for h2 (h2load). Per server CPU: req/s divided by the busy share of the server CPU."; print ""
+    print "| protocol | size | outpost req/s | best of nginx/varnish | ratio | haproxy cache | ratio | per server CPU vs best of nginx/varnish | per server CPU vs haproxy cache | load tool CPU % (outpost run) | outpost latency ms | nginx latency ms |"
+    print "|---|---|---|---|---|---|---|---|---|---|---|---|"
     for (ks in sizes) { split(ks, p, SUBSEP)
       o = p[1] SUBSEP "target" SUBSEP p[2]; if (R[o] == "") continue
       n = p[1] SUBSEP "nginx" SUBSEP p[2]; v = p[1] SUBSEP "varnish" SUBSEP p[2]; h = p[1] SUBSEP "haproxy-cache" SUBSEP p[2]
       ro = med(R[o]); rn = (R[n] == "" ? 0 : med(R[n])); rv = (R[v] == "" ? 0 : med(R[v])); rh = (R[h] == "" ? 0 : med(R[h]))
-      best = (rn > rv ? rn : rv)
-      printf "| %s | %s | %.0f | %.0f | %s | %.0f | %s | %.2f | %s |\n", p[1], p[2], ro, best, (best > 0 ? sprintf("%.2f", ro / best) : "-"),
-        rh, (rh > 0 ? sprintf("%.2f", ro / rh) : "-"), med(L[o]), (L[n] == "" ? "-" : sprintf("%.2f", med(L[n]))) } }
+      eo = med(E[o]); en = (E[n] == "" ? 0 : med(E[n])); ev = (E[v] == "" ? 0 : med(E[v])); eh = (E[h] == "" ? 0 : med(E[h]))
+      best = (rn > rv ? rn : rv); ebest = (en > ev ? en : ev)
+      printf "| %s | %s | %.0f | %.0f | %s | %.0f | %s | %s | %s | %.0f | %.2f | %s |\n", p[1], p[2], ro, best, ratio(ro, best),
+        rh, ratio(ro, rh), ratio(eo, ebest), ratio(eo, eh), med(C[o]), med(L[o]), (L[n] == "" ? "-" : sprintf("%.2f", med(L[n]))) } }
 ' "$results/results.tsv" | tee "$results/ratios.md"
 echo "$steal_line" | tee -a "$results/ratios.md"
 echo "raw results: $results"

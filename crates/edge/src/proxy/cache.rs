@@ -312,7 +312,6 @@ impl Ctx<'_> {
         let mut rec = Attempts::default();
         let result = self.fetch_for_cache(revalidating, &mut rec).await;
         log.record(rec);
-        log.upstream_done = Some(Instant::now());
         result
     }
 

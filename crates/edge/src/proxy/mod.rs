@@ -328,7 +328,6 @@ async fn proxy(
         .await;
     log.record(rec);
     let mut resp = result?;
-    log.upstream_done = Some(Instant::now());
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_upgrade) = client_upgrade {
             upgrade::splice(&conn.shared, client_upgrade, hyper::upgrade::on(&mut resp));
@@ -495,14 +494,18 @@ impl Upstream {
         // Each attempt goes to an origin not tried yet, so there are no more than origins.
         let attempts = attempts.min(pool.origins.len()).max(1);
         let mut body = Some(body);
-        pool.retry_budget.record_request(std::time::Instant::now());
+        // One clock read at the start of each attempt and one at its end serve the retry
+        // budget, origin selection, the upstream latency and the outlier bookkeeping.
+        let mut now = Instant::now();
+        pool.retry_budget.record_request(now.into_std());
         // Origins already tried for this request; attempts are capped at MAX_ATTEMPTS.
         let mut tried = [usize::MAX; MAX_ATTEMPTS];
         let mut previous: Option<Result<Response<OriginBody>, ProxyError>> = None;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let index = match (pool.select(self.hash, &tried[..attempt - 1]), previous.take()) {
+            let selected = pool.select(self.hash, &tried[..attempt - 1], now.into_std());
+            let index = match (selected, previous.take()) {
                 // Only another origin may do better: the one that just failed is not asked twice
                 // (a pooled connection found closed before the request went out is
                 // already replaced by the connection layer).
@@ -562,11 +565,14 @@ impl Upstream {
                 pool,
                 index,
                 upstream_req,
+                now,
                 self.deadline,
                 self.body_limit,
                 request_body_done,
             )
             .await;
+            now = Instant::now();
+            rec.done = Some(now);
             // Retry what another origin may answer better: failed connections, exchanges that
             // broke before a response and the statuses the pool lists; never a timeout (the
             // origin may be working).
@@ -580,7 +586,7 @@ impl Upstream {
             if !should_retry || last_attempt {
                 return outcome;
             }
-            if !pool.retry_budget.try_withdraw(std::time::Instant::now()) {
+            if !pool.retry_budget.try_withdraw(now.into_std()) {
                 pool.retries_budget_exhausted.inc();
                 return outcome;
             }
@@ -617,6 +623,8 @@ impl Upstream {
 pub(crate) struct Attempts {
     pub origin: Option<(Arc<Pool>, usize)>,
     pub retries: u32,
+    /// When the last attempt's response head (or failure) came back.
+    pub done: Option<Instant>,
 }
 
 impl RequestLog {
@@ -625,20 +633,25 @@ impl RequestLog {
             self.origin = rec.origin;
         }
         self.retries += rec.retries;
+        if rec.done.is_some() {
+            self.upstream_done = rec.done;
+        }
     }
 }
 
 /// One exchange with one origin, with the response-header deadline and outcome bookkeeping.
+/// `sent` is the attempt's start, as the caller read the clock.
+#[allow(clippy::too_many_arguments)]
 async fn send(
     pool: &Arc<Pool>,
     index: usize,
     req: Request<body::ProxyBody>,
+    sent: Instant,
     request_deadline: Option<Instant>,
     body_limit: u64,
     request_body_done: Option<&Arc<std::sync::atomic::AtomicBool>>,
 ) -> Result<Response<OriginBody>, ProxyError> {
     let origin = &pool.origins[index];
-    let sent = Instant::now();
     let header_deadline = sent + pool.config.response_header_timeout;
     let deadline = request_deadline.map_or(header_deadline, |d| d.min(header_deadline));
     let in_flight = InFlight::enter(&origin.state.in_flight);
@@ -646,16 +659,18 @@ async fn send(
     // laid out twice in this future (the local and the timeout holding it).
     let result = tokio::time::timeout_at(deadline, pool.send_to(index, req)).await;
     drop(in_flight);
-    origin.metrics.duration.observe(sent.elapsed().as_secs_f64());
+    let done = Instant::now();
+    origin.metrics.duration.observe((done - sent).as_secs_f64());
+    let done = done.into_std();
     match result {
         Ok(Ok(resp)) => {
             let status = resp.status().as_u16();
             origin.metrics.count_status(status);
-            pool.record_outcome(index, status >= 500);
+            pool.record_outcome(index, status >= 500, done);
             Ok(resp)
         }
         Ok(Err(SendError::Connect(reason))) => {
-            pool.record_outcome(index, true);
+            pool.record_outcome(index, true, done);
             origin.metrics.connect_error.inc();
             Err(ProxyError::OriginConnect {
                 origin: origin.url.clone(),
@@ -671,7 +686,7 @@ async fn send(
             if let Some(err) = client_body_failure(&*e) {
                 return Err(err);
             }
-            pool.record_outcome(index, true);
+            pool.record_outcome(index, true, done);
             origin.metrics.protocol_error.inc();
             Err(ProxyError::OriginProtocol {
                 origin: origin.url.clone(),
@@ -685,7 +700,7 @@ async fn send(
         }
         Err(_) => {
             origin.metrics.timeout.inc();
-            pool.record_outcome(index, true);
+            pool.record_outcome(index, true, done);
             Err(ProxyError::OriginTimeout {
                 origin: origin.url.clone(),
                 secs: (deadline - sent).as_secs_f64(),

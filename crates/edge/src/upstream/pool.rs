@@ -262,8 +262,7 @@ impl Pool {
 
     /// Chooses an origin: primaries first, backups only when no primary is available.
     /// `avoid` lists origins already tried for this request; they are used only as a last resort.
-    pub fn select(&self, hash: Option<u64>, avoid: &[usize]) -> Result<usize, ProxyError> {
-        let now = Instant::now();
+    pub fn select(&self, hash: Option<u64>, avoid: &[usize], now: Instant) -> Result<usize, ProxyError> {
         for (set, balancer) in [
             (&self.primary, &self.primary_balancer),
             (&self.backup, &self.backup_balancer),
@@ -324,9 +323,8 @@ impl Pool {
     }
 
     /// Records the outcome of one exchange with an origin for passive outlier detection.
-    pub fn record_outcome(&self, origin: usize, failed: bool) {
+    pub fn record_outcome(&self, origin: usize, failed: bool, now: Instant) {
         let o = &self.origins[origin];
-        let now = Instant::now();
         if failed {
             if let Some(ejected_for) = o.state.outlier.record_failure(now, &self.outlier_policy) {
                 o.metrics.ejections.inc();

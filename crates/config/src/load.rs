@@ -106,6 +106,7 @@ pub fn quick_start(listen: SocketAddr, origin_url: &str, admin: Option<SocketAdd
             waf_rules: Vec::new(),
             waf: ManagedWafConfig::default(),
             cache: SiteCacheConfig::default(),
+            forwarded_headers: Default::default(),
         }],
         pools: vec![pool],
         cache: CacheConfig::default(),

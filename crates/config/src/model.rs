@@ -407,6 +407,37 @@ pub struct SiteConfig {
     pub waf: ManagedWafConfig,
     #[serde(default)]
     pub cache: SiteCacheConfig,
+    /// Which fields tell the origin about the client: X-Forwarded-For/-Proto/-Host, Forwarded
+    /// (RFC 7239), both (the default) or none.
+    #[serde(default)]
+    pub forwarded_headers: ForwardedHeaders,
+}
+
+/// The fields a site's requests carry to the origin about the client and the request as the PoP
+/// received it. A family that is off is also removed from what the client sent: passed through,
+/// a client could claim any address to an origin that trusts the field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ForwardedHeaders {
+    /// X-Forwarded-For, X-Forwarded-Proto, X-Forwarded-Host and Forwarded.
+    #[default]
+    Both,
+    /// X-Forwarded-For, X-Forwarded-Proto and X-Forwarded-Host only.
+    XForwarded,
+    /// Forwarded (RFC 7239) only.
+    Forwarded,
+    /// Neither (an origin that must not learn client addresses, or that needs none).
+    None,
+}
+
+impl ForwardedHeaders {
+    pub fn x_forwarded(self) -> bool {
+        matches!(self, Self::Both | Self::XForwarded)
+    }
+
+    pub fn forwarded(self) -> bool {
+        matches!(self, Self::Both | Self::Forwarded)
+    }
 }
 
 /// The managed rule set: SQL injection, XSS, path traversal, command injection, scanners.

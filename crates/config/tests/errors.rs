@@ -118,6 +118,20 @@ fn bad_duration_and_address_and_enum() {
     let error = single_error(&text);
     assert_eq!(error.field, "pool[0].balance");
     assert!(error.reason.contains("unknown variant `fastest`"), "{error}");
+
+    let text = BASE.replace(
+        "pool = \"web\"\n",
+        "pool = \"web\"\nforwarded_headers = \"xff\"\n",
+    );
+    let error = single_error(&text);
+    assert_eq!(error.field, "site[0].forwarded_headers");
+    assert_eq!(error.line, Some(line_of(&text, "xff")));
+    assert!(
+        error
+            .reason
+            .contains("unknown variant `xff`, expected one of `both`, `x-forwarded`, `forwarded`, `none`"),
+        "{error}"
+    );
 }
 
 #[test]

@@ -31,6 +31,7 @@ pub struct Site {
     pub waf_hits: HashMap<Arc<str>, prometheus_client::metrics::counter::Counter>,
     /// The site's cache policy; None when the site (or the PoP) does not cache.
     pub cache: Option<Arc<SiteCache>>,
+    pub forwarded_headers: outpost_config::ForwardedHeaders,
 }
 
 /// How one site uses the PoP's cache, resolved from `[site.cache]`.
@@ -257,6 +258,7 @@ impl Snapshot {
                 } else {
                     None
                 },
+                forwarded_headers: s.forwarded_headers,
             });
             for (listener, router) in routers.iter_mut() {
                 if s.listeners.is_empty() || s.listeners.iter().any(|l| l == listener) {

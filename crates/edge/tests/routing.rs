@@ -144,6 +144,103 @@ async fn proxy_headers_follow_the_rfcs() {
     assert_eq!(seen["traceparent"].len(), 55);
 }
 
+/// `forwarded_headers` per site: each family is sent only where the site asks for it, and a
+/// family it leaves out never reaches the origin, even when the client sent it.
+#[tokio::test]
+async fn forwarding_fields_follow_the_sites_choice() {
+    let origin = Origin::start("origin").await;
+    let dir = TempDir::new("forwarded-choice");
+    let config = format!(
+        r#"
+[pop]
+id = "test"
+[admin]
+listen = "127.0.0.1:0"
+[log]
+access_log = "off"
+[[listener]]
+name = "http"
+address = "127.0.0.1:0"
+[[site]]
+name = "none"
+hosts = ["none.test"]
+pool = "o"
+forwarded_headers = "none"
+[[site]]
+name = "legacy"
+hosts = ["legacy.test"]
+pool = "o"
+forwarded_headers = "x-forwarded"
+[[site]]
+name = "rfc"
+hosts = ["rfc.test"]
+pool = "o"
+forwarded_headers = "forwarded"
+[[pool]]
+name = "o"
+[[pool.origin]]
+url = "{}"
+"#,
+        origin.url()
+    );
+    let edge = start_edge(&dir, &config).await;
+    let addr = edge.listener_addr("http").unwrap();
+    let client = http1_client();
+    let seen_for = |host: &'static str| {
+        let client = client.clone();
+        let origin = &origin;
+        async move {
+            let req = http::Request::builder()
+                .uri(format!("http://{addr}/"))
+                .header("host", host)
+                .header("x-forwarded-for", "203.0.113.66")
+                .header("x-forwarded-proto", "https")
+                .header("x-forwarded-host", "spoofed.example")
+                .header("forwarded", "for=203.0.113.66")
+                .body(http_body_util::Full::new(Bytes::new()))
+                .unwrap();
+            assert_eq!(
+                collect(client.request(req).await.unwrap()).await.status,
+                StatusCode::OK
+            );
+            origin.last_headers.lock().unwrap().clone().unwrap()
+        }
+    };
+
+    let seen = seen_for("none.test").await;
+    for name in [
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "forwarded",
+    ] {
+        assert!(seen.get(name).is_none(), "none: {name} reached the origin");
+    }
+    assert_eq!(
+        seen["via"], "1.1 outpost-test",
+        "Via is not a forwarding field of the choice"
+    );
+
+    let seen = seen_for("legacy.test").await;
+    assert_eq!(seen["x-forwarded-for"], "203.0.113.66, 127.0.0.1");
+    assert_eq!(seen["x-forwarded-proto"], "http");
+    assert_eq!(seen["x-forwarded-host"], "legacy.test");
+    assert!(
+        seen.get("forwarded").is_none(),
+        "x-forwarded: Forwarded reached the origin"
+    );
+
+    let seen = seen_for("rfc.test").await;
+    let forwarded: Vec<_> = seen.get_all("forwarded").iter().collect();
+    assert_eq!(
+        forwarded,
+        ["for=203.0.113.66", "for=127.0.0.1;proto=http;host=rfc.test"]
+    );
+    for name in ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"] {
+        assert!(seen.get(name).is_none(), "forwarded: {name} reached the origin");
+    }
+}
+
 #[tokio::test]
 async fn http2_downstream_and_upstream() {
     let (a, b) = (Origin::start("origin-a").await, Origin::start("origin-b").await);

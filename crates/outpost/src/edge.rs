@@ -32,6 +32,11 @@ pub struct EdgeArgs {
     /// cache honours the origin's Cache-Control (RFC 9111).
     #[arg(long, default_value = "256MiB")]
     cache: String,
+    /// Quick start: the fields that tell the origin about the client: both (X-Forwarded-For,
+    /// -Proto, -Host and Forwarded), x-forwarded, forwarded or none. A family left out is also
+    /// removed from what the client sent.
+    #[arg(long, value_enum, default_value_t = ForwardedFlag::Both)]
+    forwarded_headers: ForwardedFlag,
     /// Worker threads (default: one per CPU). 1 runs everything on a single thread.
     #[arg(long, env = "OUTPOST_WORKERS")]
     workers: Option<usize>,
@@ -47,6 +52,25 @@ enum WafFlag {
     Off,
     Detect,
     Block,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ForwardedFlag {
+    Both,
+    XForwarded,
+    Forwarded,
+    None,
+}
+
+impl From<ForwardedFlag> for outpost_config::ForwardedHeaders {
+    fn from(flag: ForwardedFlag) -> Self {
+        match flag {
+            ForwardedFlag::Both => Self::Both,
+            ForwardedFlag::XForwarded => Self::XForwarded,
+            ForwardedFlag::Forwarded => Self::Forwarded,
+            ForwardedFlag::None => Self::None,
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -119,6 +143,7 @@ async fn serve(args: EdgeArgs) -> ExitCode {
                     WafFlag::Detect => outpost_config::WafMode::Detect,
                     WafFlag::Block => outpost_config::WafMode::Block,
                 };
+                site.forwarded_headers = args.forwarded_headers.into();
             }
             outpost_config::from_config(config, "<command line>")
         }

@@ -4,6 +4,7 @@
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use outpost_config::ForwardedHeaders;
 
 /// Headers that describe one connection, never the message (RFC 9110 §7.6.1, plus the
 /// non-standard ones that real clients still send).
@@ -134,8 +135,32 @@ static XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
 static XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Sets X-Forwarded-For (appended), X-Forwarded-Proto, X-Forwarded-Host and Forwarded (appended).
-pub fn set_forwarded(headers: &mut HeaderMap, client: &ClientAddr, proto: &'static str, host: &HeaderValue) {
+/// Sets the forwarding fields the site asks for: X-Forwarded-For (appended), X-Forwarded-Proto
+/// and X-Forwarded-Host, and/or Forwarded (appended). A family the site turns off is removed,
+/// client-sent values included: passed through unchecked, it would let a client name any
+/// address to an origin that believes it.
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    which: ForwardedHeaders,
+    client: &ClientAddr,
+    proto: &'static str,
+    host: &HeaderValue,
+) {
+    if which.x_forwarded() {
+        set_x_forwarded(headers, client, proto, host);
+    } else {
+        headers.remove(&XFF);
+        headers.remove(&XFP);
+        headers.remove(&XFH);
+    }
+    if which.forwarded() {
+        append_forwarded(headers, client, proto, host);
+    } else {
+        headers.remove(header::FORWARDED);
+    }
+}
+
+fn set_x_forwarded(headers: &mut HeaderMap, client: &ClientAddr, proto: &'static str, host: &HeaderValue) {
     // Earlier hops may have sent several X-Forwarded-For lines: keep them all, in order.
     let mut v = Vec::new();
     for prior in headers.get_all(&XFF) {
@@ -157,7 +182,9 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: &ClientAddr, proto: &'stat
     }
     headers.insert(&XFP, HeaderValue::from_static(proto));
     headers.insert(&XFH, host.clone());
+}
 
+fn append_forwarded(headers: &mut HeaderMap, client: &ClientAddr, proto: &'static str, host: &HeaderValue) {
     let host = host.as_bytes();
     let host_ok = !host.is_empty()
         && host
@@ -237,7 +264,13 @@ mod tests {
             ("forwarded", "for=203.0.113.7"),
         ]);
         let client = ClientAddr::new("2001:db8::1".parse().unwrap());
-        set_forwarded(&mut h, &client, "https", &HeaderValue::from_static("example.com"));
+        set_forwarded(
+            &mut h,
+            ForwardedHeaders::Both,
+            &client,
+            "https",
+            &HeaderValue::from_static("example.com"),
+        );
         assert_eq!(h["x-forwarded-for"], "203.0.113.7, 2001:db8::1");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "example.com");
@@ -252,6 +285,7 @@ mod tests {
         let client = ClientAddr::new("192.0.2.1".parse().unwrap());
         set_forwarded(
             &mut h,
+            ForwardedHeaders::Both,
             &client,
             "http",
             &HeaderValue::from_static("example.com:8080"),
@@ -271,12 +305,53 @@ mod tests {
         ]);
         set_forwarded(
             &mut h,
+            ForwardedHeaders::Both,
             &ClientAddr::new("192.0.2.9".parse().unwrap()),
             "http",
             &HeaderValue::from_static("a"),
         );
         assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
         assert_eq!(h["x-forwarded-for"], "192.0.2.1, 192.0.2.2, 192.0.2.3, 192.0.2.9");
+    }
+
+    #[test]
+    fn a_family_turned_off_is_neither_added_nor_passed_through() {
+        let client = ClientAddr::new("192.0.2.9".parse().unwrap());
+        let sent_by_client = || {
+            map(&[
+                ("x-forwarded-for", "203.0.113.66"),
+                ("x-forwarded-proto", "https"),
+                ("x-forwarded-host", "spoofed.example"),
+                ("forwarded", "for=203.0.113.66"),
+            ])
+        };
+        let host = HeaderValue::from_static("a.test");
+
+        let mut h = sent_by_client();
+        set_forwarded(&mut h, ForwardedHeaders::None, &client, "http", &host);
+        for name in [
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+            "forwarded",
+        ] {
+            assert!(h.get(name).is_none(), "{name} must not reach the origin");
+        }
+
+        let mut h = sent_by_client();
+        set_forwarded(&mut h, ForwardedHeaders::XForwarded, &client, "http", &host);
+        assert_eq!(h["x-forwarded-for"], "203.0.113.66, 192.0.2.9");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "a.test");
+        assert!(h.get("forwarded").is_none());
+
+        let mut h = sent_by_client();
+        set_forwarded(&mut h, ForwardedHeaders::Forwarded, &client, "http", &host);
+        let fw: Vec<_> = h.get_all("forwarded").iter().collect();
+        assert_eq!(fw, ["for=203.0.113.66", "for=192.0.2.9;proto=http;host=a.test"]);
+        for name in ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"] {
+            assert!(h.get(name).is_none(), "{name} must not reach the origin");
+        }
     }
 
     #[test]

@@ -237,6 +237,7 @@ async fn proxy(
         host: host_value.clone(),
         trace,
         via: snapshot.via(req.version()).clone(),
+        forwarded: site.forwarded_headers,
         join_cookies: req.version() == Version::HTTP_2
             && pool.config.protocol == outpost_config::UpstreamProtocol::Http1,
         h2_upstream: pool.is_http2(),
@@ -438,6 +439,8 @@ pub(crate) struct ForwardHeaders {
     pub host: HeaderValue,
     pub trace: TraceContext,
     pub via: HeaderValue,
+    /// Which client-describing fields the site sends (X-Forwarded-*, Forwarded).
+    pub forwarded: outpost_config::ForwardedHeaders,
     /// HTTP/2 client, HTTP/1.1 origin: split cookie fields are joined.
     pub join_cookies: bool,
     /// HTTP/2 origin: the site goes in `:authority`, not Host.
@@ -445,8 +448,8 @@ pub(crate) struct ForwardHeaders {
 }
 
 impl ForwardHeaders {
-    /// The client's fields as they go upstream: hop-by-hop removed, Host, Via, X-Forwarded-*,
-    /// Forwarded and traceparent set.
+    /// The client's fields as they go upstream: hop-by-hop removed, Host, Via, the site's
+    /// forwarding fields (X-Forwarded-*, Forwarded) and traceparent set.
     pub(crate) fn apply(&self, mut headers: HeaderMap, upgrade: bool) -> HeaderMap {
         headers::remove_hop_by_hop(&mut headers, upgrade);
         if self.join_cookies {
@@ -454,7 +457,13 @@ impl ForwardHeaders {
         }
         headers.insert(header::HOST, self.host.clone());
         headers.append(header::VIA, self.via.clone());
-        headers::set_forwarded(&mut headers, &self.client_addr, self.proto, &self.host);
+        headers::set_forwarded(
+            &mut headers,
+            self.forwarded,
+            &self.client_addr,
+            self.proto,
+            &self.host,
+        );
         headers.insert("traceparent", self.trace.header_value());
         if self.h2_upstream {
             headers.remove(header::HOST);

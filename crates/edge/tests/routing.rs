@@ -8,9 +8,8 @@ use bytes::Bytes;
 use common::*;
 use http::{Method, StatusCode};
 
-fn two_site_config(a: &Origin, b: &Origin) -> String {
-    format!(
-        r#"
+/// A PoP with one plain listener, "http"; the sites and pools follow.
+const POP: &str = r#"
 [pop]
 id = "test"
 [admin]
@@ -20,7 +19,11 @@ access_log = "off"
 [[listener]]
 name = "http"
 address = "127.0.0.1:0"
-[[site]]
+"#;
+
+fn two_site_config(a: &Origin, b: &Origin) -> String {
+    format!(
+        r#"{POP}[[site]]
 name = "alpha"
 hosts = ["a.test", "*.alpha.test"]
 pool = "a"
@@ -151,17 +154,7 @@ async fn forwarding_fields_follow_the_sites_choice() {
     let origin = Origin::start("origin").await;
     let dir = TempDir::new("forwarded-choice");
     let config = format!(
-        r#"
-[pop]
-id = "test"
-[admin]
-listen = "127.0.0.1:0"
-[log]
-access_log = "off"
-[[listener]]
-name = "http"
-address = "127.0.0.1:0"
-[[site]]
+        r#"{POP}[[site]]
 name = "none"
 hosts = ["none.test"]
 pool = "o"

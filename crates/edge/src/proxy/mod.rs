@@ -503,8 +503,9 @@ impl Upstream {
         // Each attempt goes to an origin not tried yet, so there are no more than origins.
         let attempts = attempts.min(pool.origins.len()).max(1);
         let mut body = Some(body);
-        // One clock read at the start of each attempt and one at its end serve the retry
-        // budget, origin selection, the upstream latency and the outlier bookkeeping.
+        // One clock read before the first attempt and one as each attempt ends (`send` takes it,
+        // and it starts the next attempt) serve the retry budget, origin selection, the upstream
+        // latency and the outlier bookkeeping.
         let mut now = Instant::now();
         pool.retry_budget.record_request(now.into_std());
         // Origins already tried for this request; attempts are capped at MAX_ATTEMPTS.
@@ -574,13 +575,12 @@ impl Upstream {
                 pool,
                 index,
                 upstream_req,
-                now,
+                &mut now,
                 self.deadline,
                 self.body_limit,
                 request_body_done,
             )
             .await;
-            now = Instant::now();
             rec.done = Some(now);
             // Retry what another origin may answer better: failed connections, exchanges that
             // broke before a response and the statuses the pool lists; never a timeout (the
@@ -649,18 +649,20 @@ impl RequestLog {
 }
 
 /// One exchange with one origin, with the response-header deadline and outcome bookkeeping.
-/// `sent` is the attempt's start, as the caller read the clock.
+/// `clock` holds the attempt's start, as the caller read it, and on return the moment its answer
+/// (or failure) came back: one reading serves the caller and this function's bookkeeping.
 #[allow(clippy::too_many_arguments)]
 async fn send(
     pool: &Arc<Pool>,
     index: usize,
     req: Request<body::ProxyBody>,
-    sent: Instant,
+    clock: &mut Instant,
     request_deadline: Option<Instant>,
     body_limit: u64,
     request_body_done: Option<&Arc<std::sync::atomic::AtomicBool>>,
 ) -> Result<Response<OriginBody>, ProxyError> {
     let origin = &pool.origins[index];
+    let sent = *clock;
     let header_deadline = sent + pool.config.response_header_timeout;
     let deadline = request_deadline.map_or(header_deadline, |d| d.min(header_deadline));
     let in_flight = InFlight::enter(&origin.state.in_flight);
@@ -669,6 +671,7 @@ async fn send(
     let result = tokio::time::timeout_at(deadline, pool.send_to(index, req)).await;
     drop(in_flight);
     let done = Instant::now();
+    *clock = done;
     origin.metrics.duration.observe((done - sent).as_secs_f64());
     let done = done.into_std();
     match result {

@@ -284,6 +284,37 @@ async fn slow_origins_get_504_and_are_not_retried() {
     );
 }
 
+/// The response-header deadline of a request that reuses a kept-alive origin connection is
+/// its own: not the previous request's (already past), and not forgotten.
+#[tokio::test]
+async fn a_reused_origin_connection_times_out_at_the_new_requests_deadline() {
+    let a = Origin::start("slow-reused").await;
+    let dir = TempDir::new("timeout504-reused");
+    let extra = "response_header_timeout = \"300ms\"\n";
+    let edge = start_edge(&dir, &pool_config(&[(&a, false)], extra)).await;
+    let addr = edge.listener_addr("http").unwrap();
+
+    assert_eq!(get(addr, "x", "/").await.status, StatusCode::OK);
+    // Past the first request's deadline: a timer left at it would fire at once.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    a.set_delay(Duration::from_millis(1500));
+    let started = std::time::Instant::now();
+    let resp = get(addr, "x", "/").await;
+    let elapsed = started.elapsed();
+    assert_eq!(resp.status, StatusCode::GATEWAY_TIMEOUT, "{}", resp.body);
+    assert!(
+        elapsed >= Duration::from_millis(300),
+        "gave up before the deadline: {elapsed:?}"
+    );
+    assert!(
+        elapsed < Duration::from_millis(1400),
+        "waited for the origin instead: {elapsed:?}"
+    );
+    a.set_delay(Duration::ZERO);
+    assert_eq!(get(addr, "x", "/").await.status, StatusCode::OK);
+    assert_eq!(a.hits(), 3);
+}
+
 /// A listener that accepts nothing and whose backlog is full: a connect to it hangs (the kernel
 /// drops the SYN), which is how an unreachable origin looks, but on loopback.
 fn black_hole() -> (

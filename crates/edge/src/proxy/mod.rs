@@ -666,22 +666,20 @@ async fn send(
     let header_deadline = sent + pool.config.response_header_timeout;
     let deadline = request_deadline.map_or(header_deadline, |d| d.min(header_deadline));
     let in_flight = InFlight::enter(&origin.state.in_flight);
-    // The exchange is built inside the awaited expression: bound to a local first, it would be
-    // laid out twice in this future (the local and the timeout holding it).
-    let result = tokio::time::timeout_at(deadline, pool.send_to(index, req)).await;
+    let result = pool.send_to(index, req, deadline).await;
     drop(in_flight);
     let done = Instant::now();
     *clock = done;
     origin.metrics.duration.observe((done - sent).as_secs_f64());
     let done = done.into_std();
     match result {
-        Ok(Ok(resp)) => {
+        Ok(resp) => {
             let status = resp.status().as_u16();
             origin.metrics.count_status(status);
             pool.record_outcome(index, status >= 500, done);
             Ok(resp)
         }
-        Ok(Err(SendError::Connect(reason))) => {
+        Err(SendError::Connect(reason)) => {
             pool.record_outcome(index, true, done);
             origin.metrics.connect_error.inc();
             Err(ProxyError::OriginConnect {
@@ -689,7 +687,7 @@ async fn send(
                 reason,
             })
         }
-        Ok(Err(SendError::Protocol(e))) => {
+        Err(SendError::Protocol(e)) => {
             // The client's own body failing (too large, aborted upload) says nothing about the
             // origin: no outlier strike, and the client is told what it did.
             if is_body_limit(&*e) {
@@ -705,12 +703,12 @@ async fn send(
                 reason: error_chain(&*e),
             })
         }
-        Err(_) if request_body_done.is_some_and(|done| !done.load(Ordering::Relaxed)) => {
+        Err(SendError::Timeout) if request_body_done.is_some_and(|done| !done.load(Ordering::Relaxed)) => {
             // The client never finished sending its body: a slow or stalled upload, not a slow
             // origin. 408, and no strike against the origin.
             Err(ProxyError::ClientBodyTimeout)
         }
-        Err(_) => {
+        Err(SendError::Timeout) => {
             origin.metrics.timeout.inc();
             pool.record_outcome(index, true, done);
             Err(ProxyError::OriginTimeout {

@@ -186,6 +186,8 @@ pub struct Target<'a> {
     pub tls: &'a OriginTls,
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
+    /// When the response head must have come (connecting included).
+    pub deadline: tokio::time::Instant,
 }
 
 /// Sends `req` (origin-form URI, Host set) on an idle connection to the origin or a new one.
@@ -194,7 +196,9 @@ pub async fn send(target: Target<'_>, req: Request<ProxyBody>) -> Result<Respons
     if req.body().is_end_stream() && !req.headers().contains_key(header::UPGRADE) {
         send_inline(&target, req).await
     } else {
-        send_hyper(target, req).await
+        tokio::time::timeout_at(target.deadline, send_hyper(target, req))
+            .await
+            .unwrap_or(Err(SendError::Timeout))
     }
 }
 
@@ -213,9 +217,14 @@ async fn send_inline(
         let (mut conn, reused) = match target.conns.checkout_inline(target.idle_timeout) {
             Some(conn) => (conn, true),
             // Boxed: connecting is rare and would make every request's future larger.
-            None => (Box::new(Conn::new(Box::pin(open_inline(target)).await?)), false),
+            None => {
+                let io = tokio::time::timeout_at(target.deadline, Box::pin(open_inline(target)))
+                    .await
+                    .unwrap_or(Err(SendError::Timeout))?;
+                (Box::new(Conn::new(io)), false)
+            }
         };
-        match conn.exchange(&head, &parts.method).await {
+        match conn.exchange(&head, &parts.method, target.deadline).await {
             Ok(resp) => {
                 let conns = target.conns.clone();
                 let idle_timeout = target.idle_timeout;
@@ -228,6 +237,7 @@ async fn send_inline(
             // answered, so an idempotent request goes again (on the next idle connection or a
             // new one; a new one is not retried).
             Err(e) if reused && idempotent && e.is_stale_connection() => continue,
+            Err(h1_inline::InlineError::HeadTimeout) => return Err(SendError::Timeout),
             Err(e) => return Err(SendError::Protocol(e.into())),
         }
     }

@@ -64,10 +64,11 @@ async fn probe(pool: &Pool, index: usize, check: &HealthCheckConfig) -> Result<(
         .header(header::USER_AGENT, "outpost-health-check")
         .body(body::empty())
         .map_err(|e| e.to_string())?;
-    let resp = tokio::time::timeout(check.timeout, pool.send_to(index, req))
-        .await
-        .map_err(|_| format!("no answer within {:?}", check.timeout))?
-        .map_err(|e| e.to_string())?;
+    let deadline = tokio::time::Instant::now() + check.timeout;
+    let resp = pool.send_to(index, req, deadline).await.map_err(|e| match e {
+        super::SendError::Timeout => format!("no answer within {:?}", check.timeout),
+        e => e.to_string(),
+    })?;
     let status = resp.status();
     let ok = if check.expect_status == 0 {
         status.is_success() || status.is_redirection()

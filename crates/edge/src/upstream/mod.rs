@@ -20,6 +20,8 @@ pub enum SendError {
     Connect(String),
     /// The exchange broke (hyper's error, or the inline codec's).
     Protocol(crate::proxy::body::BoxError),
+    /// No response head came before the exchange's deadline.
+    Timeout,
 }
 
 impl std::fmt::Display for SendError {
@@ -27,6 +29,7 @@ impl std::fmt::Display for SendError {
         match self {
             Self::Connect(reason) => f.write_str(reason),
             Self::Protocol(e) => e.fmt(f),
+            Self::Timeout => f.write_str("no response head before the deadline"),
         }
     }
 }

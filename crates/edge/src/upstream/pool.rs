@@ -196,12 +196,14 @@ impl Pool {
         })
     }
 
-    /// One exchange with one origin over the pool's HTTP version. The request carries the
+    /// One exchange with one origin over the pool's HTTP version, which fails with
+    /// `SendError::Timeout` when no response head came by `deadline`. The request carries the
     /// site in Host (HTTP/1.1, origin-form URI) or in the URI's authority (HTTP/2).
     pub async fn send_to(
         &self,
         index: usize,
         req: http::Request<crate::proxy::body::ProxyBody>,
+        deadline: tokio::time::Instant,
     ) -> Result<http::Response<OriginBody>, SendError> {
         let origin = &self.origins[index];
         let settings = &self.client_settings;
@@ -214,21 +216,24 @@ impl Pool {
                     tls: &self.tls,
                     connect_timeout: settings.connect_timeout,
                     idle_timeout: settings.idle_timeout,
+                    deadline,
                 };
                 h1::send(target, req).await
             }
             // Boxed: the HTTP/2 connect path (TCP + TLS handshake) would otherwise make every
             // request's future several kilobytes larger, all of it copied on every move.
             outpost_config::UpstreamProtocol::Http2 => {
-                Box::pin(super::h2::send(
+                let exchange = Box::pin(super::h2::send(
                     &origin.state.h2,
                     &origin.scheme,
                     &origin.authority,
                     &self.tls,
                     settings.connect_timeout,
                     req,
-                ))
-                .await
+                ));
+                tokio::time::timeout_at(deadline, exchange)
+                    .await
+                    .unwrap_or(Err(SendError::Timeout))
             }
         }
     }

@@ -17,7 +17,6 @@ mod memory;
 pub mod object;
 pub mod purge;
 pub mod range;
-mod recent_heads;
 pub mod reuse;
 pub mod storable;
 

@@ -106,7 +106,7 @@ impl Object {
 
     /// The stored header fields a client is sent (without those addressed to this cache).
     pub fn client_headers(&self) -> HeaderMap {
-        crate::recent_heads::client_headers(&self.head)
+        fields::decode_for_client(&self.head)
     }
 
     /// The stored header fields, encoded (see `fields`).

@@ -26,6 +26,7 @@ use outpost_cache::{
 
 use super::body::OutBody;
 use super::error::ProxyError;
+use super::hit_headers::{self, CACHE_STATUS};
 use super::{headers as hop, Attempts, RequestLog, Upstream};
 use crate::state::{SiteCache, Snapshot};
 use crate::upstream::OriginBody;
@@ -492,15 +493,16 @@ impl Ctx<'_> {
             obj.freshness.ttl(now)
         };
         let cache_status = cache_status_value(status, Some(ttl));
-        let mut headers = obj.client_headers();
+        let via = self.snapshot.via(http::Version::HTTP_11);
+        let mut headers = hit_headers::for_hit(obj.header_block(), via);
         if obj.status == StatusCode::OK && conditional::client_has_current(&self.headers, &headers) {
             let mut headers = conditional::not_modified_headers(&headers);
-            finish_headers(&mut headers, Some(age), cache_status, self.snapshot);
+            hit_headers::stamp(&mut headers, age, cache_status);
             return build(StatusCode::NOT_MODIFIED, headers, OutBody::empty());
         }
         let len = obj.body.len() as u64;
         let range = range::answer(&self.headers, &headers, len);
-        finish_headers(&mut headers, Some(age), cache_status, self.snapshot);
+        hit_headers::stamp(&mut headers, age, cache_status);
         let (status, body) = match (obj.status, range) {
             (StatusCode::OK, range::RangeAnswer::Partial { start, end }) => {
                 headers.insert(
@@ -534,7 +536,7 @@ impl Ctx<'_> {
         headers.remove(SURROGATE_CONTROL);
         if fill.status == StatusCode::OK && conditional::client_has_current(&self.headers, &headers) {
             let mut headers = conditional::not_modified_headers(&headers);
-            finish_headers(&mut headers, None, cache_status, self.snapshot);
+            finish_headers(&mut headers, cache_status, self.snapshot);
             return build(StatusCode::NOT_MODIFIED, headers, OutBody::empty());
         }
         // A range of a response still arriving: answered from the fill when its length is
@@ -551,20 +553,20 @@ impl Ctx<'_> {
                         header_value(&format!("bytes {start}-{end}/{len}")),
                     );
                     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start + 1));
-                    finish_headers(&mut headers, None, cache_status, self.snapshot);
+                    finish_headers(&mut headers, cache_status, self.snapshot);
                     let body = OutBody::Fill(fill.range_reader(start, end - start + 1));
                     return build(StatusCode::PARTIAL_CONTENT, headers, body);
                 }
                 range::RangeAnswer::Unsatisfiable => {
                     headers.insert(header::CONTENT_RANGE, header_value(&format!("bytes */{len}")));
                     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
-                    finish_headers(&mut headers, None, cache_status, self.snapshot);
+                    finish_headers(&mut headers, cache_status, self.snapshot);
                     return build(StatusCode::RANGE_NOT_SATISFIABLE, headers, OutBody::empty());
                 }
                 range::RangeAnswer::Full => {}
             }
         }
-        finish_headers(&mut headers, None, cache_status, self.snapshot);
+        finish_headers(&mut headers, cache_status, self.snapshot);
         let body = if self.head {
             OutBody::empty()
         } else {
@@ -583,7 +585,7 @@ impl Ctx<'_> {
         hop::remove_hop_by_hop(&mut parts.headers, false);
         parts.headers.remove(SURROGATE_CONTROL);
         let cache_status = cache_status_value(status, None);
-        finish_headers(&mut parts.headers, None, cache_status, self.snapshot);
+        finish_headers(&mut parts.headers, cache_status, self.snapshot);
         parts.version = http::Version::HTTP_11;
         Response::from_parts(parts, OutBody::Origin(body))
     }
@@ -614,18 +616,14 @@ fn unreachable(e: &ProxyError) -> bool {
     )
 }
 
-/// The fields every response of the cache phase gets. Surrogate-Control, addressed to this
-/// cache, is already gone: stored objects decode without it (`Object::client_headers`), and
-/// origin and fill responses have it removed where they enter the response.
-fn finish_headers(headers: &mut HeaderMap, age: Option<u64>, cache_status: HeaderValue, snapshot: &Snapshot) {
-    if let Some(age) = age {
-        headers.insert(header::AGE, HeaderValue::from(age));
-    }
+/// The fields every response of the cache phase gets (hits get them from `hit_headers`).
+/// Surrogate-Control, addressed to this cache, is already gone: stored objects decode without
+/// it (`fields::decode_for_client`), and origin and fill responses have it removed where they
+/// enter the response.
+fn finish_headers(headers: &mut HeaderMap, cache_status: HeaderValue, snapshot: &Snapshot) {
     headers.append(CACHE_STATUS.clone(), cache_status);
     headers.append(header::VIA, snapshot.via(http::Version::HTTP_11).clone());
 }
-
-static CACHE_STATUS: http::HeaderName = http::HeaderName::from_static("cache-status");
 
 /// `Outpost; <status>[; ttl=<ttl>]` (RFC 9211), written straight into the value's buffer:
 /// this runs for every hit, and `format!` machinery cost more than the rest of the header.

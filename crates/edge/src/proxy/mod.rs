@@ -18,6 +18,7 @@ pub mod body;
 mod cache;
 pub mod error;
 pub mod headers;
+mod hit_headers;
 pub mod trace;
 mod upgrade;
 

@@ -1,0 +1,175 @@
+//! The header maps cache hits go out with, kept ready per worker thread for popular objects, so
+//! that a hit clones a map instead of rebuilding it from the object's stored fields.
+//!
+//! Objects keep their fields as one compact buffer (`outpost_cache::fields`), and every hit
+//! rebuilt a `HeaderMap` from it, then added Age, Cache-Status and Via: a hash, a probe and a
+//! value check per field, and a reallocation for the added ones, about a fifth of a small hit's
+//! whole cost. The map kept here already holds the three added fields (Age and Cache-Status
+//! with placeholder values that [`stamp`] replaces in place), sized so that nothing grows.
+//!
+//! The table is per thread (a worker answers from its own, with no lock or atomic) and direct
+//! mapped: a buffer's address picks its slot, and the slot holds a clone of the buffer it was
+//! built from. Holding that clone keeps the buffer's memory from being freed and reused, so the
+//! same address and length can only mean the same, immutable, bytes. The slot also holds the
+//! Via value it was built with (a reload may change it). A map is built for a buffer the second
+//! time it is seen in a row in its slot: objects answered once do not evict popular ones, and
+//! cost only the buffer clone. Memory: at most `SLOTS` maps per worker thread (about a
+//! kilobyte each) and the buffers they came from.
+
+use std::cell::RefCell;
+
+use bytes::Bytes;
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
+use outpost_cache::fields;
+
+pub(super) static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+
+const SLOTS: usize = 256;
+
+enum Slot {
+    Empty,
+    /// Seen once: the map is built if the next look-up in this slot is for the same buffer.
+    Seen(Bytes),
+    Ready {
+        head: Bytes,
+        via: HeaderValue,
+        map: HeaderMap,
+    },
+}
+
+thread_local! {
+    static RECENT: RefCell<Vec<Slot>> = RefCell::new((0..SLOTS).map(|_| Slot::Empty).collect());
+}
+
+/// The fields a stored response goes to a client with: its stored fields (less those addressed
+/// to this cache), Age and Cache-Status to be [`stamp`]ed, and `via` after the stored Via.
+pub(super) fn for_hit(head: &Bytes, via: &HeaderValue) -> HeaderMap {
+    RECENT.with(|recent| match recent.try_borrow_mut() {
+        Ok(mut recent) => look_up(&mut recent[slot_of(head)], head, via),
+        Err(_) => build(head, via),
+    })
+}
+
+/// Sets the Age and this cache's Cache-Status entry of a map from [`for_hit`].
+pub(super) fn stamp(headers: &mut HeaderMap, age: u64, cache_status: HeaderValue) {
+    headers.insert(header::AGE, HeaderValue::from(age));
+    // Ours is the last entry (RFC 9211 §2: caches nearer the client come later).
+    if let Entry::Occupied(mut entry) = headers.entry(&CACHE_STATUS) {
+        if let Some(last) = entry.iter_mut().last() {
+            *last = cache_status;
+        }
+    }
+}
+
+fn look_up(slot: &mut Slot, head: &Bytes, via: &HeaderValue) -> HeaderMap {
+    match slot {
+        Slot::Ready {
+            head: held,
+            via: held_via,
+            map,
+        } if same(held, head) && held_via == via => map.clone(),
+        Slot::Seen(held) if same(held, head) => {
+            let map = build(head, via);
+            *slot = Slot::Ready {
+                head: head.clone(),
+                via: via.clone(),
+                map: map.clone(),
+            };
+            map
+        }
+        _ => {
+            *slot = Slot::Seen(head.clone());
+            build(head, via)
+        }
+    }
+}
+
+fn build(head: &Bytes, via: &HeaderValue) -> HeaderMap {
+    // The decoded map has room for these three (`fields::ROOM_FOR_ADDED`).
+    let mut map = fields::decode_for_client(head);
+    map.insert(header::AGE, HeaderValue::from_static("0"));
+    map.append(CACHE_STATUS.clone(), HeaderValue::from_static("-"));
+    map.append(header::VIA, via.clone());
+    map
+}
+
+fn same(held: &Bytes, head: &Bytes) -> bool {
+    held.as_ptr() == head.as_ptr() && held.len() == head.len()
+}
+
+fn slot_of(head: &Bytes) -> usize {
+    // A multiplicative hash spreads the address bits that differ between heap blocks.
+    let hash = (head.as_ptr() as usize as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (hash >> 56) as usize % SLOTS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block(fields: &[(&str, &str)]) -> Bytes {
+        let mut map = HeaderMap::new();
+        for (name, value) in fields {
+            map.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        fields::encode(&map)
+    }
+
+    fn values<'a>(map: &'a HeaderMap, name: &str) -> Vec<&'a str> {
+        map.get_all(name).iter().map(|v| v.to_str().unwrap()).collect()
+    }
+
+    #[test]
+    fn a_stamped_hit_has_the_stored_fields_and_ours_after_earlier_hops() {
+        let head = block(&[
+            ("etag", "\"a\""),
+            ("age", "100"),
+            ("via", "1.1 upstream-cdn"),
+            ("cache-status", "UpstreamCDN; hit"),
+            ("surrogate-control", "max-age=60"),
+        ]);
+        let via = HeaderValue::from_static("1.1 outpost-pop");
+        for _ in 0..3 {
+            let mut map = for_hit(&head, &via);
+            stamp(&mut map, 7, HeaderValue::from_static("Outpost; hit"));
+            assert_eq!(values(&map, "etag"), ["\"a\""]);
+            assert_eq!(values(&map, "age"), ["7"], "the stored Age is replaced");
+            assert_eq!(values(&map, "via"), ["1.1 upstream-cdn", "1.1 outpost-pop"]);
+            assert_eq!(values(&map, "cache-status"), ["UpstreamCDN; hit", "Outpost; hit"]);
+            assert!(!map.contains_key("surrogate-control"));
+        }
+    }
+
+    #[test]
+    fn buffers_sharing_a_slot_each_get_their_own_fields() {
+        let a = block(&[("etag", "\"a\"")]);
+        let b = block(&[("etag", "\"b\"")]);
+        assert_eq!(a.len(), b.len());
+        let via = HeaderValue::from_static("1.1 pop");
+        let mut slot = Slot::Empty;
+        for _ in 0..3 {
+            assert_eq!(look_up(&mut slot, &a, &via)["etag"], "\"a\"");
+            assert_eq!(look_up(&mut slot, &a, &via)["etag"], "\"a\"");
+            assert!(
+                matches!(slot, Slot::Ready { .. }),
+                "built on the second look-up in a row"
+            );
+            assert_eq!(look_up(&mut slot, &b, &via)["etag"], "\"b\"");
+            assert_eq!(look_up(&mut slot, &b, &via)["etag"], "\"b\"");
+        }
+    }
+
+    #[test]
+    fn a_new_via_after_a_reload_is_not_answered_from_a_map_built_with_the_old() {
+        let head = block(&[("etag", "\"a\"")]);
+        let mut slot = Slot::Empty;
+        let old = HeaderValue::from_static("1.1 old-pop");
+        look_up(&mut slot, &head, &old);
+        look_up(&mut slot, &head, &old);
+        let new = HeaderValue::from_static("1.1 new-pop");
+        assert_eq!(look_up(&mut slot, &head, &new)["via"], "1.1 new-pop");
+    }
+}

@@ -104,11 +104,6 @@ impl Object {
         fields::decode(&self.head)
     }
 
-    /// The stored header fields a client is sent (without those addressed to this cache).
-    pub fn client_headers(&self) -> HeaderMap {
-        fields::decode_for_client(&self.head)
-    }
-
     /// The stored header fields, encoded (see `fields`).
     pub fn header_block(&self) -> &Bytes {
         &self.head

@@ -213,10 +213,10 @@ fn append_forwarded(headers: &mut HeaderMap, client: &ClientAddr, proto: &'stati
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+    pub(in crate::proxy) fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
             h.append(

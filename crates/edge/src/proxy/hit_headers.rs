@@ -106,16 +106,10 @@ fn slot_of(head: &Bytes) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proxy::headers::tests::map;
 
     fn block(fields: &[(&str, &str)]) -> Bytes {
-        let mut map = HeaderMap::new();
-        for (name, value) in fields {
-            map.append(
-                HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                HeaderValue::from_str(value).unwrap(),
-            );
-        }
-        fields::encode(&map)
+        fields::encode(&map(fields))
     }
 
     fn values<'a>(map: &'a HeaderMap, name: &str) -> Vec<&'a str> {

@@ -4,9 +4,10 @@
 //! one exact-size buffer and rebuild a map for each response they answer. That rebuild runs on
 //! cache hits (the edge keeps ready maps only for popular objects), so the encoding is made for
 //! it: the field count first (the map is sized once), well-known names as one-byte codes (no
-//! name parsing or classification), lengths instead of delimiters (no scanning). Values are slices of the buffer, not copies. The
-//! same buffer is the header section of disk-tier files, so it is also decoded from bytes
-//! that may be damaged: decoding checks every length and value and fails as a whole.
+//! name parsing or classification), lengths instead of delimiters (no scanning). Values are
+//! slices of the buffer, not copies. The same buffer is the header section of disk-tier files,
+//! so it is also decoded from bytes that may be damaged: decoding checks every length and value
+//! and fails as a whole.
 //!
 //! Layout: u16 field count, then per field: a name code (0 = a literal name follows as its
 //! length and bytes; n > 0 = `KNOWN[n - 1]`), value length, value bytes. Lengths are u16, or

@@ -11,10 +11,10 @@
 //! mapped: a buffer's address picks its slot, and the slot holds a clone of the buffer it was
 //! built from. Holding that clone keeps the buffer's memory from being freed and reused, so the
 //! same address and length can only mean the same, immutable, bytes. The slot also holds the
-//! Via value it was built with (a reload may change it). A map is built for a buffer the second
-//! time it is seen in a row in its slot: objects answered once do not evict popular ones, and
-//! cost only the buffer clone. Memory: at most `SLOTS` maps per worker thread (about a
-//! kilobyte each) and the buffers they came from.
+//! Via value it was built with (a reload may change it). A map is kept for a buffer looked up
+//! twice in a row among the others that share its slot, and only such a buffer replaces a kept
+//! map: objects answered once do not evict popular ones, and cost only a buffer clone. Memory:
+//! at most `SLOTS` maps per worker thread (about a kilobyte each) and the buffers they came from.
 
 use std::cell::RefCell;
 
@@ -34,6 +34,8 @@ enum Slot {
         head: Bytes,
         via: HeaderValue,
         map: HeaderMap,
+        /// The last other buffer looked up here: it takes the slot if it comes again next.
+        challenger: Option<Bytes>,
     },
 }
 
@@ -62,26 +64,42 @@ pub(super) fn stamp(headers: &mut HeaderMap, age: u64, cache_status: HeaderValue
 }
 
 fn look_up(slot: &mut Slot, head: &Bytes, via: &HeaderValue) -> HeaderMap {
-    match slot {
+    let second_in_a_row = match slot {
         Slot::Ready {
             head: held,
             via: held_via,
             map,
-        } if same(held, head) && held_via == via => map.clone(),
-        Slot::Seen(held) if same(held, head) => {
-            let map = build(head, via);
-            *slot = Slot::Ready {
-                head: head.clone(),
-                via: via.clone(),
-                map: map.clone(),
-            };
-            map
+            ..
+        } if same(held, head) && held_via == via => return map.clone(),
+        Slot::Ready { challenger, .. } => {
+            let again = challenger.as_ref().is_some_and(|c| same(c, head));
+            if !again {
+                *challenger = Some(head.clone());
+            }
+            again
         }
-        _ => {
+        Slot::Seen(held) => {
+            let again = same(held, head);
+            if !again {
+                *held = head.clone();
+            }
+            again
+        }
+        Slot::Empty => {
             *slot = Slot::Seen(head.clone());
-            build(head, via)
+            false
         }
+    };
+    let map = build(head, via);
+    if second_in_a_row {
+        *slot = Slot::Ready {
+            head: head.clone(),
+            via: via.clone(),
+            map: map.clone(),
+            challenger: None,
+        };
     }
+    map
 }
 
 fn build(head: &Bytes, via: &HeaderValue) -> HeaderMap {
@@ -154,6 +172,27 @@ mod tests {
             assert_eq!(look_up(&mut slot, &b, &via)["etag"], "\"b\"");
             assert_eq!(look_up(&mut slot, &b, &via)["etag"], "\"b\"");
         }
+    }
+
+    #[test]
+    fn objects_answered_once_do_not_evict_a_kept_map() {
+        let popular = block(&[("etag", "\"p\"")]);
+        let via = HeaderValue::from_static("1.1 pop");
+        let mut slot = Slot::Empty;
+        look_up(&mut slot, &popular, &via);
+        look_up(&mut slot, &popular, &via);
+        for i in 0..4 {
+            let once = block(&[("etag", &format!("\"once-{i}\""))]);
+            look_up(&mut slot, &once, &via);
+            assert!(
+                matches!(&slot, Slot::Ready { head, .. } if same(head, &popular)),
+                "evicted by an object answered once"
+            );
+        }
+        let newcomer = block(&[("etag", "\"n\"")]);
+        look_up(&mut slot, &newcomer, &via);
+        look_up(&mut slot, &newcomer, &via);
+        assert!(matches!(&slot, Slot::Ready { head, .. } if same(head, &newcomer)));
     }
 
     #[test]

@@ -196,9 +196,7 @@ pub async fn send(target: Target<'_>, req: Request<ProxyBody>) -> Result<Respons
     if req.body().is_end_stream() && !req.headers().contains_key(header::UPGRADE) {
         send_inline(&target, req).await
     } else {
-        tokio::time::timeout_at(target.deadline, send_hyper(target, req))
-            .await
-            .unwrap_or(Err(SendError::Timeout))
+        super::by_deadline(target.deadline, send_hyper(target, req)).await
     }
 }
 
@@ -218,9 +216,7 @@ async fn send_inline(
             Some(conn) => (conn, true),
             // Boxed: connecting is rare and would make every request's future larger.
             None => {
-                let io = tokio::time::timeout_at(target.deadline, Box::pin(open_inline(target)))
-                    .await
-                    .unwrap_or(Err(SendError::Timeout))?;
+                let io = super::by_deadline(target.deadline, Box::pin(open_inline(target))).await?;
                 (Box::new(Conn::new(io)), false)
             }
         };

@@ -33,3 +33,13 @@ impl std::fmt::Display for SendError {
         }
     }
 }
+
+/// `exchange`, or `SendError::Timeout` once `deadline` passes first.
+pub(crate) async fn by_deadline<T>(
+    deadline: tokio::time::Instant,
+    exchange: impl std::future::Future<Output = Result<T, SendError>>,
+) -> Result<T, SendError> {
+    tokio::time::timeout_at(deadline, exchange)
+        .await
+        .unwrap_or(Err(SendError::Timeout))
+}

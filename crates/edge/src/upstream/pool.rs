@@ -231,9 +231,7 @@ impl Pool {
                     settings.connect_timeout,
                     req,
                 ));
-                tokio::time::timeout_at(deadline, exchange)
-                    .await
-                    .unwrap_or(Err(SendError::Timeout))
+                super::by_deadline(deadline, exchange).await
             }
         }
     }

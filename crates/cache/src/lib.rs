@@ -201,7 +201,6 @@ impl Cache {
                 self.purges.retire(before);
             }
         }
-        self.memory.maintain();
     }
 
     pub fn stats(&self) -> TierStats {

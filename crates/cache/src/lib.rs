@@ -221,34 +221,18 @@ impl Cache {
 mod tests {
     use super::*;
     use bytes::Bytes;
-    use http::StatusCode;
 
     fn object(cache: &Cache, url: &str, tags: &str, site: &str) -> (CacheKey, Object) {
-        let key = CacheKey::for_url(url).unwrap();
         let mut h = HeaderMap::new();
         h.insert("surrogate-key", tags.parse().unwrap());
-        let f = Freshness::compute(
-            0.0,
-            0.0,
-            StatusCode::OK,
-            &h,
-            &Default::default(),
-            &LifetimePolicy {
-                ttl_override: Some(Duration::from_secs(3600)),
-                default_ttl: None,
-            },
-        );
-        let obj = Object::new(
-            &key,
-            site.into(),
-            StatusCode::OK,
+        object::tests_support::stored(
+            url,
+            site,
             h,
             Bytes::from_static(b"x"),
-            f,
             Box::new([]),
             cache.fetch_seq(),
-        );
-        (key, obj)
+        )
     }
 
     #[test]

@@ -188,36 +188,13 @@ impl MemoryTier {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::freshness::{Freshness, LifetimePolicy};
-    use crate::key::CacheKey;
+    use crate::object::tests_support::stored;
     use bytes::Bytes;
-    use http::{HeaderMap, StatusCode};
-    use std::time::Duration;
+    use http::HeaderMap;
 
     fn object(url: &str, body_bytes: usize) -> (u64, Arc<Object>) {
-        let key = CacheKey::for_url(url).unwrap();
-        let headers = HeaderMap::new();
-        let freshness = Freshness::compute(
-            0.0,
-            0.0,
-            StatusCode::OK,
-            &headers,
-            &Default::default(),
-            &LifetimePolicy {
-                ttl_override: Some(Duration::from_secs(60)),
-                default_ttl: None,
-            },
-        );
-        let obj = Object::new(
-            &key,
-            "a".into(),
-            StatusCode::OK,
-            headers,
-            Bytes::from(vec![b'x'; body_bytes]),
-            freshness,
-            Box::new([]),
-            0,
-        );
+        let body = Bytes::from(vec![b'x'; body_bytes]);
+        let (key, obj) = stored(url, "a", HeaderMap::new(), body, Box::new([]), 0);
         (key.hash, Arc::new(obj))
     }
 
@@ -275,19 +252,16 @@ mod tests {
     fn removing_one_variant_keeps_the_others_and_the_last_removes_the_url() {
         let tier = MemoryTier::new(1 << 20);
         let (hash, a) = object("http://a.test/v", 10);
-        let key = CacheKey::for_url("http://a.test/v").unwrap();
-        let mut varied = HeaderMap::new();
-        varied.insert("accept-language", "fr".parse().unwrap());
-        let b = Arc::new(Object::new(
-            &key,
-            "a".into(),
-            StatusCode::OK,
+        let french = Box::new([(http::header::ACCEPT_LANGUAGE, Some("fr".into()))]);
+        let (_, b) = stored(
+            "http://a.test/v",
+            "a",
             HeaderMap::new(),
             Bytes::from_static(b"fr"),
-            a.freshness.clone(),
-            Box::new([(http::header::ACCEPT_LANGUAGE, Some("fr".into()))]),
+            french,
             0,
-        ));
+        );
+        let b = Arc::new(b);
         tier.put(hash, a.clone());
         tier.put(hash, b.clone());
         assert_eq!(tier.get(hash).unwrap().len(), 2);

@@ -261,8 +261,40 @@ mod tests {
 
 #[cfg(test)]
 pub(crate) mod tests_support {
-    use crate::freshness::Freshness;
+    use super::{Object, VaryValues};
+    use crate::freshness::{Freshness, LifetimePolicy};
+    use crate::key::CacheKey;
+    use bytes::Bytes;
     use http::header::{HeaderMap, HeaderName};
+    use http::StatusCode;
+
+    /// A 200 response for `url`, fresh for an hour.
+    pub fn stored(
+        url: &str,
+        site: &str,
+        headers: HeaderMap,
+        body: Bytes,
+        vary: VaryValues,
+        stored_seq: u64,
+    ) -> (CacheKey, Object) {
+        let key = CacheKey::for_url(url).unwrap();
+        let policy = LifetimePolicy {
+            ttl_override: Some(std::time::Duration::from_secs(3600)),
+            default_ttl: None,
+        };
+        let freshness = Freshness::compute(0.0, 0.0, StatusCode::OK, &headers, &Default::default(), &policy);
+        let obj = Object::new(
+            &key,
+            site.into(),
+            StatusCode::OK,
+            headers,
+            body,
+            freshness,
+            vary,
+            stored_seq,
+        );
+        (key, obj)
+    }
 
     /// A header map from `(name, value)` pairs, repeated names appended.
     pub fn headers(pairs: &[(&str, &str)]) -> HeaderMap {

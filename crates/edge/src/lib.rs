@@ -9,6 +9,7 @@
 
 pub mod access_log;
 pub mod admin;
+mod hop_by_hop;
 pub mod metrics;
 pub mod proxy;
 pub mod router;

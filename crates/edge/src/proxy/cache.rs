@@ -327,7 +327,9 @@ impl Ctx<'_> {
         fwd: &str,
     ) -> (Response<OutBody>, Delivery) {
         let (mut parts, body) = resp.into_parts();
-        hop::remove_hop_by_hop(&mut parts.headers, false);
+        if !body.hop_by_hop_removed() {
+            hop::remove_hop_by_hop(&mut parts.headers, false);
+        }
         let response_time = now_secs();
         let res_dirs = ResponseDirectives::parse(&parts.headers);
         let verdict = storable::check(
@@ -582,7 +584,9 @@ impl Ctx<'_> {
         body: OriginBody,
         status: &str,
     ) -> Response<OutBody> {
-        hop::remove_hop_by_hop(&mut parts.headers, false);
+        if !body.hop_by_hop_removed() {
+            hop::remove_hop_by_hop(&mut parts.headers, false);
+        }
         parts.headers.remove(SURROGATE_CONTROL);
         let cache_status = cache_status_value(status, None);
         finish_headers(&mut parts.headers, cache_status, self.snapshot);

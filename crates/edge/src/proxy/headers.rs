@@ -6,65 +6,7 @@ use std::net::IpAddr;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use outpost_config::ForwardedHeaders;
 
-/// Headers that describe one connection, never the message (RFC 9110 §7.6.1, plus the
-/// non-standard ones that real clients still send).
-const HOP_BY_HOP_COUNT: usize = 7;
-
-const HOP_BY_HOP: [HeaderName; HOP_BY_HOP_COUNT] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
-
-/// Removes hop-by-hop headers, including every header the Connection header names.
-/// `keep_upgrade` keeps `Connection: upgrade` and `Upgrade` for a protocol switch (WebSocket).
-/// `TE: trailers` survives because HTTP/2 origins (gRPC) rely on it end to end.
-pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // One pass over the names first: most messages carry none of these or only Connection, and
-    // a removal per listed name (a hash and a probe each, on every request and response) costs
-    // more than the scan.
-    let mut present = [false; HOP_BY_HOP_COUNT];
-    for name in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
-            present[i] = true;
-        }
-    }
-    let has = |name: &HeaderName| HOP_BY_HOP.iter().zip(present).any(|(h, p)| p && h == name);
-    if has(&header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
-            .filter(|name| !(keep_upgrade && name == header::UPGRADE))
-            .collect();
-        for name in named {
-            headers.remove(name);
-        }
-    }
-    let te_trailers = has(&header::TE)
-        && headers
-            .get(header::TE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
-    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, present)| *present) {
-        if keep_upgrade && (name == header::CONNECTION || name == header::UPGRADE) {
-            continue;
-        }
-        headers.remove(name);
-    }
-    if keep_upgrade {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    }
-    if te_trailers {
-        headers.insert(header::TE, HeaderValue::from_static("trailers"));
-    }
-}
+pub use crate::hop_by_hop::remove_hop_by_hop;
 
 /// Whether a request asks to switch protocols (HTTP/1.1 Upgrade, e.g. WebSocket).
 pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
@@ -213,10 +155,10 @@ fn append_forwarded(headers: &mut HeaderMap, client: &ClientAddr, proto: &'stati
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    pub(in crate::proxy) fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+    pub(crate) fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
             h.append(
@@ -225,36 +167,6 @@ pub(super) mod tests {
             );
         }
         h
-    }
-
-    #[test]
-    fn hop_by_hop_and_connection_named_headers_are_removed() {
-        let mut h = map(&[
-            ("connection", "keep-alive, x-secret-hop"),
-            ("keep-alive", "timeout=5"),
-            ("x-secret-hop", "1"),
-            ("transfer-encoding", "chunked"),
-            ("te", "gzip"),
-            ("upgrade", "h2c"),
-            ("proxy-connection", "keep-alive"),
-            ("x-end-to-end", "kept"),
-        ]);
-        remove_hop_by_hop(&mut h, false);
-        assert_eq!(h.len(), 1, "{h:?}");
-        assert_eq!(h["x-end-to-end"], "kept");
-    }
-
-    #[test]
-    fn te_trailers_survives_and_upgrade_kept_when_switching() {
-        let mut h = map(&[("te", "trailers, deflate")]);
-        remove_hop_by_hop(&mut h, false);
-        assert_eq!(h["te"], "trailers");
-
-        let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
-        assert!(is_upgrade_request(&h));
-        remove_hop_by_hop(&mut h, true);
-        assert_eq!(h["upgrade"], "websocket");
-        assert_eq!(h["connection"], "upgrade");
     }
 
     #[test]

@@ -722,10 +722,12 @@ async fn send(
 
 fn respond(resp: Response<OriginBody>, snapshot: &Snapshot, upgrade_requested: bool) -> Response<OutBody> {
     let (mut parts, incoming) = resp.into_parts();
-    headers::remove_hop_by_hop(
-        &mut parts.headers,
-        upgrade_requested && parts.status == StatusCode::SWITCHING_PROTOCOLS,
-    );
+    if !incoming.hop_by_hop_removed() {
+        headers::remove_hop_by_hop(
+            &mut parts.headers,
+            upgrade_requested && parts.status == StatusCode::SWITCHING_PROTOCOLS,
+        );
+    }
     parts
         .headers
         .append(header::VIA, snapshot.via(parts.version).clone());

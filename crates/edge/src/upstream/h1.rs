@@ -338,6 +338,9 @@ impl Lease {
 /// is dropped unfinished.
 pub struct OriginBody {
     kind: Kind,
+    /// The response head it came with holds no connection-specific field (`h1_inline` sorts
+    /// them out as it parses).
+    hop_by_hop_removed: bool,
 }
 
 enum Kind {
@@ -353,6 +356,7 @@ impl OriginBody {
     fn new(inner: Incoming, lease: Option<Lease>) -> Self {
         let mut body = Self {
             kind: Kind::Hyper { inner, lease },
+            hop_by_hop_removed: false,
         };
         if body.is_end_stream() {
             body.release();
@@ -361,17 +365,28 @@ impl OriginBody {
     }
 
     fn inline(mut body: InlineBody) -> Self {
+        let hop_by_hop_removed = body.hop_by_hop_removed();
         let kind = match body.take_buffered() {
             Some(data) => Kind::Buffered(Some(data)),
             None => Kind::Inline(body),
         };
-        Self { kind }
+        Self {
+            kind,
+            hop_by_hop_removed,
+        }
+    }
+
+    /// Whether the response head this body came with holds no connection-specific field, so
+    /// that stripping them can be skipped.
+    pub fn hop_by_hop_removed(&self) -> bool {
+        self.hop_by_hop_removed
     }
 
     /// A body that holds no connection (HTTP/2 streams share theirs).
     pub fn unleased(inner: Incoming) -> Self {
         Self {
             kind: Kind::Hyper { inner, lease: None },
+            hop_by_hop_removed: false,
         }
     }
 

@@ -68,7 +68,7 @@ pub(crate) async fn handle(
     let start = Instant::now();
     let snapshot = conn.shared.snapshot.load_full();
     conn.in_flight.fetch_add(1, Ordering::Relaxed);
-    let trace = TraceContext::from_header(req.headers().get("traceparent"));
+    let trace = TraceContext::from_header(req.headers().get(&trace::TRACEPARENT));
     let mut log = RequestLog::new(&conn, &snapshot, &req, trace, start);
     let response = match proxy(&conn, &snapshot, req, trace, &mut log).await {
         Ok(resp) => resp,
@@ -465,7 +465,7 @@ impl ForwardHeaders {
             self.proto,
             &self.host,
         );
-        headers.insert("traceparent", self.trace.header_value());
+        headers.insert(&trace::TRACEPARENT, self.trace.header_value());
         if self.h2_upstream {
             headers.remove(header::HOST);
         }

@@ -1,7 +1,10 @@
 //! W3C Trace Context: keep the caller's trace id, start one when absent, and name this hop as
 //! the parent of the origin's span.
 
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
+
+/// The W3C Trace Context field: a name made once, not parsed from a string per request.
+pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// The trace of one request through this PoP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -19,6 +19,7 @@
 //! policy decides.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -26,6 +27,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::future::Either;
 use http::uri::{Authority, Scheme};
 use http::{header, Method, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
@@ -191,19 +193,27 @@ pub struct Target<'a> {
 }
 
 /// Sends `req` (origin-form URI, Host set) on an idle connection to the origin or a new one.
-pub async fn send(target: Target<'_>, req: Request<ProxyBody>) -> Result<Response<OriginBody>, SendError> {
+///
+/// Not an `async fn`: one would hold the hyper path's future (about 2 KB) inline in every
+/// request's future, and keep the request twice (argument and local); this returns the inline
+/// path's future as is and the hyper path's (requests with a body, upgrades) boxed.
+pub fn send<'a>(
+    target: Target<'a>,
+    req: Request<ProxyBody>,
+) -> impl Future<Output = Result<Response<OriginBody>, SendError>> + 'a {
     use http_body::Body as _;
     if req.body().is_end_stream() && !req.headers().contains_key(header::UPGRADE) {
-        send_inline(&target, req).await
+        Either::Left(send_inline(target, req))
     } else {
-        super::by_deadline(target.deadline, send_hyper(target, req)).await
+        Either::Right(Box::pin(super::by_deadline(
+            target.deadline,
+            send_hyper(target, req),
+        )))
     }
 }
 
-async fn send_inline(
-    target: &Target<'_>,
-    req: Request<ProxyBody>,
-) -> Result<Response<OriginBody>, SendError> {
+async fn send_inline(target: Target<'_>, req: Request<ProxyBody>) -> Result<Response<OriginBody>, SendError> {
+    let target = &target;
     let (parts, _) = req.into_parts();
     let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let head = h1_inline::encode_head(&parts.method, path, &parts.headers);

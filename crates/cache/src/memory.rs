@@ -23,6 +23,17 @@ pub enum Variants {
     Many(Arc<Vec<Arc<Object>>>),
 }
 
+impl Variants {
+    /// The same stored value (not an equal one).
+    fn same(&self, other: &Variants) -> bool {
+        match (self, other) {
+            (Self::One(a), Self::One(b)) => Arc::ptr_eq(a, b),
+            (Self::Many(a), Self::Many(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
 impl std::ops::Deref for Variants {
     type Target = [Arc<Object>];
 
@@ -76,8 +87,9 @@ struct Release;
 
 #[derive(Default)]
 struct Released {
-    /// The URL being stored already had an entry: its old value comes back once, not evicted.
-    replacing: Option<u64>,
+    /// The value the insertion replaces, as read before it: it comes back once, not evicted.
+    /// Told by identity, so a value another thread stored in between counts as pushed out.
+    replacing: Option<Variants>,
     evicted: u64,
     values: Vec<Variants>,
 }
@@ -85,8 +97,8 @@ struct Released {
 impl quick_cache::Lifecycle<u64, Variants> for Release {
     type RequestState = Released;
 
-    fn on_evict(&self, state: &mut Released, hash: u64, variants: Variants) {
-        if state.replacing == Some(hash) {
+    fn on_evict(&self, state: &mut Released, _hash: u64, variants: Variants) {
+        if state.replacing.as_ref().is_some_and(|r| r.same(&variants)) {
             state.replacing = None;
         } else {
             state.evicted += 1;
@@ -97,7 +109,9 @@ impl quick_cache::Lifecycle<u64, Variants> for Release {
 
 impl MemoryTier {
     pub fn new(budget_bytes: u64) -> Self {
-        let shards = (budget_bytes / MIN_SHARD_BYTES).clamp(1, MAX_SHARDS);
+        // A power of two (quick_cache would round up, below the minimum).
+        let fit = (budget_bytes / MIN_SHARD_BYTES).clamp(1, MAX_SHARDS);
+        let shards = 1u64 << fit.ilog2();
         let options = quick_cache::OptionsBuilder::new()
             .shards(usize::try_from(shards).unwrap_or(1))
             .weight_capacity(budget_bytes)
@@ -134,15 +148,15 @@ impl MemoryTier {
             list.remove(0);
         }
         list.push(obj);
-        self.insert(hash, list.into(), current.is_some());
-    }
-
-    fn insert(&self, hash: u64, variants: Variants, replacing: bool) {
         let mut released = Released {
-            replacing: replacing.then_some(hash),
+            replacing: current,
             ..Released::default()
         };
-        self.cache.insert_with_lifecycle(hash, variants, &mut released);
+        self.cache.insert_with_lifecycle(hash, list.into(), &mut released);
+        self.count(&released);
+    }
+
+    fn count(&self, released: &Released) {
         if released.evicted > 0 {
             self.evictions.fetch_add(released.evicted, Ordering::Relaxed);
         }
@@ -155,7 +169,16 @@ impl MemoryTier {
             if rest.is_empty() {
                 self.cache.remove(&hash);
             } else if rest.len() != v.len() {
-                self.insert(hash, rest.into(), true);
+                // A soft replace: the URL gets no hotter for losing a variant, and one evicted
+                // or removed meanwhile is not brought back.
+                let mut released = Released {
+                    replacing: Some(v),
+                    ..Released::default()
+                };
+                let _ = self
+                    .cache
+                    .replace_with_lifecycle(hash, rest.into(), true, &mut released);
+                self.count(&released);
             }
         }
     }
@@ -196,6 +219,24 @@ mod tests {
         let body = Bytes::from(vec![b'x'; body_bytes]);
         let (key, obj) = stored(url, "a", HeaderMap::new(), body, Box::new([]), 0);
         (key.hash, Arc::new(obj))
+    }
+
+    #[test]
+    fn every_shard_holds_at_least_the_minimum_budget() {
+        for (budget, shards) in [
+            (1 << 20, 1),
+            (256 << 20, 1),
+            (768 << 20, 2),
+            (4 << 30, 16),
+            (64 << 30, 16),
+        ] {
+            let tier = MemoryTier::new(budget);
+            assert_eq!(tier.cache.num_shards(), shards, "{budget}");
+            assert!(
+                tier.cache.shard_capacity() >= MIN_SHARD_BYTES.min(budget),
+                "{budget}"
+            );
+        }
     }
 
     #[test]

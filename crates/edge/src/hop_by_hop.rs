@@ -27,6 +27,17 @@ pub(crate) const TRAILER: usize = 4;
 pub(crate) const TRANSFER_ENCODING: usize = 5;
 pub(crate) const UPGRADE: usize = 6;
 
+/// What a field name is to a proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Field {
+    /// One of `HOP_BY_HOP`, by its place there.
+    Listed(usize),
+    /// A field named `close`: removed when Connection lists the `close` option (RFC 9110
+    /// §7.6.1; §16.3.2.2 reserves the name for that reason).
+    Close,
+    EndToEnd,
+}
+
 /// Removes hop-by-hop headers, including every header the Connection header names.
 /// `keep_upgrade` keeps `Connection: upgrade` and `Upgrade` for a protocol switch (WebSocket).
 /// `TE: trailers` survives because HTTP/2 origins (gRPC) rely on it end to end.
@@ -38,27 +49,33 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     let mut present = [false; HOP_BY_HOP_COUNT];
     let mut te_named = false;
     let mut names_others = false;
+    let mut lists_close = false;
+    let mut close_field = false;
     for (name, value) in headers.iter() {
-        let Some(i) = index(name) else {
-            continue;
-        };
-        present[i] = true;
-        if i == CONNECTION {
-            for token in connection_tokens(value) {
-                match listed(token) {
-                    Some(TE) => te_named = true,
-                    Some(_) => {}
-                    None => names_others |= names_other_field(token),
+        match classify(name) {
+            Field::EndToEnd => {}
+            Field::Close => close_field = true,
+            Field::Listed(i) => {
+                present[i] = true;
+                if i == CONNECTION {
+                    for token in connection_tokens(value) {
+                        match listed(token.as_bytes()) {
+                            Some(TE) => te_named = true,
+                            Some(_) => {}
+                            None if token.eq_ignore_ascii_case("close") => lists_close = true,
+                            None => names_others = true,
+                        }
+                    }
                 }
             }
         }
     }
-    if names_others {
+    if names_others || (lists_close && close_field) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
             .flat_map(connection_tokens)
-            .filter(|token| names_other_field(token))
+            .filter(|token| listed(token.as_bytes()).is_none())
             .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
             .collect();
         for name in named {
@@ -86,39 +103,35 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-/// The position of `name` in `HOP_BY_HOP`, telling most names apart by length alone (names
-/// are lowercase in a `HeaderMap`).
-pub(crate) fn index(name: &HeaderName) -> Option<usize> {
+/// What `name` is to a proxy, telling most names apart by length alone (names are lowercase
+/// in a `HeaderMap`).
+pub(crate) fn classify(name: &HeaderName) -> Field {
     let name = name.as_str();
     let candidates: &[usize] = match name.len() {
         2 => &[TE],
+        5 if name == "close" => return Field::Close,
         7 => &[TRAILER, UPGRADE],
         10 => &[CONNECTION, KEEP_ALIVE],
         16 => &[PROXY_CONNECTION],
         17 => &[TRANSFER_ENCODING],
-        _ => return None,
+        _ => return Field::EndToEnd,
     };
     candidates
         .iter()
         .copied()
         .find(|&i| HOP_BY_HOP[i].as_str() == name)
+        .map_or(Field::EndToEnd, Field::Listed)
 }
 
-/// The position in `HOP_BY_HOP` of a name a Connection header lists (any case).
-fn listed(token: &str) -> Option<usize> {
+/// The place in `HOP_BY_HOP` of a name a Connection header lists (any case).
+pub(crate) fn listed(token: &[u8]) -> Option<usize> {
     HOP_BY_HOP
         .iter()
-        .position(|h| token.eq_ignore_ascii_case(h.as_str()))
-}
-
-/// Whether a Connection token names a field beyond the list: `close` is a connection option,
-/// not a field name.
-pub(crate) fn names_other_field(token: &str) -> bool {
-    listed(token).is_none() && !token.eq_ignore_ascii_case("close")
+        .position(|h| token.eq_ignore_ascii_case(h.as_str().as_bytes()))
 }
 
 /// The names one Connection field lists.
-pub(crate) fn connection_tokens(value: &HeaderValue) -> impl Iterator<Item = &str> {
+fn connection_tokens(value: &HeaderValue) -> impl Iterator<Item = &str> {
     value
         .to_str()
         .ok()
@@ -157,16 +170,27 @@ mod tests {
             ("connection", "close, x-hop"),
             ("keep-alive", "timeout=5"),
             ("x-hop", "1"),
-            ("close", "not an option: a field of that name"),
+            ("close", "a field of that name goes with the option"),
             ("x-end-to-end", "kept"),
         ]);
         remove_hop_by_hop(&mut h, false);
         let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
-        assert_eq!(left, ["close", "x-end-to-end"], "{h:?}");
+        assert_eq!(left, ["x-end-to-end"], "{h:?}");
 
         let mut h = map(&[("connection", "keep-alive"), ("x-end-to-end", "kept")]);
         remove_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1, "{h:?}");
+
+        let mut h = map(&[("connection", "close"), ("close", "1"), ("x-end-to-end", "kept")]);
+        remove_hop_by_hop(&mut h, false);
+        assert_eq!(h.keys().collect::<Vec<_>>(), ["x-end-to-end"], "{h:?}");
+        let mut h = map(&[("close", "1"), ("x-end-to-end", "kept")]);
+        remove_hop_by_hop(&mut h, false);
+        assert_eq!(
+            h.len(),
+            2,
+            "without the option a field named close is end to end: {h:?}"
+        );
     }
 
     #[test]

@@ -236,7 +236,7 @@ async fn send_inline(target: Target<'_>, req: Request<ProxyBody>) -> Result<Resp
                 let idle_timeout = target.idle_timeout;
                 return Ok(resp.map(|framing| {
                     let on_end = Box::new(move |conn| conns.put_back_inline(conn, idle_timeout));
-                    OriginBody::inline(InlineBody::new(conn, framing, on_end))
+                    OriginBody::inline(InlineBody::new(conn, framing, on_end), framing.hop_by_hop_removed)
                 }));
             }
             // The origin closed a kept-alive connection as the request went out: nothing was
@@ -374,8 +374,7 @@ impl OriginBody {
         body
     }
 
-    fn inline(mut body: InlineBody) -> Self {
-        let hop_by_hop_removed = body.hop_by_hop_removed();
+    fn inline(mut body: InlineBody, hop_by_hop_removed: bool) -> Self {
         let kind = match body.take_buffered() {
             Some(data) => Kind::Buffered(Some(data)),
             None => Kind::Inline(body),

@@ -32,7 +32,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-use crate::hop_by_hop;
+use crate::hop_by_hop::{self, Field};
 
 /// Response header fields accepted from an origin (hyper's client allows 100).
 const MAX_HEADERS: usize = 128;
@@ -313,14 +313,14 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Parsed>, Inl
     for [name_start, name_end, value_start, value_end] in spans {
         let bad = || InlineError::Parse("field outside the head".into());
         let name = head.get(name_start..name_end).ok_or_else(bad)?;
-        let (name, hop_field) = match common_name(name) {
+        let (name, field) = match common_name(name) {
             Some(known) => known,
             None => {
                 let name = HeaderName::from_bytes(name).map_err(|_| {
                     InlineError::Parse(format!("field name {:?}", String::from_utf8_lossy(name)))
                 })?;
-                let hop_field = hop_by_hop::index(&name);
-                (name, hop_field)
+                let field = hop_by_hop::classify(&name);
+                (name, field)
             }
         };
         if value_start > value_end || value_end > head.len() {
@@ -328,9 +328,12 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Parsed>, Inl
         }
         let value = HeaderValue::from_maybe_shared(head.slice(value_start..value_end))
             .map_err(|_| InlineError::Parse(format!("value of {name}")))?;
-        if !fields.takes(hop_field, &name, &value) {
+        if !fields.takes(field, &name, &value) {
             headers.append(name, value);
         }
+    }
+    if fields.close_field && fields.close {
+        headers.remove("close");
     }
     let framing = framing(status, method, version, &mut headers, &fields)?;
     let mut response = Response::new(framing);
@@ -341,23 +344,27 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Parsed>, Inl
 }
 
 /// The field names nearly every origin response carries, in the case origins send them, with
-/// their place in `hop_by_hop::HOP_BY_HOP` for the connection-specific ones.
-const COMMON_NAMES: [(&[u8], HeaderName, Option<usize>); 12] = [
-    (b"Date", header::DATE, None),
-    (b"Server", header::SERVER, None),
-    (b"Content-Type", header::CONTENT_TYPE, None),
-    (b"Content-Length", header::CONTENT_LENGTH, None),
-    (b"Last-Modified", header::LAST_MODIFIED, None),
-    (b"Connection", header::CONNECTION, Some(hop_by_hop::CONNECTION)),
-    (b"ETag", header::ETAG, None),
-    (b"Cache-Control", header::CACHE_CONTROL, None),
-    (b"Accept-Ranges", header::ACCEPT_RANGES, None),
-    (b"Expires", header::EXPIRES, None),
-    (b"Vary", header::VARY, None),
+/// what each is to a proxy.
+const COMMON_NAMES: [(&[u8], HeaderName, Field); 12] = [
+    (b"Date", header::DATE, Field::EndToEnd),
+    (b"Server", header::SERVER, Field::EndToEnd),
+    (b"Content-Type", header::CONTENT_TYPE, Field::EndToEnd),
+    (b"Content-Length", header::CONTENT_LENGTH, Field::EndToEnd),
+    (b"Last-Modified", header::LAST_MODIFIED, Field::EndToEnd),
+    (
+        b"Connection",
+        header::CONNECTION,
+        Field::Listed(hop_by_hop::CONNECTION),
+    ),
+    (b"ETag", header::ETAG, Field::EndToEnd),
+    (b"Cache-Control", header::CACHE_CONTROL, Field::EndToEnd),
+    (b"Accept-Ranges", header::ACCEPT_RANGES, Field::EndToEnd),
+    (b"Expires", header::EXPIRES, Field::EndToEnd),
+    (b"Vary", header::VARY, Field::EndToEnd),
     (
         b"Transfer-Encoding",
         header::TRANSFER_ENCODING,
-        Some(hop_by_hop::TRANSFER_ENCODING),
+        Field::Listed(hop_by_hop::TRANSFER_ENCODING),
     ),
 ];
 
@@ -367,7 +374,7 @@ const COMMON_NAMES: [(&[u8], HeaderName, Option<usize>); 12] = [
 /// pass-through request. Origins nearly always send these names in the case listed, so the
 /// exact spellings are matched first, as literals (compiled to a length switch and word
 /// compares, not a `memcmp` call per candidate); other spellings are compared ignoring case.
-fn common_name(raw: &[u8]) -> Option<(HeaderName, Option<usize>)> {
+fn common_name(raw: &[u8]) -> Option<(HeaderName, Field)> {
     let i = match raw {
         b"Date" => 0,
         b"Server" => 1,
@@ -417,26 +424,43 @@ struct FramingFields {
     /// The first Content-Length field, and how many there were.
     content_length: Option<HeaderValue>,
     content_length_fields: usize,
+    /// A field named `close`: it goes when Connection lists that option.
+    close_field: bool,
 }
 
 impl FramingFields {
-    /// Notes a field (`field`: its place in `hop_by_hop::HOP_BY_HOP` if it is
-    /// connection-specific); true when it stays out of the map.
-    fn takes(&mut self, field: Option<usize>, name: &HeaderName, value: &HeaderValue) -> bool {
-        let Some(field) = field else {
-            if name == header::CONTENT_LENGTH {
-                self.content_length_fields += 1;
-                self.content_length.get_or_insert_with(|| value.clone());
-            }
-            return false;
-        };
-        match field {
-            hop_by_hop::CONNECTION => {
-                for option in value.as_bytes().split(|b| *b == b',').map(<[u8]>::trim_ascii) {
-                    self.close |= option.eq_ignore_ascii_case(b"close");
-                    self.keep_alive |= option.eq_ignore_ascii_case(b"keep-alive");
+    /// Notes a field (`field`: what it is to a proxy); true when it stays out of the map.
+    fn takes(&mut self, field: Field, name: &HeaderName, value: &HeaderValue) -> bool {
+        let listed = match field {
+            Field::EndToEnd => {
+                if name == header::CONTENT_LENGTH {
+                    self.content_length_fields += 1;
+                    self.content_length.get_or_insert_with(|| value.clone());
                 }
-                if hop_by_hop::connection_tokens(value).any(hop_by_hop::names_other_field) {
+                return false;
+            }
+            Field::Close => {
+                self.close_field = true;
+                return false;
+            }
+            Field::Listed(listed) => listed,
+        };
+        match listed {
+            hop_by_hop::CONNECTION => {
+                // Options other than these (a TE, a field of the origin's) leave the field for
+                // the proxy's full rules.
+                let mut plain = true;
+                let options = value.as_bytes().split(|b| *b == b',').map(<[u8]>::trim_ascii);
+                for option in options.filter(|o| !o.is_empty()) {
+                    if option.eq_ignore_ascii_case(b"close") {
+                        self.close = true;
+                    } else if option.eq_ignore_ascii_case(b"keep-alive") {
+                        self.keep_alive = true;
+                    } else {
+                        plain &= hop_by_hop::listed(option).is_some_and(|i| i != hop_by_hop::TE);
+                    }
+                }
+                if !plain {
                     self.left_in_map = true;
                     return false;
                 }
@@ -557,7 +581,6 @@ pub struct InlineBody {
     conn: Option<Box<Conn>>,
     state: State,
     keep_alive: bool,
-    hop_by_hop_removed: bool,
     on_end: Option<Box<dyn FnOnce(Box<Conn>) + Send>>,
     /// Set once a frame failed: the body yields nothing more.
     failed: bool,
@@ -575,7 +598,6 @@ impl InlineBody {
             conn: Some(conn),
             state,
             keep_alive: framing.keep_alive,
-            hop_by_hop_removed: framing.hop_by_hop_removed,
             on_end: Some(on_end),
             failed: false,
         };
@@ -583,11 +605,6 @@ impl InlineBody {
             body.release();
         }
         body
-    }
-
-    /// Whether the response head this body came with holds no connection-specific field.
-    pub fn hop_by_hop_removed(&self) -> bool {
-        self.hop_by_hop_removed
     }
 
     /// The whole body is already in the buffer (a small response read with its head): taken
@@ -831,10 +848,14 @@ mod tests {
         assert_eq!(head.length, Length::Empty);
         let not_modified = final_framing(b"HTTP/1.1 304 Not Modified\r\ncontent-length: 5\r\n\r\n", &get);
         assert_eq!(not_modified.length, Length::Empty);
-        let chunked = final_framing(
-            b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\ncontent-length: 9\r\n\r\n",
-            &get,
+        let chunked_head =
+            final_head(b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\ncontent-length: 9\r\n\r\n");
+        assert!(
+            chunked_head.headers().is_empty(),
+            "neither length field reaches the client: {:?}",
+            chunked_head.headers()
         );
+        let chunked = *chunked_head.body();
         assert_eq!(
             chunked,
             Framing {
@@ -934,6 +955,30 @@ mod tests {
             !with_te.body().hop_by_hop_removed,
             "TE is left to remove_hop_by_hop's rules"
         );
+
+        let mut te_named =
+            final_head(b"HTTP/1.1 200 OK\r\nConnection: TE\r\nTE: trailers\r\ncontent-length: 0\r\n\r\n");
+        assert!(!te_named.body().hop_by_hop_removed);
+        hop_by_hop::remove_hop_by_hop(te_named.headers_mut(), false);
+        assert!(
+            te_named.headers().get(header::TE).is_none(),
+            "a TE that Connection names goes"
+        );
+
+        let close_field =
+            final_head(b"HTTP/1.1 200 OK\r\nClose: 1\r\nConnection: close\r\ncontent-length: 0\r\n\r\n");
+        assert!(close_field.body().hop_by_hop_removed);
+        assert!(
+            close_field.headers().get("close").is_none(),
+            "{:?}",
+            close_field.headers()
+        );
+        let end_to_end = final_head(b"HTTP/1.1 200 OK\r\nClose: 1\r\ncontent-length: 0\r\n\r\n");
+        assert_eq!(
+            end_to_end.headers()["close"],
+            "1",
+            "without the option it is an end-to-end field"
+        );
     }
 
     #[test]
@@ -956,7 +1001,7 @@ mod tests {
                 Some((name.clone(), *hop)),
                 "{name}"
             );
-            assert_eq!(*hop, hop_by_hop::index(name), "{name}");
+            assert_eq!(*hop, hop_by_hop::classify(name), "{name}");
         }
     }
 

@@ -578,15 +578,13 @@ impl Ctx<'_> {
     }
 
     /// The origin's response passed through, with `Cache-Status` saying why it was not stored.
+    /// `admit`, its only caller, has already stripped the hop-by-hop fields.
     fn forwarded(
         &self,
         mut parts: http::response::Parts,
         body: OriginBody,
         status: &str,
     ) -> Response<OutBody> {
-        if !body.hop_by_hop_removed() {
-            hop::remove_hop_by_hop(&mut parts.headers, false);
-        }
         parts.headers.remove(SURROGATE_CONTROL);
         let cache_status = cache_status_value(status, None);
         finish_headers(&mut parts.headers, cache_status, self.snapshot);

@@ -5,8 +5,8 @@
 //! frame-rate limit: a client can keep a core busy answering. This wrapper reads the client's
 //! byte stream alongside hyper, recognises the HTTP/2 connection preface and frame headers,
 //! and ends the connection when SETTINGS and PING frames (not their ACKs) exceed a budget per
-//! window. HTTP/1.1 connections are passed through after their first bytes, except that their
-//! small vectored writes are coalesced (this is the layer that knows the protocol).
+//! window. HTTP/1.1 connections are passed through after their first bytes; the layer above
+//! (`write_batch`) asks which protocol the connection speaks.
 
 use std::io;
 use std::pin::Pin;
@@ -28,13 +28,6 @@ pub const CONTROL_FRAME_WINDOW: Duration = Duration::from_secs(10);
 #[derive(Debug, thiserror::Error)]
 #[error("more than {CONTROL_FRAME_BUDGET} HTTP/2 SETTINGS and PING frames in {CONTROL_FRAME_WINDOW:?}")]
 pub struct ControlFrameFlood;
-
-/// HTTP/1 vectored writes up to this size are sent as one plain write of a copy.
-const COALESCE_MAX: usize = 64 * 1024;
-
-thread_local! {
-    static COALESCE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-}
 
 enum State {
     /// Comparing the first bytes with the HTTP/2 preface.
@@ -68,6 +61,21 @@ impl<I> H2Guard<I> {
             in_window: 0,
             on_flood: Some(Box::new(on_flood)),
         }
+    }
+
+    #[cfg(test)]
+    pub fn get_ref(&self) -> &I {
+        &self.inner
+    }
+
+    #[cfg(test)]
+    pub fn get_mut(&mut self) -> &mut I {
+        &mut self.inner
+    }
+
+    /// Whether the client opened with the HTTP/2 preface (and was not cut off).
+    pub fn speaks_http2(&self) -> bool {
+        matches!(self.state, State::Frames { .. })
     }
 
     /// Runs the client's new bytes through the frame reader; Err when the budget is exceeded.
@@ -164,20 +172,6 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for H2Guard<I> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        // An HTTP/1 response (head and body in separate buffers) up to 64 KiB costs less as
-        // one write of a copy than as a writev: the kernel's iovec path is dearer than the
-        // memcpy (1 KiB hits ~5 %, 16 KiB ~8 % less CPU per request, measured). Not for
-        // HTTP/2, whose many small frame writes lost throughput to the copies (256 KiB
-        // responses: half), hence here, where the protocol is known.
-        let total: usize = bufs.iter().map(|b| b.len()).sum();
-        if matches!(self.state, State::Passthrough) && bufs.len() > 1 && total <= COALESCE_MAX {
-            return COALESCE.with(|scratch| {
-                let mut scratch = scratch.borrow_mut();
-                scratch.clear();
-                bufs.iter().for_each(|b| scratch.extend_from_slice(b));
-                Pin::new(&mut self.inner).poll_write(cx, &scratch)
-            });
-        }
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 

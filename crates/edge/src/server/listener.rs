@@ -229,6 +229,7 @@ async fn drive<I>(
         tracing::info!("HTTP/2 SETTINGS/PING flood: connection closed");
         flood_shared.metrics.reject("h2_control_flood");
     });
+    let (io, batcher) = super::write_batch::batched(io);
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     let mut connection = pin!(connection);
     // `stop` is a child of the PoP's drain token: it fires for a drain too.
@@ -265,7 +266,7 @@ async fn drive<I>(
                 }
             }
         }
-        connection.as_mut().poll(cx)
+        batcher.poll(cx, |cx| connection.as_mut().poll(cx))
     })
     .await;
     if let Err(e) = res {

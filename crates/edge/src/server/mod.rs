@@ -8,3 +8,4 @@ pub mod idle;
 pub mod listener;
 pub mod proxy_protocol;
 pub mod tls;
+pub mod write_batch;

@@ -1,0 +1,441 @@
+//! When a client connection's bytes reach the socket: one write per pass over the connection.
+//!
+//! hyper's HTTP/2 writes every DATA frame of 256 bytes or more as its own `writev`: h2 chains
+//! the payload instead of copying it, and must flush before it can take the next frame. When a
+//! pass over the connection answers several streams (a client with four requests in flight gets
+//! four responses), that is a system call, and a wake-up of the client, per response where one
+//! would do. HAProxy sends what one pass of its event loop produced in one `send`. This layer
+//! does the same: while the connection's driver polls hyper ([`Batcher::poll`]), small writes
+//! are copied into a buffer and hyper's flushes return at once; when hyper's poll returns, the
+//! driver writes the buffer in one call and flushes the transport (TLS). Large writes (h2 DATA
+//! frames of a big body) go out directly, behind what is buffered and in the same `writev`,
+//! so big responses are not copied.
+//!
+//! HTTP/1.1 responses come as a head and a body in two buffers; up to 64 KiB they are copied
+//! into one write too (a plain write of a copy costs less than the kernel's iovec path: 1 KiB
+//! hits ~5 %, 16 KiB ~8 % less CPU per request, measured). HTTP/2's frames are copied only up
+//! to a few KiB: copying every 16 KiB frame of large bodies halved h2 throughput at 256 KiB.
+//!
+//! Outside the driver's poll (an upgraded connection's tunnel, which holds the same I/O object
+//! in another task) every flush is real, and a read first sends what is still buffered.
+//!
+//! The buffer is lent from a per-thread spare while a pass writes and given back when the
+//! driver has sent it all, so an idle connection holds no write buffer.
+
+use std::cell::Cell;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{ready, Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::h2_guard::H2Guard;
+
+/// HTTP/1.1 writes up to this size are copied (a response's head and body become one write).
+const H1_COPY_MAX: usize = 64 * 1024;
+/// HTTP/2 writes up to this size are copied: a small response's frames, not a big body's.
+const H2_COPY_MAX: usize = 4 * 1024;
+/// A pass buffers at most this much before writing through.
+const PENDING_MAX: usize = 64 * 1024;
+/// A buffer larger than this is not kept as the thread's spare.
+const SPARE_MAX: usize = 128 * 1024;
+
+thread_local! {
+    static SPARE: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+}
+
+struct Batch<I> {
+    io: H2Guard<I>,
+    /// Bytes written by hyper and not yet sent; `pending[sent..]` is what is left.
+    pending: Vec<u8>,
+    sent: usize,
+    /// Set while the driver polls hyper: flushes wait for the end of the pass.
+    deferring: bool,
+    /// hyper asked for a flush during the pass: the transport is flushed at its end.
+    flush_due: bool,
+    /// A write of buffered bytes failed after hyper had been told they were written: hyper's
+    /// next write or flush reports it.
+    failed: Option<io::ErrorKind>,
+}
+
+/// The I/O object hyper reads and writes.
+pub struct BatchedIo<I> {
+    batch: Arc<Mutex<Batch<I>>>,
+}
+
+/// Held by the connection's driver, which polls hyper through it.
+pub struct Batcher<I> {
+    batch: Arc<Mutex<Batch<I>>>,
+}
+
+/// Wraps a client connection: hyper gets the first half, the driver the second.
+pub fn batched<I>(io: H2Guard<I>) -> (BatchedIo<I>, Batcher<I>) {
+    let batch = Arc::new(Mutex::new(Batch {
+        io,
+        pending: Vec::new(),
+        sent: 0,
+        deferring: false,
+        flush_due: false,
+        failed: None,
+    }));
+    (BatchedIo { batch: batch.clone() }, Batcher { batch })
+}
+
+fn lock<I>(batch: &Mutex<Batch<I>>) -> MutexGuard<'_, Batch<I>> {
+    // Nothing panics while holding the lock with the batch half-updated; a poisoned lock is
+    // the remains of a panic in hyper's poll, and the batch itself is consistent.
+    batch.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl<I: AsyncWrite + Unpin> Batcher<I> {
+    /// Polls hyper (`poll`) with flushes deferred, then sends what it wrote and flushes the
+    /// transport. A send that would block leaves the rest buffered and the task registered
+    /// for writability; hyper is polled again then and the rest goes first.
+    pub fn poll<R>(&self, cx: &mut Context<'_>, poll: impl FnOnce(&mut Context<'_>) -> Poll<R>) -> Poll<R> {
+        lock(&self.batch).deferring = true;
+        let polled = poll(cx);
+        let mut batch = lock(&self.batch);
+        batch.deferring = false;
+        if batch.has_pending() || batch.flush_due {
+            match batch.poll_send(cx) {
+                Poll::Ready(Ok(())) => match Pin::new(&mut batch.io).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => batch.flush_due = false,
+                    Poll::Ready(Err(e)) => batch.fail(e.kind(), cx),
+                    Poll::Pending => {}
+                },
+                Poll::Ready(Err(e)) => batch.fail(e.kind(), cx),
+                Poll::Pending => {}
+            }
+        }
+        polled
+    }
+}
+
+impl<I: AsyncWrite + Unpin> Batch<I> {
+    fn has_pending(&self) -> bool {
+        self.sent < self.pending.len()
+    }
+
+    fn copy_max(&self) -> usize {
+        if self.io.speaks_http2() {
+            H2_COPY_MAX
+        } else {
+            H1_COPY_MAX
+        }
+    }
+
+    /// Records a failed send of bytes hyper believes written, and wakes the task so that
+    /// hyper's next write or flush sees it.
+    fn fail(&mut self, kind: io::ErrorKind, cx: &mut Context<'_>) {
+        self.failed = Some(kind);
+        self.release();
+        cx.waker().wake_by_ref();
+    }
+
+    /// Sends what is buffered; Ready(Ok) once nothing is left.
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.has_pending() {
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.pending[self.sent..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.sent += n;
+        }
+        self.release();
+        Poll::Ready(Ok(()))
+    }
+
+    /// Gives the (sent) buffer back to the thread's spare.
+    fn release(&mut self) {
+        let mut buffer = std::mem::take(&mut self.pending);
+        self.sent = 0;
+        if buffer.capacity() > 0 && buffer.capacity() <= SPARE_MAX {
+            buffer.clear();
+            SPARE.set(buffer);
+        }
+    }
+
+    fn buffer(&mut self, bufs: &[IoSlice<'_>]) {
+        if self.pending.capacity() == 0 {
+            self.pending = SPARE.take();
+        }
+        bufs.iter().for_each(|b| self.pending.extend_from_slice(b));
+    }
+
+    fn check_failed(&self) -> io::Result<()> {
+        match self.failed {
+            Some(kind) => Err(io::Error::new(kind, "sending buffered response bytes failed")),
+            None => Ok(()),
+        }
+    }
+
+    fn poll_write_vectored(&mut self, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        self.check_failed()?;
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        let pending = self.pending.len() - self.sent;
+        if self.deferring && total <= self.copy_max() && pending + total <= PENDING_MAX {
+            self.buffer(bufs);
+            return Poll::Ready(Ok(total));
+        }
+        if pending == 0 {
+            if !self.deferring && bufs.len() > 1 && total <= self.copy_max() {
+                // One plain write of a copy (see the module's note on HTTP/1.1).
+                self.buffer(bufs);
+                let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.pending));
+                self.release();
+                return Poll::Ready(n);
+            }
+            return Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        }
+        // Behind buffered bytes: both in one writev where the slices fit, else the buffer
+        // first.
+        let mut slices = [IoSlice::new(&[]); 8];
+        if bufs.len() < slices.len() {
+            slices[0] = IoSlice::new(&self.pending[self.sent..]);
+            slices[1..=bufs.len()].copy_from_slice(bufs);
+            let n = ready!(Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..=bufs.len()]))?;
+            if n < pending {
+                self.sent += n;
+                // Part of the buffer went: the caller's bytes are not written yet. Asking
+                // again at once would be a spin; the transport takes more when it can.
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            self.release();
+            return Poll::Ready(Ok(n - pending));
+        }
+        ready!(self.poll_send(cx))?;
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+}
+
+impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for BatchedIo<I> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let mut batch = lock(&self.batch);
+        if !batch.deferring && batch.has_pending() {
+            // A tunnel that only reads must still send what the connection left buffered
+            // (an upgrade's 101). Would-block: the task is registered for writability too.
+            if let Poll::Ready(Err(e)) = batch.poll_send(cx) {
+                return Poll::Ready(Err(e));
+            }
+        }
+        Pin::new(&mut batch.io).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for BatchedIo<I> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        lock(&self.batch).poll_write_vectored(cx, &[IoSlice::new(buf)])
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        lock(&self.batch).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut batch = lock(&self.batch);
+        batch.check_failed()?;
+        if batch.deferring {
+            // The driver sends and flushes when hyper's poll returns.
+            batch.flush_due = true;
+            return Poll::Ready(Ok(()));
+        }
+        ready!(batch.poll_send(cx))?;
+        Pin::new(&mut batch.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut batch = lock(&self.batch);
+        ready!(batch.poll_send(cx))?;
+        Pin::new(&mut batch.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::poll_fn;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A transport that records each write call, and can refuse writes (full) or fail them.
+    #[derive(Default)]
+    struct Wire {
+        to_read: Vec<u8>,
+        writes: Vec<Vec<u8>>,
+        full: bool,
+        broken: bool,
+    }
+
+    impl AsyncRead for Wire {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let n = self.to_read.len().min(buf.remaining());
+            buf.put_slice(&self.to_read[..n]);
+            self.to_read.drain(..n);
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncWrite for Wire {
+        fn poll_write(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+            if self.broken {
+                return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+            }
+            if self.full {
+                return Poll::Pending;
+            }
+            self.writes.push(buf.to_vec());
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            let joined: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+            self.as_mut().poll_write(cx, &joined)
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// An HTTP/2 connection (the client's preface already read) and its driver.
+    async fn http2() -> (BatchedIo<Wire>, Batcher<Wire>) {
+        let wire = Wire {
+            to_read: b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(),
+            ..Wire::default()
+        };
+        let (mut io, batcher) = batched(H2Guard::new(wire, Some(true), || {}));
+        let mut preface = [0u8; 24];
+        io.read_exact(&mut preface).await.unwrap();
+        assert!(lock(&io.batch).io.speaks_http2());
+        (io, batcher)
+    }
+
+    fn writes(io: &BatchedIo<Wire>) -> Vec<Vec<u8>> {
+        lock(&io.batch).io.get_ref().writes.clone()
+    }
+
+    /// One pass of the driver, in which `pass` writes and flushes as hyper would.
+    async fn pass(batcher: &Batcher<Wire>, io: &mut BatchedIo<Wire>, frames: &[&[u8]]) {
+        poll_fn(|cx| {
+            batcher.poll(cx, |cx| {
+                for frame in frames {
+                    let written = Pin::new(&mut *io)
+                        .poll_write_vectored(cx, &[IoSlice::new(&frame[..4]), IoSlice::new(&frame[4..])]);
+                    assert!(matches!(written, Poll::Ready(Ok(n)) if n == frame.len()));
+                    assert!(Pin::new(&mut *io).poll_flush(cx).is_ready());
+                }
+                Poll::Ready(())
+            })
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_pass_of_small_http2_frames_is_one_write_and_big_frames_are_not_copied_but_keep_their_order() {
+        let (mut io, batcher) = http2().await;
+        let small = [[1u8; 1033], [2u8; 1033], [3u8; 1033]];
+        pass(&batcher, &mut io, &[&small[0], &small[1], &small[2]]).await;
+        assert_eq!(
+            writes(&io),
+            vec![small.concat()],
+            "three flushed responses, one write"
+        );
+
+        let big = vec![9u8; 16 * 1024 + 9];
+        pass(&batcher, &mut io, &[&small[0], &big, &small[1]]).await;
+        let sent = writes(&io);
+        assert_eq!(
+            sent.len(),
+            3,
+            "{:?}",
+            sent.iter().map(Vec::len).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            sent[1],
+            [&small[0][..], &big[..]].concat(),
+            "the big frame goes behind what was buffered, in the same write"
+        );
+        assert_eq!(sent[2], small[1]);
+    }
+
+    #[tokio::test]
+    async fn bytes_a_full_socket_refused_go_first_on_the_next_pass() {
+        let (mut io, batcher) = http2().await;
+        lock(&io.batch).io.get_mut().full = true;
+        pass(&batcher, &mut io, &[&[1u8; 100]]).await;
+        assert!(writes(&io).is_empty());
+        lock(&io.batch).io.get_mut().full = false;
+        pass(&batcher, &mut io, &[&[2u8; 100]]).await;
+        assert_eq!(writes(&io), vec![[[1u8; 100], [2u8; 100]].concat()]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_send_at_the_end_of_a_pass_is_reported_to_the_next_write() {
+        let (mut io, batcher) = http2().await;
+        lock(&io.batch).io.get_mut().broken = true;
+        pass(&batcher, &mut io, &[&[1u8; 100]]).await;
+        let e = io.write_all(b"more").await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::BrokenPipe);
+        assert_eq!(io.flush().await.unwrap_err().kind(), io::ErrorKind::BrokenPipe);
+    }
+
+    #[tokio::test]
+    async fn outside_the_drivers_pass_a_flush_or_a_read_sends_what_is_buffered() {
+        // An upgrade: hyper buffered the 101 in its last pass, then a tunnel holds the I/O.
+        let (mut io, batcher) = http2().await;
+        lock(&io.batch).io.get_mut().full = true;
+        pass(&batcher, &mut io, &[b"HTTP/1.1 101 Switching Protocols\r\n\r\n"]).await;
+        lock(&io.batch).io.get_mut().full = false;
+        let mut buf = [0u8; 8];
+        let _ = io.read(&mut buf).await.unwrap();
+        assert_eq!(writes(&io).concat(), b"HTTP/1.1 101 Switching Protocols\r\n\r\n");
+
+        io.write_all(b"tunnel bytes").await.unwrap();
+        io.flush().await.unwrap();
+        assert_eq!(
+            writes(&io).last().unwrap(),
+            b"tunnel bytes",
+            "written at once, not held for a pass"
+        );
+    }
+
+    #[tokio::test]
+    async fn http1_head_and_body_go_out_as_one_plain_write() {
+        let wire = Wire {
+            to_read: b"GET / HTTP/1.1\r\n".to_vec(),
+            ..Wire::default()
+        };
+        let (mut io, batcher) = batched(H2Guard::new(wire, None, || {}));
+        let mut line = [0u8; 16];
+        io.read_exact(&mut line).await.unwrap();
+        let body = vec![7u8; 16 * 1024];
+        let response = [&b"HTTP/1.1 200 OK\r\ncontent-length: 16384\r\n\r\n"[..], &body].concat();
+        pass(&batcher, &mut io, &[&response]).await;
+        assert_eq!(writes(&io), vec![response], "HTTP/1.1 copies up to 64 KiB");
+    }
+}

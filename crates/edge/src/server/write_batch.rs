@@ -211,15 +211,23 @@ impl<I: AsyncWrite + Unpin> Batch<I> {
             slices[0] = IoSlice::new(&self.pending[self.sent..]);
             slices[1..=bufs.len()].copy_from_slice(bufs);
             let n = ready!(Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..=bufs.len()]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
             if n < pending {
                 self.sent += n;
-                // Part of the buffer went: the caller's bytes are not written yet. Asking
-                // again at once would be a spin; the transport takes more when it can.
+                // Part of the buffer went: the caller's bytes are not written yet (Ok(0)
+                // would read as a closed transport). Asking again at once would be a spin;
+                // the transport takes more when it can.
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
             }
             self.release();
-            return Poll::Ready(Ok(n - pending));
+            if n > pending {
+                return Poll::Ready(Ok(n - pending));
+            }
+            // Exactly the buffer went: the caller's bytes go now, or wait for the transport.
+            return Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
         }
         ready!(self.poll_send(cx))?;
         Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
@@ -289,6 +297,8 @@ mod tests {
         writes: Vec<Vec<u8>>,
         full: bool,
         broken: bool,
+        /// Bytes one write call takes at most (a nearly full socket).
+        limit: Option<usize>,
     }
 
     impl AsyncRead for Wire {
@@ -312,8 +322,9 @@ mod tests {
             if self.full {
                 return Poll::Pending;
             }
-            self.writes.push(buf.to_vec());
-            Poll::Ready(Ok(buf.len()))
+            let n = self.limit.map_or(buf.len(), |limit| limit.min(buf.len()));
+            self.writes.push(buf[..n].to_vec());
+            Poll::Ready(Ok(n))
         }
 
         fn poll_write_vectored(
@@ -441,6 +452,25 @@ mod tests {
         lock(&io.batch).io.get_mut().full = false;
         pass(&batcher, &mut io, &[&[2u8; 100]]).await;
         assert_eq!(writes(&io), vec![[[1u8; 100], [2u8; 100]].concat()]);
+    }
+
+    #[tokio::test]
+    async fn a_write_behind_the_buffer_that_sends_only_the_buffer_is_not_reported_as_zero() {
+        let (mut io, batcher) = http2().await;
+        lock(&io.batch).io.get_mut().full = true;
+        pass(&batcher, &mut io, &[&[1u8; 1000]]).await;
+        // The socket takes exactly the buffered bytes in the next call, then the rest.
+        {
+            let mut batch = lock(&io.batch);
+            batch.io.get_mut().full = false;
+            batch.io.get_mut().limit = Some(1000);
+        }
+        let big = vec![2u8; 40 * 1024];
+        io.write_all(&big).await.unwrap();
+        lock(&io.batch).io.get_mut().limit = None;
+        io.flush().await.unwrap();
+        let sent = writes(&io).concat();
+        assert_eq!(sent, [&[1u8; 1000][..], &big[..]].concat());
     }
 
     #[tokio::test]

@@ -189,6 +189,10 @@ async fn serve(
     gauge.dec();
 }
 
+/// How long a connection's task waits, after hyper is done with it, for the client to take
+/// the bytes hyper's last pass left.
+const FINISH_WRITES: Duration = Duration::from_secs(1);
+
 /// Serves HTTP on an established connection until it ends, idles out, or is told to stop.
 /// `alpn_h2`: Some(protocol) when ALPN decided, None to detect the h2 preface.
 async fn drive<I>(
@@ -269,6 +273,10 @@ async fn drive<I>(
         batcher.poll(cx, |cx| connection.as_mut().poll(cx))
     })
     .await;
+    // What hyper's last pass left unsent (an upgrade's 101 on a full socket or in TLS's
+    // buffer), bounded: a client that does not read is not waited for.
+    let _ = tokio::time::timeout(FINISH_WRITES, std::future::poll_fn(|cx| batcher.poll_finish(cx))).await;
+    drop(batcher);
     if let Err(e) = res {
         // hyper answers an oversized head (431) itself and ends the connection with this error:
         // the request never reached the proxy, so it is counted here.

@@ -27,7 +27,7 @@ use std::cell::Cell;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{ready, Context, Poll};
+use std::task::{ready, Context, Poll, Waker};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -64,6 +64,9 @@ struct Batch<I> {
     /// A write of buffered bytes failed after hyper had been told they were written: hyper's
     /// next write or flush reports it.
     failed: Option<io::ErrorKind>,
+    /// The last task outside the driver's passes (an upgrade's tunnel) that waited on the
+    /// transport: woken when the driver goes, which may have taken the transport's wake-up.
+    holder: Option<Waker>,
 }
 
 /// The I/O object hyper reads and writes.
@@ -86,6 +89,7 @@ pub fn batched<I>(io: H2Guard<I>) -> (BatchedIo<I>, Batcher<I>) {
         flush_due: false,
         wrote_through: false,
         failed: None,
+        holder: None,
     }));
     (BatchedIo { batch: batch.clone() }, Batcher { batch })
 }
@@ -110,17 +114,27 @@ impl<I: AsyncWrite + Unpin> Batcher<I> {
         let mut batch = lock(&self.batch);
         batch.deferring = false;
         if batch.has_pending() || batch.flush_due {
-            match batch.poll_send(cx) {
-                Poll::Ready(Ok(())) => match Pin::new(&mut batch.io).poll_flush(cx) {
-                    Poll::Ready(Ok(())) => batch.flush_due = false,
-                    Poll::Ready(Err(e)) => batch.fail(e.kind(), cx),
-                    Poll::Pending => {}
-                },
-                Poll::Ready(Err(e)) => batch.fail(e.kind(), cx),
-                Poll::Pending => {}
+            if let Poll::Ready(Err(e)) = batch.poll_settle(cx) {
+                batch.fail(e.kind(), cx);
             }
         }
         polled
+    }
+
+    /// After hyper's connection future ended: sends what its last pass left and flushes the
+    /// transport. hyper shuts the transport down (sending everything first) when it ends a
+    /// connection itself; what can be left is an upgrade's 101 that a full socket or TLS
+    /// did not take at once, while the tunnel task may hold the connection already.
+    pub fn poll_finish(&self, cx: &mut Context<'_>) -> Poll<()> {
+        lock(&self.batch).poll_settle(cx).map(|_| ())
+    }
+}
+
+impl<I> Drop for Batcher<I> {
+    fn drop(&mut self) {
+        if let Some(holder) = lock(&self.batch).holder.take() {
+            holder.wake();
+        }
     }
 }
 
@@ -141,6 +155,7 @@ impl<I: AsyncWrite + Unpin> Batch<I> {
     /// hyper's next write or flush sees it.
     fn fail(&mut self, kind: io::ErrorKind, cx: &mut Context<'_>) {
         self.failed = Some(kind);
+        self.flush_due = false;
         self.release();
         cx.waker().wake_by_ref();
     }
@@ -158,6 +173,24 @@ impl<I: AsyncWrite + Unpin> Batch<I> {
         Poll::Ready(Ok(()))
     }
 
+    /// Sends what is buffered, then flushes the transport if a flush is owed.
+    fn poll_settle(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_send(cx))?;
+        if self.flush_due {
+            ready!(Pin::new(&mut self.io).poll_flush(cx))?;
+            self.flush_due = false;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Outside the driver's passes: remembers a task that waits on the transport.
+    fn hold(&mut self, cx: &Context<'_>) {
+        match &mut self.holder {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
+    }
+
     /// Gives the (sent) buffer back to the thread's spare.
     fn release(&mut self) {
         let mut buffer = std::mem::take(&mut self.pending);
@@ -171,6 +204,11 @@ impl<I: AsyncWrite + Unpin> Batch<I> {
     fn buffer(&mut self, bufs: &[IoSlice<'_>]) {
         if self.pending.capacity() == 0 {
             self.pending = SPARE.take();
+        } else if self.sent > 0 {
+            // A send that a slow reader's socket cut short: what went is dropped, so the
+            // buffer holds at most PENDING_MAX, however long the slow download.
+            self.pending.drain(..self.sent);
+            self.sent = 0;
         }
         bufs.iter().for_each(|b| self.pending.extend_from_slice(b));
     }
@@ -195,13 +233,6 @@ impl<I: AsyncWrite + Unpin> Batch<I> {
             self.wrote_through = true;
         }
         if pending == 0 {
-            if !self.deferring && bufs.len() > 1 && total <= self.copy_max() {
-                // One plain write of a copy (see the module's note on HTTP/1.1).
-                self.buffer(bufs);
-                let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.pending));
-                self.release();
-                return Poll::Ready(n);
-            }
             return Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
         }
         // Behind buffered bytes: both in one writev where the slices fit, else the buffer
@@ -237,20 +268,34 @@ impl<I: AsyncWrite + Unpin> Batch<I> {
 impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for BatchedIo<I> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let mut batch = lock(&self.batch);
-        if !batch.deferring && batch.has_pending() {
-            // A tunnel that only reads must still send what the connection left buffered
-            // (an upgrade's 101). Would-block: the task is registered for writability too.
-            if let Poll::Ready(Err(e)) = batch.poll_send(cx) {
-                return Poll::Ready(Err(e));
+        if !batch.deferring && (batch.has_pending() || batch.flush_due) {
+            // A tunnel that only reads must still send (and flush, for TLS) what the
+            // connection left behind, such as an upgrade's 101. Would-block: this task is
+            // registered for writability too.
+            match batch.poll_settle(cx) {
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => batch.hold(cx),
+                Poll::Ready(Ok(())) => {}
             }
         }
         Pin::new(&mut batch.io).poll_read(cx, buf)
     }
 }
 
+impl<I: AsyncWrite + Unpin> BatchedIo<I> {
+    fn write(&self, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        let mut batch = lock(&self.batch);
+        let written = batch.poll_write_vectored(cx, bufs);
+        if written.is_pending() && !batch.deferring {
+            batch.hold(cx);
+        }
+        written
+    }
+}
+
 impl<I: AsyncWrite + Unpin> AsyncWrite for BatchedIo<I> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        lock(&self.batch).poll_write_vectored(cx, &[IoSlice::new(buf)])
+        self.write(cx, &[IoSlice::new(buf)])
     }
 
     fn poll_write_vectored(
@@ -258,7 +303,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for BatchedIo<I> {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        lock(&self.batch).poll_write_vectored(cx, bufs)
+        self.write(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -268,19 +313,24 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for BatchedIo<I> {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut batch = lock(&self.batch);
         batch.check_failed()?;
+        batch.flush_due = true;
         if batch.deferring {
             // The driver sends and flushes when hyper's poll returns.
-            batch.flush_due = true;
             return Poll::Ready(Ok(()));
         }
-        ready!(batch.poll_send(cx))?;
-        Pin::new(&mut batch.io).poll_flush(cx)
+        let settled = batch.poll_settle(cx);
+        if settled.is_pending() {
+            batch.hold(cx);
+        }
+        settled
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut batch = lock(&self.batch);
         ready!(batch.poll_send(cx))?;
-        Pin::new(&mut batch.io).poll_shutdown(cx)
+        ready!(Pin::new(&mut batch.io).poll_shutdown(cx))?;
+        batch.flush_due = false;
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -299,6 +349,9 @@ mod tests {
         broken: bool,
         /// Bytes one write call takes at most (a nearly full socket).
         limit: Option<usize>,
+        /// Bytes the socket takes before it is full (a slow reader).
+        budget: Option<usize>,
+        flushes: usize,
     }
 
     impl AsyncRead for Wire {
@@ -322,7 +375,14 @@ mod tests {
             if self.full {
                 return Poll::Pending;
             }
+            if self.budget == Some(0) {
+                return Poll::Pending;
+            }
             let n = self.limit.map_or(buf.len(), |limit| limit.min(buf.len()));
+            let n = self.budget.map_or(n, |budget| budget.min(n));
+            if let Some(budget) = &mut self.budget {
+                *budget -= n;
+            }
             self.writes.push(buf[..n].to_vec());
             Poll::Ready(Ok(n))
         }
@@ -340,13 +400,18 @@ mod tests {
             true
         }
 
-        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        fn poll_flush(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            self.flushes += 1;
             Poll::Ready(Ok(()))
         }
 
         fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
             Poll::Ready(Ok(()))
         }
+    }
+
+    fn flushes(io: &BatchedIo<Wire>) -> usize {
+        lock(&io.batch).io.get_ref().flushes
     }
 
     /// An HTTP/2 connection (the client's preface already read) and its driver.
@@ -391,6 +456,11 @@ mod tests {
             writes(&io),
             vec![small.concat()],
             "three flushed responses, one write"
+        );
+        assert_eq!(
+            flushes(&io),
+            1,
+            "and one flush of the transport (TLS), after the write"
         );
 
         let big = vec![9u8; 32 * 1024];
@@ -478,29 +548,87 @@ mod tests {
         let (mut io, batcher) = http2().await;
         lock(&io.batch).io.get_mut().broken = true;
         pass(&batcher, &mut io, &[&[1u8; 100]]).await;
+        lock(&io.batch).io.get_mut().broken = false;
         let e = io.write_all(b"more").await.unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::BrokenPipe);
         assert_eq!(io.flush().await.unwrap_err().kind(), io::ErrorKind::BrokenPipe);
     }
 
     #[tokio::test]
-    async fn outside_the_drivers_pass_a_flush_or_a_read_sends_what_is_buffered() {
+    async fn outside_the_drivers_pass_a_read_or_a_flush_sends_what_is_buffered_and_writes_go_at_once() {
         // An upgrade: hyper buffered the 101 in its last pass, then a tunnel holds the I/O.
+        const SWITCHING: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\n\r\n";
         let (mut io, batcher) = http2().await;
         lock(&io.batch).io.get_mut().full = true;
-        pass(&batcher, &mut io, &[b"HTTP/1.1 101 Switching Protocols\r\n\r\n"]).await;
+        pass(&batcher, &mut io, &[SWITCHING]).await;
         lock(&io.batch).io.get_mut().full = false;
+        let flushed = flushes(&io);
         let mut buf = [0u8; 8];
         let _ = io.read(&mut buf).await.unwrap();
-        assert_eq!(writes(&io).concat(), b"HTTP/1.1 101 Switching Protocols\r\n\r\n");
+        assert_eq!(writes(&io).concat(), SWITCHING, "a read sends it");
+        assert_eq!(flushes(&io), flushed + 1, "and flushes the transport");
 
         io.write_all(b"tunnel bytes").await.unwrap();
-        io.flush().await.unwrap();
         assert_eq!(
             writes(&io).last().unwrap(),
             b"tunnel bytes",
             "written at once, not held for a pass"
         );
+
+        // The same 101 left behind, then the tunnel flushes before it reads.
+        lock(&io.batch).io.get_mut().full = true;
+        pass(&batcher, &mut io, &[SWITCHING]).await;
+        lock(&io.batch).io.get_mut().full = false;
+        io.flush().await.unwrap();
+        assert_eq!(writes(&io).last().unwrap(), SWITCHING, "a flush sends it");
+    }
+
+    #[tokio::test]
+    async fn the_driver_finishing_sends_what_the_last_pass_left() {
+        let (mut io, batcher) = http2().await;
+        lock(&io.batch).io.get_mut().full = true;
+        pass(&batcher, &mut io, &[b"last bytes"]).await;
+        assert!(writes(&io).is_empty());
+        lock(&io.batch).io.get_mut().full = false;
+        poll_fn(|cx| batcher.poll_finish(cx)).await;
+        assert_eq!(writes(&io), vec![b"last bytes".to_vec()]);
+        assert!(flushes(&io) >= 1);
+    }
+
+    #[tokio::test]
+    async fn a_slow_reader_keeps_the_buffer_bounded_and_gets_every_byte_in_order() {
+        let (mut io, batcher) = http2().await;
+        // hyper offers 3 KiB writes each pass until one is refused; the socket takes 1 KiB
+        // per pass, then is full.
+        let data: Vec<u8> = (0..600 * 1024u32).map(|i| (i % 251) as u8).collect();
+        let mut offered = 0;
+        for round in 0.. {
+            assert!(round < 10_000, "no progress");
+            lock(&io.batch).io.get_mut().budget = Some(1024);
+            poll_fn(|cx| {
+                batcher.poll(cx, |cx| {
+                    while offered < data.len() {
+                        let chunk = &data[offered..(offered + 3 * 1024).min(data.len())];
+                        match Pin::new(&mut io).poll_write(cx, chunk) {
+                            Poll::Ready(Ok(n)) => offered += n,
+                            Poll::Ready(Err(e)) => panic!("{e}"),
+                            Poll::Pending => break,
+                        }
+                    }
+                    let _ = Pin::new(&mut io).poll_flush(cx);
+                    Poll::Ready(())
+                })
+            })
+            .await;
+            let held = lock(&io.batch).pending.len();
+            assert!(held <= PENDING_MAX, "round {round}: {held} bytes held");
+            if offered == data.len() {
+                break;
+            }
+        }
+        lock(&io.batch).io.get_mut().budget = None;
+        poll_fn(|cx| batcher.poll_finish(cx)).await;
+        assert_eq!(writes(&io).concat(), data);
     }
 
     #[tokio::test]
@@ -512,8 +640,8 @@ mod tests {
         let (mut io, batcher) = batched(H2Guard::new(wire, None, || {}));
         let mut line = [0u8; 16];
         io.read_exact(&mut line).await.unwrap();
-        let body = vec![7u8; 16 * 1024];
-        let response = [&b"HTTP/1.1 200 OK\r\ncontent-length: 16384\r\n\r\n"[..], &body].concat();
+        let body = vec![7u8; 32 * 1024];
+        let response = [&b"HTTP/1.1 200 OK\r\ncontent-length: 32768\r\n\r\n"[..], &body].concat();
         pass(&batcher, &mut io, &[&response]).await;
         assert_eq!(writes(&io), vec![response], "HTTP/1.1 copies up to 64 KiB");
     }

@@ -148,6 +148,61 @@ async fn alpn_h2_and_misdirected_requests() {
     assert!(resp.body.contains("x.w.test"), "{}", resp.body);
 }
 
+/// HTTP/2 over TLS answers many streams per pass, and the PoP sends a pass's frames in one
+/// write (server::write_batch): concurrent small and large responses on one connection must
+/// arrive whole and each with its own body.
+#[tokio::test]
+async fn concurrent_http2_streams_over_tls_each_get_their_whole_body() {
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use std::sync::Arc;
+
+    let f = fixture().await;
+    let addr = f.edge.listener_addr("https").unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(f.ca.roots())
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("a.test").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+
+    let sizes = [10usize, 1024, 16 * 1024, 300_000, 7, 70_000, 1024, 16 * 1024 + 1];
+    let requests = (0..4).flat_map(|_| sizes).map(|size| {
+        let mut sender = sender.clone();
+        async move {
+            let req = http::Request::builder()
+                .uri(format!("https://a.test/size/{size}"))
+                .body(Full::new(bytes::Bytes::new()))
+                .unwrap();
+            let resp = tokio::time::timeout(Duration::from_secs(20), sender.send_request(req))
+                .await
+                .expect("response in time")
+                .unwrap();
+            assert_eq!(resp.status(), StatusCode::OK);
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            (size, body)
+        }
+    });
+    for (size, body) in futures_util::future::join_all(requests).await {
+        assert_eq!(body.len(), size);
+        assert!(
+            body.iter().all(|&b| b == b'x'),
+            "size {size}: foreign bytes in the body"
+        );
+    }
+}
+
 #[tokio::test]
 async fn tls_connections_use_modern_protocols_only() {
     let f = fixture().await;

@@ -280,30 +280,16 @@ async fn http2_downstream_and_upstream() {
 
 #[tokio::test]
 async fn websocket_upgrade_passes_through() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (a, b) = (Origin::start("origin-a").await, Origin::start("origin-b").await);
     let dir = TempDir::new("ws");
     let edge = start_edge(&dir, &two_site_config(&a, &b)).await;
     let addr = edge.listener_addr("http").unwrap();
 
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /chat HTTP/1.1\r\nHost: a.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").await.unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        s.read_exact(&mut byte).await.unwrap();
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8(head).unwrap();
+    let head = websocket_handshake(&mut s, "a.test").await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     assert!(head.to_ascii_lowercase().contains("upgrade: websocket"), "{head}");
-    s.write_all(b"ping through the tunnel").await.unwrap();
-    let mut echoed = [0u8; 23];
-    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut echoed))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(&echoed, b"ping through the tunnel");
+    tunnel_echo(&mut s, b"ping through the tunnel").await;
 }
 
 #[tokio::test]

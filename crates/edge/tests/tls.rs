@@ -155,23 +155,10 @@ async fn alpn_h2_and_misdirected_requests() {
 async fn concurrent_http2_streams_over_tls_each_get_their_whole_body() {
     use http_body_util::{BodyExt, Full};
     use hyper_util::rt::{TokioExecutor, TokioIo};
-    use std::sync::Arc;
 
     let f = fixture().await;
     let addr = f.edge.listener_addr("https").unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(f.ca.roots())
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let name = rustls_pki_types::ServerName::try_from("a.test").unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .unwrap();
+    let tls = tls_connect(addr, f.ca.roots(), "a.test", &[b"h2"]).await.unwrap();
     let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
         .await
         .unwrap();
@@ -207,45 +194,14 @@ async fn concurrent_http2_streams_over_tls_each_get_their_whole_body() {
 /// 101 must leave the PoP (through rustls) while the tunnel only reads.
 #[tokio::test]
 async fn websocket_upgrade_over_tls_sends_the_101_before_the_client_speaks() {
-    use std::sync::Arc;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
     let f = fixture().await;
     let addr = f.edge.listener_addr("https").unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(f.ca.roots())
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let name = rustls_pki_types::ServerName::try_from("a.test").unwrap();
-    let mut s = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
+    let mut s = tls_connect(addr, f.ca.roots(), "a.test", &[b"http/1.1"])
         .await
         .unwrap();
-    s.write_all(b"GET /chat HTTP/1.1\r\nHost: a.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").await.unwrap();
-    s.flush().await.unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut byte))
-            .await
-            .expect("the 101 arrives without the client sending more")
-            .unwrap();
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8(head).unwrap();
+    let head = websocket_handshake(&mut s, "a.test").await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    s.write_all(b"ping through the tls tunnel").await.unwrap();
-    s.flush().await.unwrap();
-    let mut echoed = [0u8; 27];
-    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut echoed))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(&echoed, b"ping through the tls tunnel");
+    tunnel_echo(&mut s, b"ping through the tls tunnel").await;
 }
 
 #[tokio::test]

@@ -372,16 +372,13 @@ pub async fn open_tls_h1(
     sender
 }
 
-/// One request over a fresh TLS connection with the given SNI and ALPN offer.
-/// Returns the answer and the certificate's DER the server presented.
-pub async fn tls_get(
+/// A TLS connection to the PoP as a client that trusts `roots`, offering `alpn`.
+pub async fn tls_connect(
     addr: SocketAddr,
     roots: rustls::RootCertStore,
     sni: &str,
     alpn: &[&[u8]],
-    host: &str,
-    path: &str,
-) -> Result<(Answer, Vec<u8>), String> {
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -394,7 +391,61 @@ pub async fn tls_get(
         .await
         .map_err(|e| e.to_string())?;
     let name = rustls_pki_types::ServerName::try_from(sni.to_owned()).map_err(|e| e.to_string())?;
-    let tls = connector.connect(name, tcp).await.map_err(|e| e.to_string())?;
+    connector.connect(name, tcp).await.map_err(|e| e.to_string())
+}
+
+/// Sends a WebSocket upgrade for `host` and reads the response head (within 5 s, without
+/// sending anything more), returned as text.
+pub async fn websocket_handshake<S>(s: &mut S, host: &str) -> String
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let request = format!(
+        "GET /chat HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    s.write_all(request.as_bytes()).await.unwrap();
+    s.flush().await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut byte))
+            .await
+            .expect("the response head arrives without the client sending more")
+            .unwrap();
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap()
+}
+
+/// Writes `message` into an upgraded connection and expects the origin's echo within 5 s.
+pub async fn tunnel_echo<S>(s: &mut S, message: &[u8])
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(message).await.unwrap();
+    s.flush().await.unwrap();
+    let mut echoed = vec![0u8; message.len()];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut echoed))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(echoed, message);
+}
+
+/// One request over a fresh TLS connection with the given SNI and ALPN offer.
+/// Returns the answer and the certificate's DER the server presented.
+pub async fn tls_get(
+    addr: SocketAddr,
+    roots: rustls::RootCertStore,
+    sni: &str,
+    alpn: &[&[u8]],
+    host: &str,
+    path: &str,
+) -> Result<(Answer, Vec<u8>), String> {
+    let tls = tls_connect(addr, roots, sni, alpn).await?;
     let (_, session) = tls.get_ref();
     let presented = session
         .peer_certificates()

@@ -275,7 +275,9 @@ async fn drive<I>(
     .await;
     // What hyper's last pass left unsent (an upgrade's 101 on a full socket or in TLS's
     // buffer), bounded: a client that does not read is not waited for.
-    let _ = tokio::time::timeout(FINISH_WRITES, std::future::poll_fn(|cx| batcher.poll_finish(cx))).await;
+    if batcher.owes_writes() {
+        let _ = tokio::time::timeout(FINISH_WRITES, std::future::poll_fn(|cx| batcher.poll_finish(cx))).await;
+    }
     drop(batcher);
     if let Err(e) = res {
         // hyper answers an oversized head (431) itself and ends the connection with this error:

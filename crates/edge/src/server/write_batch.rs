@@ -128,6 +128,12 @@ impl<I: AsyncWrite + Unpin> Batcher<I> {
     pub fn poll_finish(&self, cx: &mut Context<'_>) -> Poll<()> {
         lock(&self.batch).poll_settle(cx).map(|_| ())
     }
+
+    /// Whether hyper's last pass left bytes unsent or a flush owed ([`Self::poll_finish`]).
+    pub fn owes_writes(&self) -> bool {
+        let batch = lock(&self.batch);
+        batch.has_pending() || batch.flush_due
+    }
 }
 
 impl<I> Drop for Batcher<I> {
@@ -589,8 +595,10 @@ mod tests {
         lock(&io.batch).io.get_mut().full = true;
         pass(&batcher, &mut io, &[b"last bytes"]).await;
         assert!(writes(&io).is_empty());
+        assert!(batcher.owes_writes());
         lock(&io.batch).io.get_mut().full = false;
         poll_fn(|cx| batcher.poll_finish(cx)).await;
+        assert!(!batcher.owes_writes());
         assert_eq!(writes(&io), vec![b"last bytes".to_vec()]);
         assert!(flushes(&io) >= 1);
     }

@@ -31,30 +31,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-mkdir -p "$work/www" "$work/tmp"
-head -c 1024 /dev/urandom > "$work/www/1k.bin"
-head -c 16384 /dev/urandom > "$work/www/16k.bin"
-cat > "$work/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $work/nginx.pid;
-error_log $work/nginx.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 10000000;
-  types { application/octet-stream bin; }
-  client_body_temp_path $work/tmp;
-  server {
-    listen 127.0.0.1:$ORIGIN_PORT;
-    root $work/www;
-    location / { add_header Cache-Control "max-age=3600"; }
-  }
-}
-EOF
-[[ $(id -u) == 0 ]] && sed -i '1i user root;' "$work/nginx.conf"
-nginx -c "$work/nginx.conf" -e "$work/nginx.log" &
-origin_pid=$!
+source "$root/bench/lib/nginx-origin.sh"
+start_nginx_origin "$work" "$ORIGIN_PORT"
 
 haproxy_cfg() {  # cache(0/1) h2(0/1)
   printf 'global\n  nbthread 1\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  http-reuse always\n'

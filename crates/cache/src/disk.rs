@@ -128,7 +128,7 @@ impl DiskTier {
 
     /// Queues `obj` for writing; replaces the same variant if it is on disk already.
     pub fn store(&self, hash: u64, obj: &Object) {
-        if obj.body.len() as u64 > self.budget / 8 {
+        if obj.body().len() as u64 > self.budget / 8 {
             return;
         }
         let meta = Meta {
@@ -145,9 +145,9 @@ impl DiskTier {
             tags: obj.tags().iter().map(|t| t.to_string()).collect(),
             stored_seq: obj.stored_seq,
             epoch: self.epoch,
-            body_len: obj.body.len() as u64,
+            body_len: obj.body().len() as u64,
         };
-        let Ok(bytes) = encode(&meta, obj.header_block(), &obj.body) else {
+        let Ok(bytes) = encode(&meta, obj.header_block(), obj.body()) else {
             return;
         };
         let id = variant_id(hash, &meta);
@@ -402,7 +402,7 @@ fn variant_id(hash: u64, meta: &Meta) -> u64 {
     xxhash_rust::xxh3::xxh3_64(text.as_bytes())
 }
 
-fn encode(meta: &Meta, block: &Bytes, body: &Bytes) -> Result<Vec<u8>, serde_json::Error> {
+fn encode(meta: &Meta, block: &[u8], body: &[u8]) -> Result<Vec<u8>, serde_json::Error> {
     let meta = serde_json::to_vec(meta)?;
     let mut out = Vec::with_capacity(12 + meta.len() + block.len() + body.len());
     out.extend_from_slice(MAGIC);
@@ -510,7 +510,7 @@ mod tests {
         let back = tier
             .read(&key, id.expect("indexed again after reopening"))
             .unwrap();
-        assert_eq!(&back.body[..], b"hello");
+        assert_eq!(back.body(), b"hello");
         assert_eq!(back.headers()["etag"], "\"1\"");
         fs::write(tier.path(id.unwrap()), b"OPC1garbage").unwrap();
         assert!(tier.read(&key, id.unwrap()).is_none());

@@ -35,7 +35,8 @@ pub struct LifetimePolicy {
 /// Everything about a stored response's age and lifetime.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Freshness {
-    pub request_time: f64,
+    /// When the response arrived (the request's time only counts toward `initial_age`, so it
+    /// is not kept: every byte of an object counts in the memory tier).
     pub response_time: f64,
     /// RFC 9111 §4.2.3 corrected_initial_age.
     pub initial_age: f64,
@@ -88,7 +89,6 @@ impl Freshness {
             (0.0, false)
         };
         Self {
-            request_time,
             response_time,
             initial_age,
             lifetime,

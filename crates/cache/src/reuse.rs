@@ -88,7 +88,6 @@ mod tests {
 
     fn obj(lifetime: f64, swr: u32, sie: u32, forbids: bool) -> Object {
         let f = Freshness {
-            request_time: 0.0,
             response_time: 0.0,
             initial_age: 0.0,
             lifetime,

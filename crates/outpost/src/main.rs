@@ -15,6 +15,20 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Opts this process (and the children `lab` starts) out of transparent huge pages.
+///
+/// mimalloc asks for huge pages on its arenas, and with them memory is taken 2 MiB at a time:
+/// the cache's memory grew in steps of 2 MiB whatever it stored (10,000 1 KiB objects measured
+/// 1,600 to 1,800 bytes each, the same with 4 KiB pages 1,310, steady), a small PoP's resident
+/// memory was three times its use, and the kernel's compaction for huge pages adds latency
+/// spikes, which is why Varnish's and Redis's operators are told to turn them off. Throughput of
+/// cache hits measured the same either way (1, 16 and 256 KiB). Where the kernel lacks the
+/// setting the process keeps the system's.
+fn disable_transparent_huge_pages() {
+    #[cfg(target_os = "linux")]
+    let _ = nix::sys::prctl::set_thp_disable(true);
+}
+
 #[derive(Parser)]
 #[command(
     name = "outpost",
@@ -46,6 +60,7 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    disable_transparent_huge_pages();
     let cli = Cli::parse();
     match cli.command {
         Command::Edge(args) => edge::run(args),

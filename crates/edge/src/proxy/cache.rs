@@ -487,7 +487,7 @@ impl Ctx<'_> {
 
     /// An answer made from a stored object: 304 to a client whose copy is current, 206 or 416
     /// for a range, otherwise the object, with `Age`.
-    fn answer_from_object(&self, obj: &Object, now: f64, status: &str) -> Response<OutBody> {
+    fn answer_from_object(&self, obj: &Arc<Object>, now: f64, status: &str) -> Response<OutBody> {
         let age = obj.freshness.age(now).max(0.0) as u64;
         let ttl = if obj.is_soft_purged() {
             -(obj.freshness.age(now) as i64)
@@ -502,7 +502,7 @@ impl Ctx<'_> {
             hit_headers::stamp(&mut headers, age, cache_status);
             return build(StatusCode::NOT_MODIFIED, headers, OutBody::empty());
         }
-        let len = obj.body.len() as u64;
+        let len = obj.body().len() as u64;
         let range = range::answer(&self.headers, &headers, len);
         hit_headers::stamp(&mut headers, age, cache_status);
         let (status, body) = match (obj.status, range) {
@@ -511,14 +511,14 @@ impl Ctx<'_> {
                     header::CONTENT_RANGE,
                     header_value(&format!("bytes {start}-{end}/{len}")),
                 );
-                let slice = obj.body.slice(start as usize..=end as usize);
+                let slice = obj.body_bytes().slice(start as usize..=end as usize);
                 (StatusCode::PARTIAL_CONTENT, slice)
             }
             (StatusCode::OK, range::RangeAnswer::Unsatisfiable) => {
                 headers.insert(header::CONTENT_RANGE, header_value(&format!("bytes */{len}")));
                 (StatusCode::RANGE_NOT_SATISFIABLE, Bytes::new())
             }
-            _ => (obj.status, obj.body.clone()),
+            _ => (obj.status, obj.body_bytes()),
         };
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
         let body = if self.head || body.is_empty() {
@@ -681,7 +681,7 @@ fn refreshed(
         obj.site.clone(),
         obj.status,
         headers,
-        obj.body.clone(),
+        obj.body_for_copy(),
         freshness,
         obj.vary().into(),
         seq,

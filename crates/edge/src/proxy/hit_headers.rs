@@ -8,13 +8,13 @@
 //! with placeholder values that [`stamp`] replaces in place), sized so that nothing grows.
 //!
 //! The table is per thread (a worker answers from its own, with no lock or atomic) and direct
-//! mapped: a buffer's address picks its slot, and the slot holds a clone of the buffer it was
-//! built from. Holding that clone keeps the buffer's memory from being freed and reused, so the
-//! same address and length can only mean the same, immutable, bytes. The slot also holds the
-//! Via value it was built with (a reload may change it). A map is kept for a buffer looked up
-//! twice in a row among the others that share its slot, and only such a buffer replaces a kept
-//! map: objects answered once do not evict popular ones, and cost only a buffer clone. Memory:
-//! at most `SLOTS` maps per worker thread (about a kilobyte each) and the buffers they came from.
+//! mapped: a buffer's address picks its slot. A kept map holds a copy of the fields it was built
+//! from and answers only a buffer with the same bytes (an object's buffer may be freed and its
+//! address reused by another), with the same Via value (a reload may change it). A map is kept
+//! for a buffer looked up twice in a row among the others that share its slot (told by address:
+//! a reused address only builds a map one look-up early), and only such a buffer replaces a kept
+//! map: objects answered once do not evict popular ones. Memory: at most `SLOTS` maps per worker
+//! thread (about a kilobyte each) and copies of the fields they came from.
 
 use std::cell::RefCell;
 
@@ -28,14 +28,15 @@ const SLOTS: usize = 256;
 
 enum Slot {
     Empty,
-    /// Seen once: the map is built if the next look-up in this slot is for the same buffer.
-    Seen(Bytes),
+    /// Seen once (the buffer's address): the map is built if the next look-up in this slot is
+    /// for the same buffer.
+    Seen(usize),
     Ready {
-        head: Bytes,
+        head: Box<[u8]>,
         via: HeaderValue,
         map: HeaderMap,
         /// The last other buffer looked up here: it takes the slot if it comes again next.
-        challenger: Option<Bytes>,
+        challenger: Option<usize>,
     },
 }
 
@@ -45,7 +46,7 @@ thread_local! {
 
 /// The fields a stored response goes to a client with: its stored fields (less those addressed
 /// to this cache), Age and Cache-Status to be [`stamp`]ed, and `via` after the stored Via.
-pub(super) fn for_hit(head: &Bytes, via: &HeaderValue) -> HeaderMap {
+pub(super) fn for_hit(head: &[u8], via: &HeaderValue) -> HeaderMap {
     RECENT.with(|recent| match recent.try_borrow_mut() {
         Ok(mut recent) => look_up(&mut recent[slot_of(head)], head, via),
         Err(_) => build(head, via),
@@ -63,37 +64,37 @@ pub(super) fn stamp(headers: &mut HeaderMap, age: u64, cache_status: HeaderValue
     }
 }
 
-fn look_up(slot: &mut Slot, head: &Bytes, via: &HeaderValue) -> HeaderMap {
+fn look_up(slot: &mut Slot, head: &[u8], via: &HeaderValue) -> HeaderMap {
     let second_in_a_row = match slot {
         Slot::Ready {
             head: held,
             via: held_via,
             map,
             ..
-        } if same(held, head) && held_via == via => return map.clone(),
+        } if **held == *head && held_via == via => return map.clone(),
         Slot::Ready { challenger, .. } => {
-            let again = challenger.as_ref().is_some_and(|c| same(c, head));
+            let again = *challenger == Some(address(head));
             if !again {
-                *challenger = Some(head.clone());
+                *challenger = Some(address(head));
             }
             again
         }
         Slot::Seen(held) => {
-            let again = same(held, head);
+            let again = *held == address(head);
             if !again {
-                *held = head.clone();
+                *held = address(head);
             }
             again
         }
         Slot::Empty => {
-            *slot = Slot::Seen(head.clone());
+            *slot = Slot::Seen(address(head));
             false
         }
     };
     let map = build(head, via);
     if second_in_a_row {
         *slot = Slot::Ready {
-            head: head.clone(),
+            head: head.into(),
             via: via.clone(),
             map: map.clone(),
             challenger: None,
@@ -102,22 +103,23 @@ fn look_up(slot: &mut Slot, head: &Bytes, via: &HeaderValue) -> HeaderMap {
     map
 }
 
-fn build(head: &Bytes, via: &HeaderValue) -> HeaderMap {
-    // The decoded map has room for these three (`fields::ROOM_FOR_ADDED`).
-    let mut map = fields::decode_for_client(head);
+fn build(head: &[u8], via: &HeaderValue) -> HeaderMap {
+    // The decoded map has room for these three (`fields::ROOM_FOR_ADDED`). Its values are
+    // slices of one copy of the fields, which the map keeps alive, not the object.
+    let mut map = fields::decode_for_client(&Bytes::copy_from_slice(head));
     map.insert(header::AGE, HeaderValue::from_static("0"));
     map.append(CACHE_STATUS.clone(), HeaderValue::from_static("-"));
     map.append(header::VIA, via.clone());
     map
 }
 
-fn same(held: &Bytes, head: &Bytes) -> bool {
-    held.as_ptr() == head.as_ptr() && held.len() == head.len()
+fn address(head: &[u8]) -> usize {
+    head.as_ptr() as usize
 }
 
-fn slot_of(head: &Bytes) -> usize {
+fn slot_of(head: &[u8]) -> usize {
     // A multiplicative hash spreads the address bits that differ between heap blocks.
-    let hash = (head.as_ptr() as usize as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let hash = (address(head) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     (hash >> 56) as usize % SLOTS
 }
 
@@ -126,7 +128,7 @@ mod tests {
     use super::*;
     use crate::proxy::headers::tests::map;
 
-    fn block(fields: &[(&str, &str)]) -> Bytes {
+    fn block(fields: &[(&str, &str)]) -> Box<[u8]> {
         fields::encode(&map(fields))
     }
 
@@ -175,6 +177,20 @@ mod tests {
     }
 
     #[test]
+    fn a_buffer_at_a_freed_ones_address_gets_its_own_fields() {
+        // The same memory, first holding one object's fields, then (freed and reused) another's.
+        let mut memory = block(&[("etag", "\"a\"")]).into_vec();
+        let via = HeaderValue::from_static("1.1 pop");
+        let mut slot = Slot::Empty;
+        look_up(&mut slot, &memory, &via);
+        assert_eq!(look_up(&mut slot, &memory, &via)["etag"], "\"a\"");
+        assert!(matches!(slot, Slot::Ready { .. }));
+        memory.copy_from_slice(&block(&[("etag", "\"b\"")]));
+        assert_eq!(look_up(&mut slot, &memory, &via)["etag"], "\"b\"");
+        assert_eq!(look_up(&mut slot, &memory, &via)["etag"], "\"b\"");
+    }
+
+    #[test]
     fn objects_answered_once_do_not_evict_a_kept_map() {
         let popular = block(&[("etag", "\"p\"")]);
         let via = HeaderValue::from_static("1.1 pop");
@@ -185,14 +201,14 @@ mod tests {
             let once = block(&[("etag", &format!("\"once-{i}\""))]);
             look_up(&mut slot, &once, &via);
             assert!(
-                matches!(&slot, Slot::Ready { head, .. } if same(head, &popular)),
+                matches!(&slot, Slot::Ready { head, .. } if *head == popular),
                 "evicted by an object answered once"
             );
         }
         let newcomer = block(&[("etag", "\"n\"")]);
         look_up(&mut slot, &newcomer, &via);
         look_up(&mut slot, &newcomer, &via);
-        assert!(matches!(&slot, Slot::Ready { head, .. } if same(head, &newcomer)));
+        assert!(matches!(&slot, Slot::Ready { head, .. } if *head == newcomer));
     }
 
     #[test]

@@ -10,8 +10,11 @@
 //! admission, eviction and recovery machinery that Outpost would then have to tune around its
 //! own purge rules, for no gain at this size.
 //!
-//! File format (`*.obj`): `OPC2`, u32 length + JSON metadata, u32 length + header block
-//! (`crate::fields`' encoding), then the body. Files of another format are dropped at the scan.
+//! File format (`*.obj`): `OPC3`, u32 length + JSON metadata, u32 length + header block
+//! (`crate::fields`' encoding), then the body. `OPC2` files (before dates were kept as seconds
+//! and the freshness metadata lost `request_time`) are read too: their dates are text, which
+//! decodes as before. Files of another format are dropped at the scan, so a build older than
+//! `OPC3` drops this one's files.
 
 use std::collections::HashMap;
 use std::fs;
@@ -28,7 +31,9 @@ use crate::freshness::Freshness;
 use crate::key::CacheKey;
 use crate::object::{Object, VaryValues};
 
-const MAGIC: &[u8; 4] = b"OPC2";
+const MAGIC: &[u8; 4] = b"OPC3";
+/// The format before `MAGIC`, still read (see the module's comment).
+const MAGIC_V2: &[u8; 4] = b"OPC2";
 /// Writes waiting for the writer thread; beyond this a write is skipped (memory still has it).
 const QUEUE: usize = 1024;
 
@@ -426,8 +431,12 @@ fn decode(data: &[u8]) -> Option<(Meta, HeaderMap, Bytes)> {
     Some((meta, headers, Bytes::copy_from_slice(body)))
 }
 
+fn known_format(magic: &[u8]) -> bool {
+    magic == MAGIC || magic == MAGIC_V2
+}
+
 fn split_meta(data: &[u8]) -> Option<(Meta, &[u8])> {
-    if data.get(..4)? != MAGIC {
+    if !known_format(data.get(..4)?) {
         return None;
     }
     let len = u32::from_le_bytes(data.get(4..8)?.try_into().ok()?) as usize;
@@ -441,7 +450,7 @@ fn read_meta(path: &Path) -> Option<(Meta, u64)> {
     let size = f.metadata().ok()?.len();
     let mut head = [0u8; 8];
     f.read_exact(&mut head).ok()?;
-    if &head[..4] != MAGIC {
+    if !known_format(&head[..4]) {
         return None;
     }
     let len = u32::from_le_bytes(head[4..8].try_into().ok()?) as usize;
@@ -518,6 +527,69 @@ mod tests {
             tier.find(&key, &HeaderMap::new()).is_none(),
             "a corrupt file leaves the index"
         );
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn files_in_the_previous_format_are_still_read() {
+        let dir = std::env::temp_dir().join(format!("outpost-disk-v2-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let key = CacheKey::for_url("http://a.test/old").unwrap();
+        let obj = Object::new(
+            &key,
+            "s".into(),
+            StatusCode::OK,
+            HeaderMap::new(),
+            Bytes::from_static(b"hello"),
+            crate::object::tests_support::freshness(),
+            Box::new([]),
+            0,
+        );
+        let path = {
+            let tier = DiskTier::open(&dir, 1 << 20).unwrap();
+            tier.store(key.hash, &obj);
+            let path = tier.path(tier.find(&key, &HeaderMap::new()).unwrap());
+            for _ in 0..100 {
+                if path.exists() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            path
+        };
+        // Rewritten as the previous build wrote it: `OPC2`, `request_time` in the freshness
+        // metadata, the Date as text (code 1) beside an ETag (code 6).
+        let data = fs::read(&path).unwrap();
+        let (meta, _) = split_meta(&data).unwrap();
+        let mut meta = serde_json::to_value(&meta).unwrap();
+        meta["freshness"]["request_time"] = 0.0.into();
+        let meta = serde_json::to_vec(&meta).unwrap();
+        let date = b"Sun, 06 Dec 2026 01:15:22 GMT";
+        let mut block = vec![2, 0, 1, date.len() as u8, 0];
+        block.extend_from_slice(date);
+        block.extend_from_slice(&[6, 3, 0]);
+        block.extend_from_slice(b"\"1\"");
+        let mut old = b"OPC2".to_vec();
+        old.extend_from_slice(&(meta.len() as u32).to_le_bytes());
+        old.extend_from_slice(&meta);
+        old.extend_from_slice(&(block.len() as u32).to_le_bytes());
+        old.extend_from_slice(&block);
+        old.extend_from_slice(b"hello");
+        fs::write(&path, old).unwrap();
+
+        let tier = DiskTier::open(&dir, 1 << 20).unwrap();
+        let mut id = None;
+        for _ in 0..100 {
+            id = tier.find(&key, &HeaderMap::new());
+            if id.is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let back = tier.read(&key, id.expect("an OPC2 file is indexed")).unwrap();
+        assert_eq!(back.body(), b"hello");
+        assert_eq!(back.headers()["date"], "Sun, 06 Dec 2026 01:15:22 GMT");
+        assert_eq!(back.headers()["etag"], "\"1\"");
         let _ = fs::remove_dir_all(&dir);
     }
 }

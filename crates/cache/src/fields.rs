@@ -27,7 +27,8 @@ use bytes::{BufMut, Bytes};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Names with a one-byte code. Append only: codes are stored on disk.
-const KNOWN: [HeaderName; 32] = [
+const KNOWN_COUNT: usize = 32;
+const KNOWN: [HeaderName; KNOWN_COUNT] = [
     header::DATE,
     header::SERVER,
     header::CONTENT_TYPE,
@@ -65,7 +66,10 @@ const KNOWN: [HeaderName; 32] = [
 /// Set on a name code whose value is kept as a date (see the module's comment).
 const DATE_FLAG: u8 = 0x80;
 
-/// Fields whose value is a date; `code_of` of each is below `DATE_FLAG`.
+// Every name code stays clear of the flag.
+const _: () = assert!(KNOWN_COUNT < DATE_FLAG as usize);
+
+/// Fields whose value is a date.
 const DATE_NAMES: [HeaderName; 3] = [header::DATE, header::LAST_MODIFIED, header::EXPIRES];
 
 /// Fields added to every stored response on its way out (Age, Cache-Status, Via): the
@@ -76,8 +80,10 @@ const ROOM_FOR_ADDED: usize = 3;
 pub fn encode(headers: &HeaderMap) -> Box<[u8]> {
     let mut len = 2;
     let mut count: u16 = 0;
-    for (name, value) in headers {
-        count = count.saturating_add(1);
+    // A map of more than 65,535 fields (never reaches here: hyper's limits are far lower) keeps
+    // its first 65,535.
+    for (name, value) in headers.iter().take(usize::from(u16::MAX)) {
+        count += 1;
         if as_date(name, value).is_some() {
             len += 1 + 4;
             continue;
@@ -273,6 +279,34 @@ mod tests {
         assert_eq!(block.len(), 2 + 3 * (1 + 4));
         assert_eq!(decode(&block), headers);
         assert_eq!(try_decode(&block), Some(headers));
+    }
+
+    #[test]
+    fn every_date_in_range_comes_back_as_sent() {
+        for secs in (0..=u64::from(u32::MAX)).step_by(4_294_967 * 7 + 13) {
+            let text = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(secs));
+            let headers = h(&[("last-modified", &text)]);
+            let block = encoded(&headers);
+            assert_eq!(block.len(), 2 + 1 + 4, "{text}");
+            assert_eq!(decode(&block), headers, "{text}");
+        }
+    }
+
+    #[test]
+    fn a_typical_origin_response_fits_the_112_byte_allocator_size_class() {
+        // nginx's fields for a static file with a Cache-Control added (docs/architecture.md,
+        // "Cache memory"); Connection is hop-by-hop and never stored.
+        let block = encode(&h(&[
+            ("server", "nginx/1.22.1"),
+            ("date", "Sun, 06 Dec 2026 01:15:22 GMT"),
+            ("content-type", "application/octet-stream"),
+            ("content-length", "1024"),
+            ("last-modified", "Sat, 05 Dec 2026 16:50:08 GMT"),
+            ("etag", "\"6b1440c0-400\""),
+            ("cache-control", "max-age=3600"),
+            ("accept-ranges", "bytes"),
+        ]));
+        assert!(block.len() <= 112, "{} bytes", block.len());
     }
 
     #[test]

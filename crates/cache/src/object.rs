@@ -274,6 +274,28 @@ mod tests {
     }
 
     #[test]
+    fn a_response_body_keeps_its_object_until_sent_and_no_longer() {
+        let (_, obj) = tests_support::stored(
+            "http://a.test/x",
+            "s",
+            HeaderMap::new(),
+            Bytes::from_static(b"hello"),
+            Box::new([]),
+            0,
+        );
+        let obj = Arc::new(obj);
+        let range = obj.body_bytes().slice(1..3);
+        let whole = obj.body_bytes();
+        let stored = Arc::downgrade(&obj);
+        drop(obj); // evicted or purged while the responses are on their way
+        assert_eq!((&range[..], &whole[..]), (&b"el"[..], &b"hello"[..]));
+        drop(whole);
+        assert!(stored.upgrade().is_some(), "the range still holds it");
+        drop(range);
+        assert!(stored.upgrade().is_none(), "freed with the last response");
+    }
+
+    #[test]
     fn an_object_fits_the_160_byte_allocator_size_class() {
         // Counted with its Arc's two counts (see "Cache memory" in docs/architecture.md): a
         // field more moves every stored object to the 192-byte class.

@@ -9,12 +9,15 @@
 //!
 //! The table is per thread (a worker answers from its own, with no lock or atomic) and direct
 //! mapped: a buffer's address picks its slot. A kept map holds a copy of the fields it was built
-//! from and answers only a buffer with the same bytes (an object's buffer may be freed and its
-//! address reused by another), with the same Via value (a reload may change it). A map is kept
-//! for a buffer looked up twice in a row among the others that share its slot (told by address:
-//! a reused address only builds a map one look-up early), and only such a buffer replaces a kept
-//! map: objects answered once do not evict popular ones. Memory: at most `SLOTS` maps per worker
-//! thread (about a kilobyte each) and copies of the fields they came from.
+//! from (the one its values are slices of) and answers only a buffer with the same bytes (an
+//! object's buffer may be freed and its address reused by another), with the same Via value (a
+//! reload may change it). A map is kept for a buffer looked up twice in a row among the others
+//! that share its slot, and only such a buffer replaces a kept map: objects answered once do not
+//! evict popular ones. "Twice in a row" is told by address, so a buffer that took a freed one's
+//! address counts as the same: that can only build a map early or, for two objects answered
+//! once, replace a popular map, which comes back after two look-ups; a wrong map is never
+//! answered. Memory: at most `SLOTS` maps per worker thread (about a kilobyte each) and the
+//! copies of the fields they came from.
 
 use std::cell::RefCell;
 
@@ -32,7 +35,7 @@ enum Slot {
     /// for the same buffer.
     Seen(usize),
     Ready {
-        head: Box<[u8]>,
+        head: Bytes,
         via: HeaderValue,
         map: HeaderMap,
         /// The last other buffer looked up here: it takes the slot if it comes again next.
@@ -49,7 +52,7 @@ thread_local! {
 pub(super) fn for_hit(head: &[u8], via: &HeaderValue) -> HeaderMap {
     RECENT.with(|recent| match recent.try_borrow_mut() {
         Ok(mut recent) => look_up(&mut recent[slot_of(head)], head, via),
-        Err(_) => build(head, via),
+        Err(_) => build(head, via).1,
     })
 }
 
@@ -71,7 +74,7 @@ fn look_up(slot: &mut Slot, head: &[u8], via: &HeaderValue) -> HeaderMap {
             via: held_via,
             map,
             ..
-        } if **held == *head && held_via == via => return map.clone(),
+        } if held[..] == *head && held_via == via => return map.clone(),
         Slot::Ready { challenger, .. } => {
             let again = *challenger == Some(address(head));
             if !again {
@@ -91,10 +94,10 @@ fn look_up(slot: &mut Slot, head: &[u8], via: &HeaderValue) -> HeaderMap {
             false
         }
     };
-    let map = build(head, via);
+    let (copy, map) = build(head, via);
     if second_in_a_row {
         *slot = Slot::Ready {
-            head: head.into(),
+            head: copy,
             via: via.clone(),
             map: map.clone(),
             challenger: None,
@@ -103,14 +106,16 @@ fn look_up(slot: &mut Slot, head: &[u8], via: &HeaderValue) -> HeaderMap {
     map
 }
 
-fn build(head: &[u8], via: &HeaderValue) -> HeaderMap {
-    // The decoded map has room for these three (`fields::ROOM_FOR_ADDED`). Its values are
-    // slices of one copy of the fields, which the map keeps alive, not the object.
-    let mut map = fields::decode_for_client(&Bytes::copy_from_slice(head));
+/// The map for `head`, and the copy of `head` its values are slices of (they keep it alive,
+/// not the object).
+fn build(head: &[u8], via: &HeaderValue) -> (Bytes, HeaderMap) {
+    let copy = Bytes::copy_from_slice(head);
+    // The decoded map has room for these three (`fields::ROOM_FOR_ADDED`).
+    let mut map = fields::decode_for_client(&copy);
     map.insert(header::AGE, HeaderValue::from_static("0"));
     map.append(CACHE_STATUS.clone(), HeaderValue::from_static("-"));
     map.append(header::VIA, via.clone());
-    map
+    (copy, map)
 }
 
 fn address(head: &[u8]) -> usize {
@@ -197,18 +202,21 @@ mod tests {
         let mut slot = Slot::Empty;
         look_up(&mut slot, &popular, &via);
         look_up(&mut slot, &popular, &via);
-        for i in 0..4 {
-            let once = block(&[("etag", &format!("\"once-{i}\""))]);
-            look_up(&mut slot, &once, &via);
+        // Kept alive, so that no two of them share an address.
+        let once: Vec<_> = (0..4)
+            .map(|i| block(&[("etag", &format!("\"once-{i}\""))]))
+            .collect();
+        for once in &once {
+            look_up(&mut slot, once, &via);
             assert!(
-                matches!(&slot, Slot::Ready { head, .. } if *head == popular),
+                matches!(&slot, Slot::Ready { head, .. } if head[..] == *popular),
                 "evicted by an object answered once"
             );
         }
         let newcomer = block(&[("etag", "\"n\"")]);
         look_up(&mut slot, &newcomer, &via);
         look_up(&mut slot, &newcomer, &via);
-        assert!(matches!(&slot, Slot::Ready { head, .. } if *head == newcomer));
+        assert!(matches!(&slot, Slot::Ready { head, .. } if head[..] == *newcomer));
     }
 
     #[test]

@@ -478,6 +478,17 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
+    /// The file's id once the background scan of a reopened tier has indexed it (at most 1 s).
+    fn indexed(tier: &DiskTier, key: &CacheKey) -> Option<u64> {
+        for _ in 0..100 {
+            if let Some(id) = tier.find(key, &HeaderMap::new()) {
+                return Some(id);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        None
+    }
+
     #[test]
     fn objects_survive_a_reopen_and_corrupt_files_are_dropped() {
         let dir = std::env::temp_dir().join(format!("outpost-disk-{}", std::process::id()));
@@ -508,14 +519,7 @@ mod tests {
             }
         }
         let tier = DiskTier::open(&dir, 1 << 20).unwrap();
-        let mut id = None;
-        for _ in 0..100 {
-            id = tier.find(&key, &HeaderMap::new());
-            if id.is_some() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
+        let id = indexed(&tier, &key);
         let back = tier
             .read(&key, id.expect("indexed again after reopening"))
             .unwrap();
@@ -578,14 +582,7 @@ mod tests {
         fs::write(&path, old).unwrap();
 
         let tier = DiskTier::open(&dir, 1 << 20).unwrap();
-        let mut id = None;
-        for _ in 0..100 {
-            id = tier.find(&key, &HeaderMap::new());
-            if id.is_some() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
+        let id = indexed(&tier, &key);
         let back = tier.read(&key, id.expect("an OPC2 file is indexed")).unwrap();
         assert_eq!(back.body(), b"hello");
         assert_eq!(back.headers()["date"], "Sun, 06 Dec 2026 01:15:22 GMT");

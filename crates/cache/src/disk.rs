@@ -427,7 +427,7 @@ fn decode(data: &[u8]) -> Option<(Meta, HeaderMap, Bytes)> {
     if body.len() as u64 != meta.body_len {
         return None;
     }
-    let headers = crate::fields::try_decode(&Bytes::copy_from_slice(block))?;
+    let headers = crate::fields::try_decode(block)?;
     Some((meta, headers, Bytes::copy_from_slice(body)))
 }
 

@@ -84,6 +84,9 @@ pub fn encode(headers: &HeaderMap) -> Box<[u8]> {
     // its first 65,535.
     for (name, value) in headers.iter().take(usize::from(u16::MAX)) {
         count += 1;
+        // Parsed again in the writing pass: this runs once per stored response, and the exact
+        // size keeps the buffer in the smallest size class (shrinking a bigger one in place
+        // would keep its block).
         if as_date(name, value).is_some() {
             len += 1 + 4;
             continue;
@@ -116,19 +119,20 @@ pub fn encode(headers: &HeaderMap) -> Box<[u8]> {
     buf.into_boxed_slice()
 }
 
-/// Every stored field.
-pub fn decode(block: &Bytes) -> HeaderMap {
-    decode_filtered(block, |_| true).unwrap_or_default()
+/// Every stored field (copied out of `block` once: the values share the copy).
+pub fn decode(block: &[u8]) -> HeaderMap {
+    decode_filtered(&Bytes::copy_from_slice(block), |_| true).unwrap_or_default()
 }
 
-/// The stored fields a client sees: Surrogate-Control is addressed to this cache.
+/// The stored fields a client sees: Surrogate-Control is addressed to this cache. The values
+/// are slices of `block`.
 pub fn decode_for_client(block: &Bytes) -> HeaderMap {
     decode_filtered(block, |name| name != crate::directives::SURROGATE_CONTROL).unwrap_or_default()
 }
 
 /// Every stored field, or None when the buffer is not a valid encoding (a damaged file).
-pub fn try_decode(block: &Bytes) -> Option<HeaderMap> {
-    decode_filtered(block, |_| true)
+pub fn try_decode(block: &[u8]) -> Option<HeaderMap> {
+    decode_filtered(&Bytes::copy_from_slice(block), |_| true)
 }
 
 fn decode_filtered(block: &Bytes, keep: impl Fn(&HeaderName) -> bool) -> Option<HeaderMap> {

@@ -104,7 +104,7 @@ impl Object {
 
     /// The stored header fields.
     pub fn headers(&self) -> HeaderMap {
-        fields::decode(&Bytes::copy_from_slice(&self.head))
+        fields::decode(&self.head)
     }
 
     /// The body's bytes.

@@ -487,14 +487,14 @@ impl Ctx<'_> {
 
     /// An answer made from a stored object: 304 to a client whose copy is current, 206 or 416
     /// for a range, otherwise the object, with `Age`.
-    fn answer_from_object(&self, obj: &Arc<Object>, now: f64, status: &str) -> Response<OutBody> {
+    fn answer_from_object(&self, obj: &Arc<Object>, now: f64, status: &'static str) -> Response<OutBody> {
         let age = obj.freshness.age(now).max(0.0) as u64;
         let ttl = if obj.is_soft_purged() {
             -(obj.freshness.age(now) as i64)
         } else {
             obj.freshness.ttl(now)
         };
-        let cache_status = cache_status_value(status, Some(ttl));
+        let cache_status = hit_headers::status_value(status, ttl, || cache_status_value(status, Some(ttl)));
         let via = self.snapshot.via(http::Version::HTTP_11);
         let mut headers = hit_headers::for_hit(obj.header_block(), via);
         if obj.status == StatusCode::OK && conditional::client_has_current(&self.headers, &headers) {

@@ -45,6 +45,54 @@ enum Slot {
 
 thread_local! {
     static RECENT: RefCell<Vec<Slot>> = RefCell::new((0..SLOTS).map(|_| Slot::Empty).collect());
+    static LAST: RefCell<LastValues> = const { RefCell::new(LastValues { age: None, status: None }) };
+}
+
+/// The Age and Cache-Status values of this thread's last hit. Hits within one second mostly
+/// carry the same ones, and making a value costs an allocation and a pass over its bytes.
+struct LastValues {
+    age: Option<(u64, HeaderValue)>,
+    /// The status text, the ttl, and the value made from them.
+    status: Option<(&'static str, i64, HeaderValue)>,
+}
+
+/// The Age value for `age`: the last hit's when it had the same.
+pub(super) fn age_value(age: u64) -> HeaderValue {
+    LAST.with(|last| {
+        let Ok(mut last) = last.try_borrow_mut() else {
+            return HeaderValue::from(age);
+        };
+        match &last.age {
+            Some((held, value)) if *held == age => value.clone(),
+            _ => {
+                let value = HeaderValue::from(age);
+                last.age = Some((age, value.clone()));
+                value
+            }
+        }
+    })
+}
+
+/// The Cache-Status value for `status` and `ttl` (`make` writes it): the last hit's when it
+/// had the same.
+pub(super) fn status_value(
+    status: &'static str,
+    ttl: i64,
+    make: impl FnOnce() -> HeaderValue,
+) -> HeaderValue {
+    LAST.with(|last| {
+        let Ok(mut last) = last.try_borrow_mut() else {
+            return make();
+        };
+        match &last.status {
+            Some((held, held_ttl, value)) if *held == status && *held_ttl == ttl => value.clone(),
+            _ => {
+                let value = make();
+                last.status = Some((status, ttl, value.clone()));
+                value
+            }
+        }
+    })
 }
 
 /// The fields a stored response goes to a client with: its stored fields (less those addressed
@@ -58,7 +106,7 @@ pub(super) fn for_hit(head: &[u8], via: &HeaderValue) -> HeaderMap {
 
 /// Sets the Age and this cache's Cache-Status entry of a map from [`for_hit`].
 pub(super) fn stamp(headers: &mut HeaderMap, age: u64, cache_status: HeaderValue) {
-    headers.insert(header::AGE, HeaderValue::from(age));
+    headers.insert(header::AGE, age_value(age));
     // Ours is the last entry (RFC 9211 §2: caches nearer the client come later).
     if let Entry::Occupied(mut entry) = headers.entry(&CACHE_STATUS) {
         if let Some(last) = entry.iter_mut().last() {
@@ -179,6 +227,27 @@ mod tests {
             assert_eq!(look_up(&mut slot, &b, &via)["etag"], "\"b\"");
             assert_eq!(look_up(&mut slot, &b, &via)["etag"], "\"b\"");
         }
+    }
+
+    #[test]
+    fn hit_values_are_reused_only_for_the_same_age_status_and_ttl() {
+        assert_eq!(age_value(7), "7");
+        assert_eq!(age_value(7), "7");
+        assert_eq!(age_value(8), "8");
+        let made = std::cell::Cell::new(0);
+        let make = |text: &'static str| {
+            made.set(made.get() + 1);
+            HeaderValue::from_static(text)
+        };
+        assert_eq!(status_value("hit", 10, || make("a")), "a");
+        assert_eq!(status_value("hit", 10, || make("b")), "a", "same status and ttl");
+        assert_eq!(status_value("hit", 9, || make("c")), "c", "another ttl");
+        assert_eq!(
+            status_value("hit; detail=max-stale", 9, || make("d")),
+            "d",
+            "another status"
+        );
+        assert_eq!(made.get(), 3);
     }
 
     #[test]

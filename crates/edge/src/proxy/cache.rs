@@ -488,9 +488,10 @@ impl Ctx<'_> {
     /// An answer made from a stored object: 304 to a client whose copy is current, 206 or 416
     /// for a range, otherwise the object, with `Age`.
     fn answer_from_object(&self, obj: &Arc<Object>, now: f64, status: &'static str) -> Response<OutBody> {
-        let age = obj.freshness.age(now).max(0.0) as u64;
+        let current_age = obj.freshness.age(now);
+        let age = current_age.max(0.0) as u64;
         let ttl = if obj.is_soft_purged() {
-            -(obj.freshness.age(now) as i64)
+            -(current_age as i64)
         } else {
             obj.freshness.ttl(now)
         };

@@ -52,25 +52,13 @@ thread_local! {
 /// carry the same ones, and making a value costs an allocation and a pass over its bytes.
 struct LastValues {
     age: Option<(u64, HeaderValue)>,
-    /// The status text, the ttl, and the value made from them.
-    status: Option<(&'static str, i64, HeaderValue)>,
+    /// Made from the status text and the ttl.
+    status: Option<((&'static str, i64), HeaderValue)>,
 }
 
 /// The Age value for `age`: the last hit's when it had the same.
 pub(super) fn age_value(age: u64) -> HeaderValue {
-    LAST.with(|last| {
-        let Ok(mut last) = last.try_borrow_mut() else {
-            return HeaderValue::from(age);
-        };
-        match &last.age {
-            Some((held, value)) if *held == age => value.clone(),
-            _ => {
-                let value = HeaderValue::from(age);
-                last.age = Some((age, value.clone()));
-                value
-            }
-        }
-    })
+    reuse(|last| &mut last.age, age, || HeaderValue::from(age))
 }
 
 /// The Cache-Status value for `status` and `ttl` (`make` writes it): the last hit's when it
@@ -80,15 +68,26 @@ pub(super) fn status_value(
     ttl: i64,
     make: impl FnOnce() -> HeaderValue,
 ) -> HeaderValue {
+    reuse(|last| &mut last.status, (status, ttl), make)
+}
+
+/// The value kept in `field` of this thread's last values when made from `key`, else `make`'s
+/// (kept for the next hit).
+fn reuse<K: PartialEq>(
+    field: impl FnOnce(&mut LastValues) -> &mut Option<(K, HeaderValue)>,
+    key: K,
+    make: impl FnOnce() -> HeaderValue,
+) -> HeaderValue {
     LAST.with(|last| {
         let Ok(mut last) = last.try_borrow_mut() else {
             return make();
         };
-        match &last.status {
-            Some((held, held_ttl, value)) if *held == status && *held_ttl == ttl => value.clone(),
+        let held = field(&mut last);
+        match held {
+            Some((held_key, value)) if *held_key == key => value.clone(),
             _ => {
                 let value = make();
-                last.status = Some((status, ttl, value.clone()));
+                *held = Some((key, value.clone()));
                 value
             }
         }

@@ -448,11 +448,18 @@ pub(crate) struct ForwardHeaders {
     pub h2_upstream: bool,
 }
 
+/// The most fields [`ForwardHeaders::apply`] adds to a request.
+const ADDED_UPSTREAM_FIELDS: usize = 7;
+
 impl ForwardHeaders {
     /// The client's fields as they go upstream: hop-by-hop removed, Host, Via, the site's
     /// forwarding fields (X-Forwarded-*, Forwarded) and traceparent set.
     pub(crate) fn apply(&self, mut headers: HeaderMap, upgrade: bool) -> HeaderMap {
         headers::remove_hop_by_hop(&mut headers, upgrade);
+        // One growth for the fields added below (Host, Via, four forwarding fields,
+        // traceparent), not one per doubling: the parsers size a request's map for its own
+        // fields only.
+        headers.reserve(ADDED_UPSTREAM_FIELDS);
         if self.join_cookies {
             headers::join_cookies(&mut headers);
         }

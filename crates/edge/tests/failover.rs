@@ -217,6 +217,44 @@ async fn retries_respect_the_budget_and_never_resend_bodies() {
 }
 
 #[tokio::test]
+async fn a_retried_request_carries_the_clients_fields_and_the_pops() {
+    let (a, b) = (Origin::start("a").await, Origin::start("b").await);
+    a.set_status(503);
+    let dir = TempDir::new("retry-fields");
+    let extra = "retry = { attempts = 1, budget_ratio = 1.0, min_per_second = 100, on_status = [503] }\noutlier = { consecutive_failures = 0 }\n";
+    let edge = start_edge(&dir, &pool_config(&[(&a, false), (&b, false)], extra)).await;
+    let addr = edge.listener_addr("http").unwrap();
+    let client = http1_client();
+
+    let mut retried = 0;
+    for i in 0..6 {
+        let tried_a = a.hits();
+        let req = http::Request::builder()
+            .uri(format!("http://{addr}/r{i}"))
+            .header("host", "x")
+            .header("x-client-field", format!("v{i}"))
+            .body(http_body_util::Full::new(Bytes::new()))
+            .unwrap();
+        let resp = collect(client.request(req).await.expect("request failed")).await;
+        assert_eq!(resp.status, StatusCode::OK, "b answers the retry: {}", resp.body);
+        if a.hits() > tried_a {
+            // The request went to a first: what b saw is the second attempt.
+            retried += 1;
+            let seen = b.last_headers.lock().unwrap().clone().expect("b was asked");
+            assert_eq!(seen["x-client-field"], format!("v{i}").as_str());
+            assert_eq!(seen["host"], "x");
+            for field in ["via", "x-forwarded-for", "forwarded", "traceparent"] {
+                assert!(
+                    seen.contains_key(field),
+                    "{field} missing from the retry: {seen:?}"
+                );
+            }
+        }
+    }
+    assert!(retried > 0, "round robin sends some requests to a first");
+}
+
+#[tokio::test]
 async fn consistent_hashing_keeps_a_key_on_one_origin() {
     let (a, b, c) = (
         Origin::start("a").await,

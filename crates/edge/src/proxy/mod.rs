@@ -559,15 +559,18 @@ impl Upstream {
                 Uri::from(pq)
             };
             let last_attempt = attempt >= attempts;
-            let req_headers = if last_attempt {
-                std::mem::take(&mut headers)
-            } else {
-                headers.clone()
-            };
             let req_body = if last_attempt {
                 body.take().unwrap_or_else(body::empty)
             } else {
                 body::empty()
+            };
+            // Another attempt may follow: the fields go with a copy, unless the pool hands them
+            // back once written (the HTTP/1.1 path that retryable, bodiless requests take).
+            let gives_back = !last_attempt && pool.gives_fields_back(&req_body, &headers);
+            let req_headers = if last_attempt || gives_back {
+                std::mem::take(&mut headers)
+            } else {
+                headers.clone()
             };
             let mut upstream_req = Request::new(req_body);
             *upstream_req.method_mut() = method.clone();
@@ -579,6 +582,7 @@ impl Upstream {
             };
             *upstream_req.headers_mut() = req_headers;
 
+            let mut fields_back = None;
             let outcome = send(
                 pool,
                 index,
@@ -587,9 +591,17 @@ impl Upstream {
                 self.deadline,
                 self.body_limit,
                 request_body_done,
+                &mut fields_back,
             )
             .await;
             rec.done = Some(now);
+            let handed_back = match fields_back {
+                Some(fields) => {
+                    headers = fields;
+                    true
+                }
+                None => false,
+            };
             // Retry what another origin may answer better: failed connections, exchanges that
             // broke before a response and the statuses the pool lists; never a timeout (the
             // origin may be working).
@@ -600,7 +612,9 @@ impl Upstream {
                     ProxyError::OriginConnect { .. } | ProxyError::OriginProtocol { .. }
                 ),
             };
-            if !should_retry || last_attempt {
+            // Fields moved out and not handed back could not go again (the pool hands back what
+            // it says it will: a guard, not a path).
+            if !should_retry || last_attempt || (gives_back && !handed_back) {
                 return outcome;
             }
             if !pool.retry_budget.try_withdraw(now.into_std()) {
@@ -668,13 +682,14 @@ async fn send(
     request_deadline: Option<Instant>,
     body_limit: u64,
     request_body_done: Option<&Arc<std::sync::atomic::AtomicBool>>,
+    fields_back: &mut Option<HeaderMap>,
 ) -> Result<Response<OriginBody>, ProxyError> {
     let origin = &pool.origins[index];
     let sent = *clock;
     let header_deadline = sent + pool.config.response_header_timeout;
     let deadline = request_deadline.map_or(header_deadline, |d| d.min(header_deadline));
     let in_flight = InFlight::enter(&origin.state.in_flight);
-    let result = pool.send_to(index, req, deadline).await;
+    let result = pool.send_to(index, req, deadline, fields_back).await;
     drop(in_flight);
     let done = Instant::now();
     *clock = done;

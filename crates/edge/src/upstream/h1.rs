@@ -192,7 +192,16 @@ pub struct Target<'a> {
     pub deadline: tokio::time::Instant,
 }
 
+/// Whether a request with this body and these fields goes inline (`h1_inline.rs`) rather than
+/// through hyper's client connection: no body and no upgrade.
+pub fn is_inline(body: &ProxyBody, headers: &http::HeaderMap) -> bool {
+    use http_body::Body as _;
+    body.is_end_stream() && !headers.contains_key(header::UPGRADE)
+}
+
 /// Sends `req` (origin-form URI, Host set) on an idle connection to the origin or a new one.
+/// An inline request's fields are left in `fields_back` once they are written into the request
+/// head, for a retry to reuse.
 ///
 /// Not an `async fn`: one would hold the hyper path's future (about 2 KB) inline in every
 /// request's future, and keep the request twice (argument and local); this returns the inline
@@ -200,10 +209,10 @@ pub struct Target<'a> {
 pub fn send<'a>(
     target: Target<'a>,
     req: Request<ProxyBody>,
+    fields_back: &'a mut Option<http::HeaderMap>,
 ) -> impl Future<Output = Result<Response<OriginBody>, SendError>> + 'a {
-    use http_body::Body as _;
-    if req.body().is_end_stream() && !req.headers().contains_key(header::UPGRADE) {
-        Either::Left(send_inline(target, req))
+    if is_inline(req.body(), req.headers()) {
+        Either::Left(send_inline(target, req, fields_back))
     } else {
         Either::Right(Box::pin(super::by_deadline(
             target.deadline,
@@ -212,11 +221,16 @@ pub fn send<'a>(
     }
 }
 
-async fn send_inline(target: Target<'_>, req: Request<ProxyBody>) -> Result<Response<OriginBody>, SendError> {
+async fn send_inline(
+    target: Target<'_>,
+    req: Request<ProxyBody>,
+    fields_back: &mut Option<http::HeaderMap>,
+) -> Result<Response<OriginBody>, SendError> {
     let target = &target;
     let (parts, _) = req.into_parts();
     let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let head = h1_inline::encode_head(&parts.method, path, &parts.headers);
+    *fields_back = Some(parts.headers);
     let idempotent = matches!(
         parts.method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE

@@ -65,10 +65,13 @@ async fn probe(pool: &Pool, index: usize, check: &HealthCheckConfig) -> Result<(
         .body(body::empty())
         .map_err(|e| e.to_string())?;
     let deadline = tokio::time::Instant::now() + check.timeout;
-    let resp = pool.send_to(index, req, deadline).await.map_err(|e| match e {
-        super::SendError::Timeout => format!("no answer within {:?}", check.timeout),
-        e => e.to_string(),
-    })?;
+    let resp = pool
+        .send_to(index, req, deadline, &mut None)
+        .await
+        .map_err(|e| match e {
+            super::SendError::Timeout => format!("no answer within {:?}", check.timeout),
+            e => e.to_string(),
+        })?;
     let status = resp.status();
     let ok = if check.expect_status == 0 {
         status.is_success() || status.is_redirection()

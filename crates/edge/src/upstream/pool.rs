@@ -198,12 +198,14 @@ impl Pool {
 
     /// One exchange with one origin over the pool's HTTP version, which fails with
     /// `SendError::Timeout` when no response head came by `deadline`. The request carries the
-    /// site in Host (HTTP/1.1, origin-form URI) or in the URI's authority (HTTP/2).
+    /// site in Host (HTTP/1.1, origin-form URI) or in the URI's authority (HTTP/2). Where
+    /// [`Pool::gives_fields_back`] says so, the request's fields come back in `fields_back`.
     pub async fn send_to(
         &self,
         index: usize,
         req: http::Request<crate::proxy::body::ProxyBody>,
         deadline: tokio::time::Instant,
+        fields_back: &mut Option<http::HeaderMap>,
     ) -> Result<http::Response<OriginBody>, SendError> {
         let origin = &self.origins[index];
         let settings = &self.client_settings;
@@ -218,7 +220,7 @@ impl Pool {
                     idle_timeout: settings.idle_timeout,
                     deadline,
                 };
-                h1::send(target, req).await
+                h1::send(target, req, fields_back).await
             }
             // Boxed: the HTTP/2 connect path (TCP + TLS handshake) would otherwise make every
             // request's future several kilobytes larger, all of it copied on every move.
@@ -234,6 +236,13 @@ impl Pool {
                 super::by_deadline(deadline, exchange).await
             }
         }
+    }
+
+    /// Whether [`Pool::send_to`] hands back the fields of a request with this body and these
+    /// fields (the HTTP/1.1 inline path writes them into the request head first), so that a
+    /// caller that may send it again need not copy them in advance.
+    pub fn gives_fields_back(&self, body: &crate::proxy::body::ProxyBody, headers: &http::HeaderMap) -> bool {
+        !self.is_http2() && h1::is_inline(body, headers)
     }
 
     pub fn is_http2(&self) -> bool {

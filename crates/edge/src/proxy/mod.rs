@@ -978,36 +978,40 @@ impl RequestLog {
         if !self.snapshot_log.enabled() {
             return;
         }
-        let upstream_ms = self.upstream_done.map(|d| ms(d.duration_since(self.start)));
-        let line = serde_json::json!({
-            "time": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-            "trace_id": self.trace.trace_id_hex(),
-            "pop": self.shared.pop_id,
-            "site": self.site_name.as_deref().unwrap_or("-"),
-            "method": self.method.as_str(),
-            "path": self.path.as_deref().unwrap_or(""),
-            "status": self.status,
-            "bytes_in": bytes_in,
-            "bytes_out": bytes,
-            "duration_ms": ms(total),
-            "upstream_ms": upstream_ms,
-            "upstream": self.origin.as_ref().map(|(p, i)| p.origins[*i].url.as_str()),
-            "retries": self.retries,
-            "client_ip": self.client_ip.to_string(),
-            "completed": completed,
-            "error": self.error,
-            "rate_limited": self.rate_limited.as_deref(),
-            "cache": self.cache,
-            "waf": self.waf.as_ref().map(|h| serde_json::json!({
-                "rule": &*h.rule,
-                "action": format!("{:?}", h.action).to_lowercase(),
-                "location": h.location,
-                "value": h.value,
-            })),
-        });
-        let mut text = line.to_string();
-        text.push('\n');
-        self.snapshot_log.write(text);
+        let waf_action;
+        let line = crate::access_log::Line {
+            bytes_in,
+            bytes_out: bytes,
+            cache: self.cache,
+            client_ip: self.client_ip,
+            completed,
+            duration_ms: ms(total),
+            error: self.error,
+            method: self.method.as_str(),
+            path: self.path.as_deref().unwrap_or(""),
+            pop: &self.shared.pop_id,
+            rate_limited: self.rate_limited.as_deref(),
+            retries: self.retries,
+            site: self.site_name.as_deref().unwrap_or("-"),
+            status: self.status,
+            time: std::time::SystemTime::now(),
+            trace_id: self.trace.trace_id_hex(),
+            upstream: self.origin.as_ref().map(|(p, i)| p.origins[*i].url.as_str()),
+            upstream_ms: self.upstream_done.map(|d| ms(d.duration_since(self.start))),
+            waf: match &self.waf {
+                Some(hit) => {
+                    waf_action = format!("{:?}", hit.action).to_lowercase();
+                    Some(crate::access_log::WafLine {
+                        action: &waf_action,
+                        location: &hit.location,
+                        rule: &hit.rule,
+                        value: &hit.value,
+                    })
+                }
+                None => None,
+            },
+        };
+        self.snapshot_log.write(&line);
     }
 }
 

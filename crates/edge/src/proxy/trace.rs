@@ -39,28 +39,33 @@ impl TraceContext {
         }
     }
 
-    pub fn trace_id_hex(&self) -> String {
-        format!("{:032x}", self.trace_id)
+    /// The trace id as 32 lowercase hex digits (the access log's `trace_id`).
+    pub fn trace_id_hex(&self) -> [u8; 32] {
+        let mut out = [0; 32];
+        hex_digits(&mut out, &self.trace_id.to_be_bytes());
+        out
     }
 
     /// The `traceparent` sent to the origin.
     pub fn header_value(&self) -> HeaderValue {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
-        // A byte at a time from the big-endian bytes: shifting the u128 for every digit costs
-        // several times more (this runs for every request).
-        let digits = |dst: &mut [u8], bytes: &[u8]| {
-            for (pair, b) in dst.chunks_exact_mut(2).zip(bytes) {
-                pair[0] = HEX[usize::from(b >> 4)];
-                pair[1] = HEX[usize::from(b & 0xf)];
-            }
-        };
-        digits(&mut out[3..35], &self.trace_id.to_be_bytes());
-        digits(&mut out[36..52], &self.span_id.to_be_bytes());
+        hex_digits(&mut out[3..35], &self.trace_id.to_be_bytes());
+        hex_digits(&mut out[36..52], &self.span_id.to_be_bytes());
         if self.sampled {
             out[54] = b'1';
         }
         HeaderValue::from_bytes(&out).expect("hex digits and dashes are valid header bytes")
+    }
+}
+
+/// Writes `bytes` as lowercase hex into `dst` (two digits a byte). A byte at a time from the
+/// big-endian bytes: shifting a u128 for every digit, as `{:032x}` does, costs several times
+/// more (this runs for every request).
+fn hex_digits(dst: &mut [u8], bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (pair, b) in dst.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 0xf)];
     }
 }
 
@@ -107,7 +112,7 @@ mod tests {
     fn continues_a_valid_trace_with_a_new_parent() {
         let incoming = HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
         let ctx = TraceContext::from_header(Some(&incoming));
-        assert_eq!(ctx.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(&ctx.trace_id_hex(), b"4bf92f3577b34da6a3ce929d0e0e4736");
         assert!(ctx.sampled);
         let out = ctx.header_value();
         let out = out.to_str().unwrap();

@@ -2,25 +2,41 @@
 //! disk or a slow stdout: lines go through a bounded channel and are dropped (and counted) when
 //! the writer falls behind, rather than stalling requests.
 //!
+//! The writer wakes on its own every [`FLUSH_INTERVAL`] and writes what has queued in one go.
+//! Woken by each line instead (a blocking `recv`), it cost every request a futex call on the
+//! worker, a context switch and a `write` of its own: under load the writer, running on the
+//! same CPUs, woke as often as lines came.
+//!
 //! A line is a [`Line`] of borrowed facts serialized straight into its buffer. Building a
 //! `serde_json::Value` first (a map of owned keys and values, sorted, then walked) cost more
 //! than a whole cache hit: 27,500 instructions per request against 18,000 for the hit.
 
 use std::io::{BufWriter, Write};
 use std::net::IpAddr;
-use std::sync::mpsc::{sync_channel, SyncSender, TryRecvError, TrySendError};
-use std::time::SystemTime;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::Mutex;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
 
 use prometheus_client::metrics::counter::Counter;
 use serde::{Serialize, Serializer};
 
-const QUEUE_LINES: usize = 16 * 1024;
+/// How often the writer writes what has queued: the most a line waits before it reaches the
+/// file or stdout.
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(20);
+/// Lines the queue holds: 3.2 million a second at [`FLUSH_INTERVAL`].
+const QUEUE_LINES: usize = 64 * 1024;
 
 pub struct AccessLog {
     spec: String,
     tx: Option<SyncSender<Vec<u8>>>,
+    writer: Option<JoinHandle<()>>,
     dropped: Counter,
 }
+
+/// Writers of dropped logs that may still be writing their last lines: the process waits for
+/// them as it exits ([`wait_for_writers`]).
+static DRAINING: Mutex<Vec<JoinHandle<()>>> = Mutex::new(Vec::new());
 
 impl AccessLog {
     /// `spec` is `"off"`, `"stdout"` or a file path (appended to, created if missing).
@@ -30,6 +46,7 @@ impl AccessLog {
                 return Ok(Self {
                     spec: spec.to_owned(),
                     tx: None,
+                    writer: None,
                     dropped,
                 })
             }
@@ -37,31 +54,13 @@ impl AccessLog {
             path => Box::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?),
         };
         let (tx, rx) = sync_channel::<Vec<u8>>(QUEUE_LINES);
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || {
-                let mut out = BufWriter::with_capacity(64 * 1024, sink);
-                while let Ok(line) = rx.recv() {
-                    let _ = out.write_all(&line);
-                    loop {
-                        match rx.try_recv() {
-                            Ok(line) => {
-                                let _ = out.write_all(&line);
-                            }
-                            Err(TryRecvError::Empty) => break,
-                            Err(TryRecvError::Disconnected) => {
-                                let _ = out.flush();
-                                return;
-                            }
-                        }
-                    }
-                    let _ = out.flush();
-                }
-                let _ = out.flush();
-            })?;
+            .spawn(move || write_lines(&rx, BufWriter::with_capacity(64 * 1024, sink)))?;
         Ok(Self {
             spec: spec.to_owned(),
             tx: Some(tx),
+            writer: Some(writer),
             dropped,
         })
     }
@@ -82,6 +81,60 @@ impl AccessLog {
         text.push(b'\n');
         if let Err(TrySendError::Full(_)) = tx.try_send(text) {
             self.dropped.inc();
+        }
+    }
+}
+
+impl Drop for AccessLog {
+    /// The writer is told to write what is queued and stop; nothing waits for it here (the
+    /// last copy of a log may be dropped on a worker, by a request that outlived a reload).
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(writer) = self.writer.take() {
+            writer.thread().unpark();
+            if let Ok(mut draining) = DRAINING.lock() {
+                draining.retain(|w| !w.is_finished());
+                draining.push(writer);
+            }
+        }
+    }
+}
+
+/// The writer thread: every [`FLUSH_INTERVAL`] (or when its log is dropped), everything queued
+/// in one buffered write; it stops once the log is gone and the queue empty.
+fn write_lines(rx: &Receiver<Vec<u8>>, mut out: BufWriter<Box<dyn Write + Send>>) {
+    loop {
+        std::thread::park_timeout(FLUSH_INTERVAL);
+        loop {
+            match rx.try_recv() {
+                Ok(line) => {
+                    let _ = out.write_all(&line);
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    let _ = out.flush();
+                    return;
+                }
+            }
+        }
+        let _ = out.flush();
+    }
+}
+
+/// Waits, up to `limit`, for the writers of dropped logs to write their last lines. The process
+/// calls it as it exits, once its runtime (and with it every log) is gone.
+pub fn wait_for_writers(limit: Duration) {
+    let writers = DRAINING
+        .lock()
+        .map(|mut d| std::mem::take(&mut *d))
+        .unwrap_or_default();
+    let deadline = Instant::now() + limit;
+    for writer in writers {
+        while !writer.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if writer.is_finished() {
+            let _ = writer.join();
         }
     }
 }
@@ -161,6 +214,27 @@ mod tests {
             upstream_ms: Some(0.1),
             waf,
         }
+    }
+
+    #[test]
+    fn lines_queued_when_a_log_is_dropped_are_all_written_before_the_process_exits() {
+        let dir = std::env::temp_dir().join(format!("outpost-access-log-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("access.log");
+        let _ = std::fs::remove_file(&path);
+        let log = AccessLog::open(path.to_str().unwrap(), Counter::default()).unwrap();
+        for _ in 0..1000 {
+            log.write(&line(None));
+        }
+        // Dropped within the writer's interval: the lines are still queued.
+        drop(log);
+        wait_for_writers(Duration::from_secs(10));
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 1000);
+        assert!(text
+            .lines()
+            .all(|l| l.starts_with("{\"bytes_in\":5,") && l.ends_with('}')));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// The lines read as they did when they were built as a `serde_json::Value`: the same

@@ -99,7 +99,11 @@ pub fn run(args: EdgeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(serve(args))
+    let code = runtime.block_on(serve(args));
+    // The access log's writer writes its last lines once the runtime (and the log) is gone.
+    drop(runtime);
+    outpost_edge::access_log::wait_for_writers(std::time::Duration::from_secs(5));
+    code
 }
 
 fn init_tracing(format: LogFormat) {

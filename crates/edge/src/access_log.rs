@@ -18,6 +18,7 @@ use std::sync::Mutex;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
+use outpost_config::WafAction;
 use prometheus_client::metrics::counter::Counter;
 use serde::{Serialize, Serializer};
 
@@ -26,6 +27,8 @@ use serde::{Serialize, Serializer};
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(20);
 /// Lines the queue holds: 3.2 million a second at [`FLUSH_INTERVAL`].
 const QUEUE_LINES: usize = 64 * 1024;
+/// Enough for a typical line, so it is written without growing.
+const LINE_CAPACITY: usize = 512;
 
 pub struct AccessLog {
     spec: String,
@@ -139,9 +142,6 @@ pub fn wait_for_writers(limit: Duration) {
     }
 }
 
-/// Enough for a typical line, so it is written without growing.
-const LINE_CAPACITY: usize = 512;
-
 /// One request's access log line. The fields are in alphabetical order, as the lines have
 /// always been written (they were a sorted map).
 #[derive(Serialize)]
@@ -173,8 +173,8 @@ pub struct Line<'a> {
 /// The WAF rule a request matched.
 #[derive(Serialize)]
 pub struct WafLine<'a> {
-    /// `block` or `detect`.
-    pub action: &'a str,
+    /// `block`, `log` or `allow` (the config's own spelling).
+    pub action: WafAction,
     pub location: &'a str,
     pub rule: &'a str,
     pub value: &'a str,
@@ -242,7 +242,7 @@ mod tests {
     #[test]
     fn a_line_is_written_as_the_sorted_json_object_it_always_was() {
         let waf = WafLine {
-            action: "detect",
+            action: WafAction::Log,
             location: "query",
             rule: "sqli-1",
             value: "1' or '1'='1",
@@ -272,7 +272,7 @@ mod tests {
                 "cache": "hit",
                 "waf": with_waf.then(|| serde_json::json!({
                     "rule": "sqli-1",
-                    "action": "detect",
+                    "action": format!("{:?}", WafAction::Log).to_lowercase(),
                     "location": "query",
                     "value": "1' or '1'='1",
                 })),

@@ -978,7 +978,6 @@ impl RequestLog {
         if !self.snapshot_log.enabled() {
             return;
         }
-        let waf_action;
         let line = crate::access_log::Line {
             bytes_in,
             bytes_out: bytes,
@@ -998,18 +997,12 @@ impl RequestLog {
             trace_id: self.trace.trace_id_hex(),
             upstream: self.origin.as_ref().map(|(p, i)| p.origins[*i].url.as_str()),
             upstream_ms: self.upstream_done.map(|d| ms(d.duration_since(self.start))),
-            waf: match &self.waf {
-                Some(hit) => {
-                    waf_action = format!("{:?}", hit.action).to_lowercase();
-                    Some(crate::access_log::WafLine {
-                        action: &waf_action,
-                        location: &hit.location,
-                        rule: &hit.rule,
-                        value: &hit.value,
-                    })
-                }
-                None => None,
-            },
+            waf: self.waf.as_ref().map(|hit| crate::access_log::WafLine {
+                action: hit.action,
+                location: &hit.location,
+                rule: &hit.rule,
+                value: &hit.value,
+            }),
         };
         self.snapshot_log.write(&line);
     }

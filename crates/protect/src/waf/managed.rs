@@ -8,7 +8,9 @@
 //! 1 holds high-confidence signatures only; 2 and 3 add broader ones.
 
 use std::borrow::Cow;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use http::HeaderName;
 
 use outpost_config::{ManagedWafConfig, WafAction, WafExclusionConfig, WafMode};
 use regex::RegexSet;
@@ -16,6 +18,7 @@ use regex::RegexSet;
 use super::transform::Transform;
 use super::Hit;
 use crate::rate_limit::RequestFacts;
+use crate::text;
 
 /// (id, sensitivity level, pattern). Patterns run on normalized, lower-cased values.
 type Signature = (&'static str, u8, &'static str);
@@ -106,27 +109,38 @@ struct Set {
     set: RegexSet,
 }
 
+type Classes<'a> = &'a [(&'static str, &'static [Signature])];
+
+/// The signatures of `classes` at or under the sensitivity `level`, with their class.
+fn chosen(classes: Classes<'_>, level: u8) -> Vec<(&'static str, &'static Signature)> {
+    classes
+        .iter()
+        .flat_map(|(c, sigs)| sigs.iter().filter(|s| s.1 <= level).map(move |s| (*c, s)))
+        .collect()
+}
+
+fn regex_set(chosen: &[(&'static str, &'static Signature)], multi_line: bool) -> Result<RegexSet, String> {
+    // ASCII classes and word boundaries: values are lower-cased ASCII in practice, and the
+    // Unicode versions keep the regex engine off its fast DFA path.
+    let ascii = |p: &str| {
+        p.replace(r"\b", r"(?-u:\b)")
+            .replace(r"\w", "[0-9A-Za-z_]")
+            .replace(r"\s", r"[\t\n\x0B\x0C\r ]")
+            .replace(r"\d", "[0-9]")
+    };
+    regex::RegexSetBuilder::new(chosen.iter().map(|(_, s)| ascii(s.2)))
+        .multi_line(multi_line)
+        .dfa_size_limit(8 << 20)
+        .build()
+        .map_err(|e| format!("managed rule set: {e}"))
+}
+
 impl Set {
-    fn build(classes: &[(&'static str, &[Signature])], level: u8) -> Result<Self, String> {
-        let chosen: Vec<(&'static str, &Signature)> = classes
-            .iter()
-            .flat_map(|(c, sigs)| sigs.iter().filter(|s| s.1 <= level).map(move |s| (*c, s)))
-            .collect();
-        // ASCII classes and word boundaries: values are lower-cased ASCII in practice, and the
-        // Unicode versions keep the regex engine off its fast DFA path.
-        let ascii = |p: &str| {
-            p.replace(r"\b", r"(?-u:\b)")
-                .replace(r"\w", "[0-9A-Za-z_]")
-                .replace(r"\s", r"[\t\n\x0B\x0C\r ]")
-                .replace(r"\d", "[0-9]")
-        };
-        let set = regex::RegexSetBuilder::new(chosen.iter().map(|(_, s)| ascii(s.2)))
-            .dfa_size_limit(8 << 20)
-            .build()
-            .map_err(|e| format!("managed rule set: {e}"))?;
+    fn build(classes: Classes<'_>, level: u8) -> Result<Self, String> {
+        let chosen = chosen(classes, level);
         Ok(Self {
+            set: regex_set(&chosen, false)?,
             ids: chosen.iter().map(|(c, s)| (*c, s.0)).collect(),
-            set,
         })
     }
 
@@ -150,12 +164,57 @@ impl Set {
     }
 }
 
-pub struct Managed {
-    action: WafAction,
-    pub status: u16,
+const INJECTION: Classes<'static> = &[
+    ("sqli", SQLI),
+    ("xss", XSS),
+    ("traversal", TRAVERSAL),
+    ("cmdi", CMDI),
+];
+const SCANNER_AGENTS: Classes<'static> = &[("scanner", SCANNER_UA)];
+const SCANNER_PATHS: Classes<'static> = &[("scanner", SCANNER_PATH)];
+
+/// The compiled signatures of one sensitivity level. They depend on nothing else, so each
+/// level is compiled once per process and shared by every site and every reload.
+struct Signatures {
     injection: Set,
     scanner_ua: Set,
     scanner_path: Set,
+    /// Every signature above, multi-line, for one pass over all of a request's values joined
+    /// by line breaks. A match in a value is a match in the joined text too (`^`, `$` and
+    /// `\b` see a line break where the value starts and ends), so when this pass finds
+    /// nothing the request is clean; when it finds something, the values are scanned one by
+    /// one for the exact hit. One pass instead of one per value: the regex engine's cost per
+    /// call, not per byte, dominated on the short values of a request.
+    any: RegexSet,
+}
+
+impl Signatures {
+    fn of_level(level: u8) -> Result<Arc<Self>, String> {
+        static COMPILED: Mutex<[Option<Arc<Signatures>>; 3]> = Mutex::new([None, None, None]);
+        let mut compiled = COMPILED.lock().unwrap_or_else(PoisonError::into_inner);
+        let slot = &mut compiled[usize::from(level.clamp(1, 3) - 1)];
+        if let Some(signatures) = slot {
+            return Ok(Arc::clone(signatures));
+        }
+        let every: Vec<_> = [INJECTION, SCANNER_AGENTS, SCANNER_PATHS]
+            .iter()
+            .flat_map(|classes| chosen(classes, level))
+            .collect();
+        let signatures = Arc::new(Self {
+            injection: Set::build(INJECTION, level)?,
+            scanner_ua: Set::build(SCANNER_AGENTS, level)?,
+            scanner_path: Set::build(SCANNER_PATHS, level)?,
+            any: regex_set(&every, true)?,
+        });
+        *slot = Some(Arc::clone(&signatures));
+        Ok(signatures)
+    }
+}
+
+pub struct Managed {
+    action: WafAction,
+    pub status: u16,
+    signatures: Arc<Signatures>,
     exclusions: Vec<WafExclusionConfig>,
 }
 
@@ -167,6 +226,9 @@ const NORMALIZE: [Transform; 3] = [
     Transform::HtmlEntityDecode,
     Transform::Lowercase,
 ];
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Where a value came from, built into a location string only for a hit.
 #[derive(Clone, Copy)]
@@ -198,27 +260,17 @@ impl Managed {
             WafMode::Detect => WafAction::Log,
             WafMode::Block => WafAction::Block,
         };
-        let level = cfg.sensitivity.clamp(1, 3);
         Ok(Some(Self {
             action,
             status: cfg.status,
-            injection: Set::build(
-                &[
-                    ("sqli", SQLI),
-                    ("xss", XSS),
-                    ("traversal", TRAVERSAL),
-                    ("cmdi", CMDI),
-                ],
-                level,
-            )?,
-            scanner_ua: Set::build(&[("scanner", SCANNER_UA)], level)?,
-            scanner_path: Set::build(&[("scanner", SCANNER_PATH)], level)?,
+            signatures: Signatures::of_level(cfg.sensitivity.clamp(1, 3))?,
             exclusions: cfg.exclusions.clone(),
         }))
     }
 
     pub fn rule_ids(&self) -> Vec<(Arc<str>, WafAction)> {
-        [&self.injection, &self.scanner_ua, &self.scanner_path]
+        let s = &*self.signatures;
+        [&s.injection, &s.scanner_ua, &s.scanner_path]
             .iter()
             .flat_map(|set| set.ids.iter().map(|(_, id)| (Arc::from(*id), self.action)))
             .collect()
@@ -226,78 +278,93 @@ impl Managed {
 
     /// The first signature that matches, if any.
     pub fn evaluate(&self, facts: &RequestFacts<'_>) -> Option<Hit> {
-        for (name, value) in facts.headers {
-            if let Some(hit) = self.first_hit(
-                &self.scanner_ua,
-                Place::Header(name.as_str()),
-                name.as_str(),
-                facts,
-            ) {
+        let mut joined = String::with_capacity(512);
+        self.each_value(facts, |_, value, _| {
+            joined.push_str(value);
+            joined.push('\n');
+            // What `first_hit` looks behind must be in the joined text too.
+            let (uncommented, unquoted) = uncovered(value);
+            for variant in [uncommented.as_deref(), unquoted.as_deref()]
+                .into_iter()
+                .flatten()
+            {
+                joined.push_str(variant);
+                joined.push('\n');
+            }
+            None
+        });
+        if !self.signatures.any.is_match(&joined) {
+            return None;
+        }
+        self.each_value(facts, |place, value, sets| {
+            sets.iter()
+                .find_map(|set| self.first_hit(set, place, value, facts))
+        })
+    }
+
+    /// Visits every value the signatures read, normalized, with the sets that apply to it,
+    /// in the order hits are reported; stops at the first hit `visit` returns.
+    fn each_value(
+        &self,
+        facts: &RequestFacts<'_>,
+        mut visit: impl FnMut(Place<'_>, &str, &[&Set]) -> Option<Hit>,
+    ) -> Option<Hit> {
+        let s = &*self.signatures;
+        let injection = &[&s.injection][..];
+        // Scanners announce themselves in header names too (`Acunetix-Aspect`).
+        for name in facts.headers.keys() {
+            if let Some(hit) = visit(Place::Header(name.as_str()), name.as_str(), &[&s.scanner_ua]) {
                 return Some(hit);
             }
-            if name == http::header::USER_AGENT {
-                let ua = String::from_utf8_lossy(value.as_bytes()).to_lowercase();
-                if let Some(hit) = self.first_hit(&self.scanner_ua, Place::Header("user-agent"), &ua, facts) {
-                    return Some(hit);
+        }
+        for ua in facts.headers.get_all(http::header::USER_AGENT) {
+            let ua = normalize(text(ua.as_bytes()));
+            if let Some(hit) = visit(Place::Header("user-agent"), &ua, &[&s.scanner_ua, &s.injection]) {
+                return Some(hit);
+            }
+        }
+        let path = normalize(Cow::Borrowed(facts.path));
+        if let Some(hit) = visit(Place::Path, &path, &[&s.scanner_path, &s.injection]) {
+            return Some(hit);
+        }
+        // An argument's value, and its name when the name is odd: names are mostly plain
+        // identifiers, only odd ones are worth a scan. Body arguments are query arguments by
+        // other means.
+        let mut arg = |place: Place<'_>, name: &str, value: &str| {
+            visit(place, &normalize(Cow::Borrowed(value)), injection).or_else(|| {
+                let plain = |b: u8| b.is_ascii_alphanumeric() || b"_-.[]".contains(&b);
+                if name.bytes().all(plain) {
+                    None
+                } else {
+                    visit(place, &normalize(Cow::Borrowed(name)), injection)
                 }
-            }
-        }
-        let path = normalize(facts.path);
-        if let Some(hit) = self.first_hit(&self.scanner_path, Place::Path, &path, facts) {
-            return Some(hit);
-        }
-        if let Some(hit) = self.first_hit(&self.injection, Place::Path, &path, facts) {
-            return Some(hit);
-        }
+            })
+        };
         for (name, value) in form_urlencoded::parse(facts.query.unwrap_or("").as_bytes()) {
-            if let Some(hit) = self.arg_hit(Place::Arg(&name), &name, &value, facts) {
+            if let Some(hit) = arg(Place::Arg(&name), &name, &value) {
                 return Some(hit);
             }
         }
-        // Body arguments are query arguments by other means.
         for (name, value) in facts.body.map_or(&[][..], |b| &b.args[..]) {
-            if let Some(hit) = self.arg_hit(Place::BodyArg(name), name, value, facts) {
+            if let Some(hit) = arg(Place::BodyArg(name), name, value) {
                 return Some(hit);
             }
         }
         let mut hit = None;
         crate::for_each_cookie(facts.headers, |name, value| {
-            hit = self.first_hit(&self.injection, Place::Cookie(name), &normalize(value), facts);
+            hit = visit(Place::Cookie(name), &normalize(Cow::Borrowed(value)), injection);
             hit.is_some()
         });
         if hit.is_some() {
             return hit;
         }
-        for header in [
-            http::header::REFERER,
-            http::header::USER_AGENT,
-            http::HeaderName::from_static("x-forwarded-for"),
-            http::HeaderName::from_static("x-forwarded-host"),
-        ] {
-            for raw in facts.headers.get_all(&header) {
-                let raw = normalize(&String::from_utf8_lossy(raw.as_bytes()));
-                if let Some(hit) =
-                    self.first_hit(&self.injection, Place::Header(header.as_str()), &raw, facts)
-                {
+        for header in [&http::header::REFERER, &X_FORWARDED_FOR, &X_FORWARDED_HOST] {
+            for raw in facts.headers.get_all(header) {
+                let value = normalize(text(raw.as_bytes()));
+                if let Some(hit) = visit(Place::Header(header.as_str()), &value, injection) {
                     return Some(hit);
                 }
             }
-        }
-        None
-    }
-
-    /// An argument's value, and its name when the name is odd.
-    fn arg_hit(&self, place: Place<'_>, name: &str, value: &str, facts: &RequestFacts<'_>) -> Option<Hit> {
-        let value = normalize(value);
-        if let Some(hit) = self.first_hit(&self.injection, place, &value, facts) {
-            return Some(hit);
-        }
-        // Argument names are mostly plain identifiers; only odd ones are worth a scan.
-        if !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_-.[]".contains(&b))
-        {
-            return self.first_hit(&self.injection, place, &normalize(name), facts);
         }
         None
     }
@@ -307,13 +374,12 @@ impl Managed {
         let allowed =
             |(class, id): &(&'static str, &'static str)| !self.excluded(class, id, place, facts.path);
         let mut found = set.matches(value, None).find(allowed);
-        // SQL comments hide keywords (`union/**/select`); shell quoting hides commands (`c'a't`).
-        if found.is_none() && value.contains("/*") {
-            let uncommented = Transform::RemoveComments.apply(Cow::Borrowed(value));
-            found = set.matches(&uncommented, Some("sqli")).find(allowed);
-        }
         if found.is_none() {
-            if let Some(unquoted) = unquote_shell(value) {
+            let (uncommented, unquoted) = uncovered(value);
+            if let Some(uncommented) = uncommented {
+                found = set.matches(&uncommented, Some("sqli")).find(allowed);
+            }
+            if let Some(unquoted) = unquoted.filter(|_| found.is_none()) {
                 found = set.matches(&unquoted, Some("cmdi")).find(allowed);
             }
         }
@@ -339,17 +405,68 @@ impl Managed {
     }
 }
 
-fn normalize(value: &str) -> String {
-    let mut v = Cow::Borrowed(value);
+/// What a value hides: SQL comments hide keywords (`union/**/select`, scanned for SQL
+/// injection without them) and shell quoting hides commands (`c'a't`, scanned for command
+/// injection without it).
+fn uncovered(value: &str) -> (Option<Cow<'_, str>>, Option<String>) {
+    if !HIDING.any_in(value) {
+        return (None, None);
+    }
+    let uncommented = value
+        .contains("/*")
+        .then(|| Transform::RemoveComments.apply(Cow::Borrowed(value)));
+    (uncommented, unquote_shell(value))
+}
+
+/// Bytes of a set, found in one pass over a value: the values scanned here are short, and
+/// `str::contains` per byte of interest made a pass (and a call) for each.
+struct ByteSet([bool; 256]);
+
+impl ByteSet {
+    const fn of(bytes: &[u8], non_ascii: bool) -> Self {
+        let mut set = [false; 256];
+        let mut i = 0;
+        while i < bytes.len() {
+            set[bytes[i] as usize] = true;
+            i += 1;
+        }
+        let mut b = 128;
+        while b < 256 {
+            set[b] = non_ascii;
+            b += 1;
+        }
+        Self(set)
+    }
+
+    fn any_in(&self, value: &str) -> bool {
+        value.bytes().any(|b| self.0[b as usize])
+    }
+}
+
+/// The bytes that make `normalize` change a value: what `NORMALIZE` decodes (`%`, `+`, `&`)
+/// or lower-cases (capitals, and any non-ASCII character), and the `\` of JavaScript escapes.
+static NORMALIZED_BY: ByteSet = ByteSet::of(b"%+&\\ABCDEFGHIJKLMNOPQRSTUVWXYZ", true);
+
+/// The bytes of SQL comments and shell quoting, which `first_hit` looks behind.
+static HIDING: ByteSet = ByteSet::of(b"*'\"\\", false);
+
+/// Borrows: most values need none of the transformations, and a copy per value per request
+/// was a large part of the rule set's cost.
+fn normalize(value: Cow<'_, str>) -> Cow<'_, str> {
+    if !NORMALIZED_BY.any_in(&value) {
+        return value;
+    }
+    let mut v = value;
     for t in NORMALIZE {
         v = t.apply(v);
     }
-    let mut v = v.into_owned();
     // JavaScript string escapes of angle brackets, as reflected into inline scripts.
     if v.contains('\\') {
+        let mut owned = v.into_owned();
         for (escaped, plain) in [("\\u003c", "<"), ("\\u003e", ">"), ("\\x3c", "<"), ("\\x3e", ">")] {
-            v = v.replace(escaped, plain);
+            owned = owned.replace(escaped, plain);
         }
+        v = Cow::Owned(owned);
     }
     v
 }
@@ -357,6 +474,28 @@ fn normalize(value: &str) -> String {
 /// Shell quoting tricks (`c'a't`, `w\hoami`) hide command names; the shell runs them anyway.
 fn unquote_shell(value: &str) -> Option<String> {
     value
-        .contains(['\'', '"', '\\'])
+        .bytes()
+        .any(|b| matches!(b, b'\'' | b'"' | b'\\'))
         .then(|| value.replace(['\'', '"', '\\'], ""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalize_borrows_plain_values_and_decodes_the_rest() {
+        let plain = "/articles/2026/some-page_2.html?x=1;y=2";
+        assert!(matches!(normalize(Cow::Borrowed(plain)), Cow::Borrowed(p) if p == plain));
+        for (raw, want) in [
+            ("%3Cscript%3E", "<script>"),
+            ("a+b", "a b"),
+            ("&lt;x", "<x"),
+            ("\\x3cimg", "<img"),
+            ("SELECT", "select"),
+            ("ÉCOLE", "école"),
+        ] {
+            assert_eq!(normalize(Cow::Borrowed(raw)), want, "{raw}");
+        }
+    }
 }

@@ -394,7 +394,7 @@ fn for_each_item(
                         continue;
                     }
                 }
-                let value = String::from_utf8_lossy(value.as_bytes());
+                let value = crate::text(value.as_bytes());
                 if visit(&|| format!("header:{name}"), &value) {
                     return;
                 }

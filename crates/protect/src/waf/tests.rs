@@ -367,6 +367,128 @@ fn managed_rules_detect_block_and_honour_exclusions() {
     assert!(blocked_by(&eval(&waf, &sqli)).is_none());
 }
 
+#[test]
+fn managed_rules_find_scanners_in_header_names_and_agents_and_name_where() {
+    use outpost_config::{ManagedWafConfig, WafExclusionConfig, WafMode};
+    let block = ManagedWafConfig {
+        mode: WafMode::Block,
+        ..Default::default()
+    };
+    let waf = Waf::compile(&[], &block).unwrap();
+    let browser = [
+        ("user-agent", "Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0"),
+        ("accept", "text/html"),
+        ("referer", "https://example.com/a?b=c"),
+        ("cookie", "session=abc; theme=dark"),
+    ];
+    assert!(blocked_by(&eval(
+        &waf,
+        &req(Method::GET, "/index.html?page=2", &browser, "192.0.2.1")
+    ))
+    .is_none());
+
+    // The scanner's own header is found among benign ones and named in the hit.
+    let mut headers = browser.to_vec();
+    headers.insert(2, ("acunetix-aspect", "enabled"));
+    let scan = req(Method::GET, "/index.html", &headers, "192.0.2.1");
+    assert_eq!(
+        blocked_by(&eval(&waf, &scan)).map(|b| (b.0, b.1)),
+        Some(("scanner-user-agent", "header:acunetix-aspect"))
+    );
+    // A scanner's agent, in any case and percent-encoded, is found too.
+    let agent = req(
+        Method::GET,
+        "/",
+        &[("user-agent", "Mozilla/5.0 (compatible; Ni%6Bto/2.5)")],
+        "192.0.2.1",
+    );
+    assert_eq!(
+        blocked_by(&eval(&waf, &agent)).map(|b| (b.0, b.1)),
+        Some(("scanner-user-agent", "header:user-agent"))
+    );
+    // An injection in the agent is reported as such.
+    let injected = req(
+        Method::GET,
+        "/",
+        &[("user-agent", "x' union select password from users--")],
+        "192.0.2.1",
+    );
+    assert_eq!(
+        blocked_by(&eval(&waf, &injected)).map(|b| (b.0, b.1)),
+        Some(("sqli-union", "header:user-agent"))
+    );
+
+    let excluded = Waf::compile(
+        &[],
+        &ManagedWafConfig {
+            exclusions: vec![WafExclusionConfig {
+                rule: "scanner-user-agent".into(),
+                path_prefix: Some("/index".into()),
+                arg: None,
+            }],
+            ..block
+        },
+    )
+    .unwrap();
+    assert!(
+        blocked_by(&eval(&excluded, &scan)).is_none(),
+        "excluded under /index"
+    );
+}
+
+#[test]
+fn managed_rules_find_what_sits_at_a_values_edges_or_behind_comments_and_quotes() {
+    use outpost_config::{ManagedWafConfig, WafMode};
+    // A request's values are first scanned together; a signature anchored at the start or
+    // end of a value must still fire when that value sits between others.
+    let waf = Waf::compile(
+        &[],
+        &ManagedWafConfig {
+            mode: WafMode::Block,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let ua = [("user-agent", "Mozilla/5.0"), ("accept", "*/*")];
+    for (target, headers, rule, location) in [
+        (
+            "/a?x=1&file=..%2F..%2Fsecret&y=2",
+            &ua[..],
+            "traversal-dot-dot",
+            "arg:file",
+        ),
+        (
+            "/a?x=1&id=1%27%20order%20by%203&y=2",
+            &ua[..],
+            "sqli-order-by-probe",
+            "arg:id",
+        ),
+        ("/backup/site.sql?x=1", &ua[..], "scanner-backup-file", "path"),
+        (
+            "/a?x=1",
+            &[
+                ("user-agent", "Mozilla/5.0"),
+                ("cookie", "a=1; q=1 union/**/select pw; b=2"),
+            ][..],
+            "sqli-union",
+            "cookie:q",
+        ),
+        (
+            "/a?cmd=x%3Bc%27a%27t%20notes.txt&y=2",
+            &ua[..],
+            "cmdi-chained",
+            "arg:cmd",
+        ),
+    ] {
+        let r = req(Method::GET, target, headers, "192.0.2.1");
+        assert_eq!(
+            blocked_by(&eval(&waf, &r)).map(|b| (b.0, b.1)),
+            Some((rule, location)),
+            "{target}"
+        );
+    }
+}
+
 fn eval_body(waf: &Waf, r: &Req, body: &crate::body::RequestBody) -> Verdict {
     waf.evaluate(&RequestFacts {
         client_ip: r.ip,

@@ -46,7 +46,14 @@ impl Transform {
                 value
             }
             Self::Lowercase => {
-                if value.chars().any(char::is_uppercase) {
+                // Nearly every value is ASCII: a byte scan, not a Unicode case lookup per char.
+                if value.is_ascii() {
+                    if value.bytes().any(|b| b.is_ascii_uppercase()) {
+                        Cow::Owned(value.to_ascii_lowercase())
+                    } else {
+                        value
+                    }
+                } else if value.chars().any(char::is_uppercase) {
                     Cow::Owned(value.to_lowercase())
                 } else {
                     value
@@ -216,6 +223,7 @@ mod tests {
     #[test]
     fn normalisations() {
         assert_eq!(t(Transform::Lowercase, "SeLeCt"), "select");
+        assert_eq!(t(Transform::Lowercase, "ÉCOLE Ünïcode"), "école ünïcode");
         assert_eq!(
             t(Transform::NormalizeWhitespace, " union \t\n select  "),
             "union select"

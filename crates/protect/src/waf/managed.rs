@@ -438,8 +438,10 @@ impl ByteSet {
         Self(set)
     }
 
+    /// No early exit: a load and an `or` a byte, where `any`'s branch per byte cost about
+    /// twice that on the short values of a request.
     fn any_in(&self, value: &str) -> bool {
-        value.bytes().any(|b| self.0[b as usize])
+        value.bytes().fold(false, |found, b| found | self.0[b as usize])
     }
 }
 
@@ -447,7 +449,8 @@ impl ByteSet {
 /// or lower-cases (capitals, and any non-ASCII character), and the `\` of JavaScript escapes.
 static NORMALIZED_BY: ByteSet = ByteSet::of(b"%+&\\ABCDEFGHIJKLMNOPQRSTUVWXYZ", true);
 
-/// The bytes of SQL comments and shell quoting, which `first_hit` looks behind.
+/// The bytes of SQL comments and shell quoting, which `first_hit` looks behind. (memchr's
+/// vector search costs more than this on values this short: its setup is per call.)
 static HIDING: ByteSet = ByteSet::of(b"*'\"\\", false);
 
 /// Borrows: most values need none of the transformations, and a copy per value per request

@@ -115,7 +115,8 @@ fn remove_comments(value: Cow<'_, str>) -> Cow<'_, str> {
 /// spacing characters and every numeric form, with or without the closing `;` and with any
 /// number of leading zeros, as browsers accept them. A full HTML5 entity table buys nothing.
 fn html_entity_decode(value: Cow<'_, str>) -> Cow<'_, str> {
-    if !value.contains('&') {
+    // An `&` is common in values (query strings in a Referer); an entity is not.
+    if !value.split('&').skip(1).any(|tail| decode_entity(tail).is_some()) {
         return value;
     }
     let mut out = String::with_capacity(value.len());

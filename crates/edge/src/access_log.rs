@@ -12,12 +12,13 @@
 //! than a whole cache hit: 27,500 instructions per request against 18,000 for the hit. Its keys
 //! are written as they are: serde_json escapes every key, byte by byte, on every line.
 
+use std::cell::Cell;
 use std::io::{BufWriter, Write};
 use std::net::IpAddr;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::Mutex;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use outpost_config::WafAction;
 use prometheus_client::metrics::counter::Counter;
@@ -197,7 +198,9 @@ impl Line<'_> {
         field(out, b",\"retries\":", &self.retries);
         field(out, b",\"site\":", &self.site);
         field(out, b",\"status\":", &self.status);
-        text(out, b",\"time\":", humantime::format_rfc3339_millis(self.time));
+        out.extend_from_slice(b",\"time\":\"");
+        write_time(out, self.time);
+        out.push(b'"');
         out.extend_from_slice(b",\"trace_id\":\"");
         out.extend_from_slice(&self.trace_id);
         out.push(b'"');
@@ -216,6 +219,33 @@ pub struct WafLine<'a> {
     pub location: &'a str,
     pub rule: &'a str,
     pub value: &'a str,
+}
+
+/// `time` in RFC 3339 with milliseconds, as `humantime::format_rfc3339_millis` writes it. The
+/// date and time of day are formatted once per second per thread: formatting them for every
+/// line cost about 660 instructions, a fifth of the log's cost per request.
+fn write_time(out: &mut Vec<u8>, time: SystemTime) {
+    thread_local! {
+        /// The second last formatted, and "YYYY-MM-DDTHH:MM:SS." for it.
+        static SECOND: Cell<Option<(u64, [u8; 20])>> = const { Cell::new(None) };
+    }
+    let since_epoch = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let (seconds, millis) = (since_epoch.as_secs(), since_epoch.subsec_millis());
+    let prefix = SECOND.with(|cached| match cached.get() {
+        Some((second, prefix)) if second == seconds => prefix,
+        _ => {
+            let text =
+                humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(seconds)).to_string();
+            let mut prefix = [b'.'; 20];
+            prefix[..19].copy_from_slice(&text.as_bytes()[..19]);
+            cached.set(Some((seconds, prefix)));
+            prefix
+        }
+    });
+    out.extend_from_slice(&prefix);
+    // Below 1000, so three digits.
+    let digit = |n: u32| b'0' + (n % 10) as u8;
+    out.extend_from_slice(&[digit(millis / 100), digit(millis / 10), digit(millis), b'Z']);
 }
 
 #[cfg(test)]
@@ -265,6 +295,21 @@ mod tests {
             .lines()
             .all(|l| l.starts_with("{\"bytes_in\":5,") && l.ends_with('}')));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn times_are_written_as_humantime_writes_them_across_seconds_and_days() {
+        let start = UNIX_EPOCH + Duration::from_millis(1_764_990_307_520);
+        for step_ms in [0, 1, 479, 480, 481, 999, 1_000, 59_999, 86_400_000, 86_400_007] {
+            let time = start + Duration::from_millis(step_ms);
+            let mut written = Vec::new();
+            write_time(&mut written, time);
+            assert_eq!(
+                String::from_utf8(written).unwrap(),
+                humantime::format_rfc3339_millis(time).to_string(),
+                "+{step_ms} ms"
+            );
+        }
     }
 
     /// The lines read as they did when they were built as a `serde_json::Value`: the same

@@ -12,11 +12,22 @@
 # cache hits, HAProxy pass-through, HAProxy's cache; rows: HTTP/1.1 and h2c (4 streams per
 # connection), 1 KiB unless SIZE says (1k or 16k).
 #
-# Usage: bench/instructions.sh            N1=2000 N2=6000 SIZE=1k PROTOCOLS="h1 h2c"
+# A second table (DEFAULTS=0 skips it) gives Outpost's HTTP/1.1 hits under a browser-like
+# request: bare, with the managed WAF in detect mode, with the access log, and with both (the
+# quick start's defaults).
+#
+# Usage: bench/instructions.sh            N1=2000 N2=6000 SIZE=1k PROTOCOLS="h1 h2c" DEFAULTS=1
 # Needs: valgrind, nginx, haproxy, h2load (Debian: valgrind nginx haproxy nghttp2-client).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-N1=${N1:-2000} N2=${N2:-6000} SIZE=${SIZE:-1k} PROTOCOLS=${PROTOCOLS:-"h1 h2c"}
+N1=${N1:-2000} N2=${N2:-6000} SIZE=${SIZE:-1k} PROTOCOLS=${PROTOCOLS:-"h1 h2c"} DEFAULTS=${DEFAULTS:-1}
+# A browser's request: what the WAF and the access log see in practice.
+browser=(-H "user-agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
+         -H "accept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+         -H "accept-language: en-US,en;q=0.5" -H "accept-encoding: gzip, deflate, br"
+         -H "referer: https://www.example.com/articles/2026/12/some-article?id=42&ref=home"
+         -H "cookie: session=3f9a8b7c6d5e4f3a2b1c; theme=dark; consent=yes"
+         -H "sec-fetch-dest: document" -H "sec-fetch-mode: navigate")
 ORIGIN_PORT=${ORIGIN_PORT:-18180} PORT=${PORT:-18181}
 for tool in valgrind nginx haproxy h2load; do
   command -v "$tool" >/dev/null || { echo "instructions.sh: $tool not found" >&2; exit 1; }
@@ -51,7 +62,13 @@ wait_port() {
 # count SERVER PROTOCOL N -> total user-space instructions of a run answering N requests
 count() {
   local server=$1 protocol=$2 n=$3 out=$work/callgrind.out cmd h2opts
+  local hit=("$root/target/release/outpost" edge --listen "127.0.0.1:$PORT" --origin "http://127.0.0.1:$ORIGIN_PORT"
+             --admin off --cache 64MiB --workers 1)
   case $server in
+    hit-bare) cmd=("${hit[@]}" --waf off --access-log off) ;;
+    hit-waf) cmd=("${hit[@]}" --waf detect --access-log off) ;;
+    hit-log) cmd=("${hit[@]}" --waf off --access-log "$work/access.log") ;;
+    hit-defaults) cmd=("${hit[@]}" --access-log "$work/access.log") ;;
     outpost) cmd=("$root/target/release/outpost" edge --listen "127.0.0.1:$PORT" --origin "http://127.0.0.1:$ORIGIN_PORT"
                   --admin off --access-log off --waf off --cache off --workers 1) ;;
     outpost-cache) cmd=("$root/target/release/outpost" edge --listen "127.0.0.1:$PORT" --origin "http://127.0.0.1:$ORIGIN_PORT"
@@ -61,6 +78,7 @@ count() {
       cmd=(haproxy -db -f "$work/haproxy.cfg") ;;
   esac
   h2opts=(--h1); [[ $protocol == h2c ]] && h2opts=(-m 4)
+  [[ $server == hit-* ]] && h2opts+=("${browser[@]}")
   rm -f "$out"
   valgrind --tool=callgrind --callgrind-out-file="$out" "${cmd[@]}" >"$work/server.log" 2>&1 &
   local pid=$!
@@ -87,3 +105,17 @@ for protocol in $PROTOCOLS; do
 done
 echo
 echo "(ratio = Outpost / HAProxy: below 1 means fewer instructions for Outpost)"
+
+[[ $DEFAULTS == 1 ]] || exit 0
+# What the quick start's defaults add to a hit (bench/defaults.sh measures it in req/s beside
+# nginx): HTTP/1.1, a browser-like request, the managed WAF in detect mode and the JSON access
+# log to a file, each alone and together.
+printf '\n### Outpost HTTP/1.1 %s cache hits with the defaults, browser-like request (callgrind)\n\n' "$SIZE"
+echo "| bare | WAF detect | access log | both (the quick start) |"
+echo "|---|---|---|---|"
+declare -A per=()
+for server in hit-bare hit-waf hit-log hit-defaults; do
+  a=$(count "$server" h1 "$N1") b=$(count "$server" h1 "$N2")
+  per[$server]=$(( (b - a) / (N2 - N1) ))
+done
+echo "| ${per[hit-bare]} | ${per[hit-waf]} | ${per[hit-log]} | ${per[hit-defaults]} |"

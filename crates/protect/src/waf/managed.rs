@@ -20,7 +20,8 @@ use super::Hit;
 use crate::rate_limit::RequestFacts;
 use crate::text;
 
-/// (id, sensitivity level, pattern). Patterns run on normalized, lower-cased values.
+/// (id, sensitivity level, pattern), written in lower case. Patterns run, ASCII-case-insensitive,
+/// on normalized values.
 type Signature = (&'static str, u8, &'static str);
 
 #[rustfmt::skip]
@@ -120,8 +121,9 @@ fn chosen(classes: Classes<'_>, level: u8) -> Vec<(&'static str, &'static Signat
 }
 
 fn regex_set(chosen: &[(&'static str, &'static Signature)], multi_line: bool) -> Result<RegexSet, String> {
-    // ASCII classes and word boundaries: values are lower-cased ASCII in practice, and the
-    // Unicode versions keep the regex engine off its fast DFA path.
+    // ASCII classes and word boundaries: values are ASCII in practice, and the Unicode
+    // versions keep the regex engine off its fast DFA path. Letters match in either case, by
+    // Unicode's simple case folding (so the Kelvin sign is a `k`, as lower-casing made it).
     let ascii = |p: &str| {
         p.replace(r"\b", r"(?-u:\b)")
             .replace(r"\w", "[0-9A-Za-z_]")
@@ -130,6 +132,7 @@ fn regex_set(chosen: &[(&'static str, &'static Signature)], multi_line: bool) ->
     };
     regex::RegexSetBuilder::new(chosen.iter().map(|(_, s)| ascii(s.2)))
         .multi_line(multi_line)
+        .case_insensitive(true)
         .dfa_size_limit(8 << 20)
         .build()
         .map_err(|e| format!("managed rule set: {e}"))
@@ -221,11 +224,9 @@ pub struct Managed {
 // Whitespace is not collapsed: a newline separates shell commands, and the patterns use \s.
 // Comments are removed only for the SQL class (see `first_hit`): a `/*` in a shell path such as
 // `rm -rf /tmp/*;wget ...` must not hide the rest from the other classes.
-const NORMALIZE: [Transform; 3] = [
-    Transform::UrlDecodeRepeat,
-    Transform::HtmlEntityDecode,
-    Transform::Lowercase,
-];
+// Case is not folded either: the patterns match either case, which spares a copy of every value
+// with a capital letter (every browser's User-Agent).
+const NORMALIZE: [Transform; 2] = [Transform::UrlDecodeRepeat, Transform::HtmlEntityDecode];
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -446,8 +447,8 @@ impl ByteSet {
 }
 
 /// The bytes that make `normalize` change a value: what `NORMALIZE` decodes (`%`, `+`, `&`)
-/// or lower-cases (capitals, and any non-ASCII character), and the `\` of JavaScript escapes.
-static NORMALIZED_BY: ByteSet = ByteSet::of(b"%+&\\ABCDEFGHIJKLMNOPQRSTUVWXYZ", true);
+/// and the `\` of JavaScript escapes.
+static NORMALIZED_BY: ByteSet = ByteSet::of(b"%+&\\", false);
 
 /// The bytes of SQL comments and shell quoting, which `first_hit` looks behind. (memchr's
 /// vector search costs more than this on values this short: its setup is per call.)
@@ -466,7 +467,16 @@ fn normalize(value: Cow<'_, str>) -> Cow<'_, str> {
     // JavaScript string escapes of angle brackets, as reflected into inline scripts.
     if v.contains('\\') {
         let mut owned = v.into_owned();
-        for (escaped, plain) in [("\\u003c", "<"), ("\\u003e", ">"), ("\\x3c", "<"), ("\\x3e", ">")] {
+        for (escaped, plain) in [
+            ("\\u003c", "<"),
+            ("\\u003C", "<"),
+            ("\\u003e", ">"),
+            ("\\u003E", ">"),
+            ("\\x3c", "<"),
+            ("\\x3C", "<"),
+            ("\\x3e", ">"),
+            ("\\x3E", ">"),
+        ] {
             owned = owned.replace(escaped, plain);
         }
         v = Cow::Owned(owned);
@@ -488,15 +498,15 @@ mod tests {
 
     #[test]
     fn normalize_borrows_plain_values_and_decodes_the_rest() {
-        let plain = "/articles/2026/some-page_2.html?x=1;y=2";
+        let plain = "/Articles/2026/Some-Page_2.html?x=1;y=2";
         assert!(matches!(normalize(Cow::Borrowed(plain)), Cow::Borrowed(p) if p == plain));
         for (raw, want) in [
             ("%3Cscript%3E", "<script>"),
             ("a+b", "a b"),
             ("&lt;x", "<x"),
             ("\\x3cimg", "<img"),
-            ("SELECT", "select"),
-            ("ÉCOLE", "école"),
+            ("\\x3Cimg", "<img"),
+            ("\\u003Cscript\\u003E", "<script>"),
         ] {
             assert_eq!(normalize(Cow::Borrowed(raw)), want, "{raw}");
         }

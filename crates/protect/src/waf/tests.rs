@@ -399,7 +399,7 @@ fn managed_rules_find_scanners_in_header_names_and_agents_and_name_where() {
     let agent = req(
         Method::GET,
         "/",
-        &[("user-agent", "Mozilla/5.0 (compatible; Ni%6Bto/2.5)")],
+        &[("user-agent", "Mozilla/5.0 (compatible; NI%6BTO/2.5)")],
         "192.0.2.1",
     );
     assert_eq!(
@@ -410,7 +410,7 @@ fn managed_rules_find_scanners_in_header_names_and_agents_and_name_where() {
     let injected = req(
         Method::GET,
         "/",
-        &[("user-agent", "x' union select password from users--")],
+        &[("user-agent", "x' UNION Select password FROM users--")],
         "192.0.2.1",
     );
     assert_eq!(

@@ -395,28 +395,25 @@ fn managed_rules_find_scanners_in_header_names_and_agents_and_name_where() {
         blocked_by(&eval(&waf, &scan)).map(|b| (b.0, b.1)),
         Some(("scanner-user-agent", "header:acunetix-aspect"))
     );
-    // A scanner's agent, in any case and percent-encoded, is found too.
-    let agent = req(
-        Method::GET,
-        "/",
-        &[("user-agent", "Mozilla/5.0 (compatible; NI%6BTO/2.5)")],
-        "192.0.2.1",
-    );
-    assert_eq!(
-        blocked_by(&eval(&waf, &agent)).map(|b| (b.0, b.1)),
-        Some(("scanner-user-agent", "header:user-agent"))
-    );
-    // An injection in the agent is reported as such.
-    let injected = req(
-        Method::GET,
-        "/",
-        &[("user-agent", "x' UNION Select password FROM users--")],
-        "192.0.2.1",
-    );
-    assert_eq!(
-        blocked_by(&eval(&waf, &injected)).map(|b| (b.0, b.1)),
-        Some(("sqli-union", "header:user-agent"))
-    );
+    for (agent, rule, why) in [
+        (
+            "Mozilla/5.0 (compatible; NI%6BTO/2.5)",
+            "scanner-user-agent",
+            "a scanner's agent, in any case and percent-encoded",
+        ),
+        (
+            "x' UNION Select password FROM users--",
+            "sqli-union",
+            "an injection in the agent",
+        ),
+    ] {
+        let r = req(Method::GET, "/", &[("user-agent", agent)], "192.0.2.1");
+        assert_eq!(
+            blocked_by(&eval(&waf, &r)).map(|b| (b.0, b.1)),
+            Some((rule, "header:user-agent")),
+            "{why}"
+        );
+    }
 
     let excluded = Waf::compile(
         &[],

@@ -141,6 +141,43 @@ async fn proxy_headers_follow_the_rfcs() {
     );
     assert!(!tp.contains("00f067aa0ba902b7"));
 
+    // The same without an earlier hop's X-Forwarded-For (the fields are then written straight
+    // into the request head): the client's copies are replaced, not repeated.
+    let req = http::Request::builder()
+        .uri(format!("http://{addr}/path?q=2"))
+        .header("host", "a.test")
+        .header("x-forwarded-proto", "https")
+        .header("x-forwarded-host", "spoofed.example")
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
+        .body(http_body_util::Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(
+        collect(client.request(req).await.unwrap()).await.status,
+        StatusCode::OK
+    );
+    let seen = a.last_headers.lock().unwrap().clone().unwrap();
+    for (name, value) in [
+        ("host", "a.test"),
+        ("x-forwarded-for", "127.0.0.1"),
+        ("x-forwarded-proto", "http"),
+        ("x-forwarded-host", "a.test"),
+        ("forwarded", "for=127.0.0.1;proto=http;host=a.test"),
+        ("via", "1.1 outpost-test"),
+    ] {
+        let values: Vec<_> = seen.get_all(name).iter().collect();
+        assert_eq!(values, [value], "{name}");
+    }
+    let tp: Vec<_> = seen.get_all("traceparent").iter().collect();
+    assert_eq!(tp.len(), 1);
+    assert!(tp[0]
+        .to_str()
+        .unwrap()
+        .starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+    assert!(!tp[0].to_str().unwrap().contains("00f067aa0ba902b7"));
+
     // Without a traceparent one is created.
     get(addr, "a.test", "/").await;
     let seen = a.last_headers.lock().unwrap().clone().unwrap();

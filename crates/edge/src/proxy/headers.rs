@@ -103,10 +103,9 @@ pub fn set_forwarded(
 }
 
 fn set_x_forwarded(headers: &mut HeaderMap, client: &ClientAddr, proto: &'static str, host: &HeaderValue) {
-    // Earlier hops may have sent several X-Forwarded-For lines: keep them all, in order. Most
-    // requests have none: a look at the few names is cheaper than a lookup (a hash of the name).
+    // Earlier hops may have sent several X-Forwarded-For lines: keep them all, in order.
     let mut v = Vec::new();
-    let has_prior = headers.keys().any(|name| name == XFF);
+    let has_prior = has_prior_xff(headers);
     for prior in has_prior.then(|| headers.get_all(&XFF)).iter().flatten() {
         let prior = prior.as_bytes();
         if prior.iter().all(u8::is_ascii_whitespace) {
@@ -129,12 +128,20 @@ fn set_x_forwarded(headers: &mut HeaderMap, client: &ClientAddr, proto: &'static
 }
 
 fn append_forwarded(headers: &mut HeaderMap, client: &ClientAddr, proto: &'static str, host: &HeaderValue) {
+    let mut v = Vec::with_capacity(24 + client.node.len() + host.len());
+    push_forwarded_element(&mut v, client, proto, host);
+    if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(v)) {
+        headers.append(header::FORWARDED, value);
+    }
+}
+
+/// This hop's Forwarded element (RFC 7239): `for=…;proto=…;host=…`.
+fn push_forwarded_element(v: &mut Vec<u8>, client: &ClientAddr, proto: &'static str, host: &HeaderValue) {
     let host = host.as_bytes();
     let host_ok = !host.is_empty()
         && host
             .iter()
             .all(|b| b.is_ascii_alphanumeric() || b"-._:[]".contains(b));
-    let mut v = Vec::with_capacity(24 + client.node.len() + host.len());
     v.extend_from_slice(b"for=");
     v.extend_from_slice(client.node.as_bytes());
     v.extend_from_slice(b";proto=");
@@ -151,8 +158,50 @@ fn append_forwarded(headers: &mut HeaderMap, client: &ClientAddr, proto: &'stati
             v.push(b'"');
         }
     }
-    if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(v)) {
-        headers.append(header::FORWARDED, value);
+}
+
+/// Whether `headers` holds an X-Forwarded-For from an earlier hop (which ours is appended to).
+/// Most requests have none: a look at the few names is cheaper than a lookup (a hash of the
+/// name).
+pub fn has_prior_xff(headers: &HeaderMap) -> bool {
+    headers.keys().any(|name| name == XFF)
+}
+
+/// Whether the client's field `name` is one [`write_forwarded`] replaces or, for a family the
+/// site turns off, drops: everything but an earlier hop's Forwarded, which ours follows. The
+/// caller has made sure that there is no earlier X-Forwarded-For to keep
+/// ([`has_prior_xff`]).
+pub fn forwarding_replaces(name: &HeaderName, which: ForwardedHeaders) -> bool {
+    match name.as_str().len() {
+        9 => name == header::FORWARDED && !which.forwarded(),
+        15..=17 => name == XFF || name == XFP || name == XFH,
+        _ => false,
+    }
+}
+
+/// [`set_forwarded`] written straight into a request head as `name: value\r\n` lines, for a
+/// request without an earlier X-Forwarded-For, the client's forwarding fields being left out
+/// of the head by [`forwarding_replaces`].
+pub fn write_forwarded(
+    head: &mut Vec<u8>,
+    which: ForwardedHeaders,
+    client: &ClientAddr,
+    proto: &'static str,
+    host: &HeaderValue,
+) {
+    if which.x_forwarded() {
+        head.extend_from_slice(b"x-forwarded-for: ");
+        head.extend_from_slice(client.text.as_bytes());
+        head.extend_from_slice(b"\r\nx-forwarded-proto: ");
+        head.extend_from_slice(proto.as_bytes());
+        head.extend_from_slice(b"\r\nx-forwarded-host: ");
+        head.extend_from_slice(host.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    if which.forwarded() {
+        head.extend_from_slice(b"forwarded: ");
+        push_forwarded_element(head, client, proto, host);
+        head.extend_from_slice(b"\r\n");
     }
 }
 

@@ -17,6 +17,7 @@
 pub mod body;
 mod cache;
 pub mod error;
+mod forward;
 pub mod headers;
 mod hit_headers;
 pub mod trace;
@@ -38,6 +39,7 @@ use tokio::time::Instant;
 
 use self::body::{Completion, OutBody, RequestBody, ResponseBody};
 use self::error::ProxyError;
+pub(crate) use self::forward::ForwardHeaders;
 use self::trace::TraceContext;
 use crate::metrics::SiteMetrics;
 use crate::router::normalize_host;
@@ -284,7 +286,7 @@ async fn proxy(
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (parts, incoming) = req.into_parts();
     let hash = pool.request_hash(&parts.uri, &parts.headers, &host, log.client_ip);
-    let headers = forward.apply(parts.headers, upgrade);
+    let headers = forward.strip(parts.headers, upgrade);
     let body_empty = incoming.is_end_stream();
     let path_and_query = parts.uri.path_and_query().cloned();
     let upstream = Upstream {
@@ -322,6 +324,7 @@ async fn proxy(
             &parts.method,
             path_and_query,
             headers,
+            Some(&forward),
             body,
             attempts,
             log.request_body_done.as_ref(),
@@ -430,56 +433,6 @@ async fn inspect_body(
     Ok((Request::from_parts(parts, body), Some(parsed)))
 }
 
-/// What the PoP adds to and removes from a request's fields on its way to the origin: kept
-/// apart from the request so the cache can apply it only when it goes to the origin.
-#[derive(Clone)]
-pub(crate) struct ForwardHeaders {
-    pub client_addr: headers::ClientAddr,
-    pub proto: &'static str,
-    /// The site's host as the client named it.
-    pub host: HeaderValue,
-    pub trace: TraceContext,
-    pub via: HeaderValue,
-    /// Which client-describing fields the site sends (X-Forwarded-*, Forwarded).
-    pub forwarded: outpost_config::ForwardedHeaders,
-    /// HTTP/2 client, HTTP/1.1 origin: split cookie fields are joined.
-    pub join_cookies: bool,
-    /// HTTP/2 origin: the site goes in `:authority`, not Host.
-    pub h2_upstream: bool,
-}
-
-/// The most fields [`ForwardHeaders::apply`] adds to a request.
-const ADDED_UPSTREAM_FIELDS: usize = 7;
-
-impl ForwardHeaders {
-    /// The client's fields as they go upstream: hop-by-hop removed, Host, Via, the site's
-    /// forwarding fields (X-Forwarded-*, Forwarded) and traceparent set.
-    pub(crate) fn apply(&self, mut headers: HeaderMap, upgrade: bool) -> HeaderMap {
-        headers::remove_hop_by_hop(&mut headers, upgrade);
-        // One growth for the fields added below (Host, Via, four forwarding fields,
-        // traceparent), not one per doubling: the parsers size a request's map for its own
-        // fields only.
-        headers.reserve(ADDED_UPSTREAM_FIELDS);
-        if self.join_cookies {
-            headers::join_cookies(&mut headers);
-        }
-        headers.insert(header::HOST, self.host.clone());
-        headers.append(header::VIA, self.via.clone());
-        headers::set_forwarded(
-            &mut headers,
-            self.forwarded,
-            &self.client_addr,
-            self.proto,
-            &self.host,
-        );
-        headers.insert(&trace::TRACEPARENT, self.trace.header_value());
-        if self.h2_upstream {
-            headers.remove(header::HOST);
-        }
-        headers
-    }
-}
-
 /// Where and how a request goes upstream: owned, so a background revalidation can use it
 /// after the client's request is gone.
 #[derive(Clone)]
@@ -496,18 +449,32 @@ pub(crate) struct Upstream {
 impl Upstream {
     /// Sends the request to an origin of the pool, retrying on another origin (within the retry
     /// budget) when an idempotent bodiless request meets a gateway error or a broken exchange.
+    /// `added` fields (those of [`ForwardHeaders::apply`], for `headers` that were only
+    /// [`ForwardHeaders::strip`]ped) go into the request head where the pool writes one, else
+    /// into the map.
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn exchange(
         &self,
         method: &Method,
         path_and_query: Option<http::uri::PathAndQuery>,
         mut headers: HeaderMap,
+        added: Option<&ForwardHeaders>,
         body: body::ProxyBody,
         attempts: usize,
         request_body_done: Option<&Arc<std::sync::atomic::AtomicBool>>,
         rec: &mut Attempts,
     ) -> Result<Response<OriginBody>, ProxyError> {
         let pool = &self.pool;
+        let added = match added {
+            Some(added) if added.writes_into_head(&headers) && pool.gives_fields_back(&body, &headers) => {
+                Some(added as &dyn crate::upstream::AddedFields)
+            }
+            Some(added) => {
+                added.add_to(&mut headers);
+                None
+            }
+            None => None,
+        };
         // Each attempt goes to an origin not tried yet, so there are no more than origins.
         let attempts = attempts.min(pool.origins.len()).max(1);
         let mut body = Some(body);
@@ -591,6 +558,7 @@ impl Upstream {
                 self.deadline,
                 self.body_limit,
                 request_body_done,
+                added,
                 &mut fields_back,
             )
             .await;
@@ -640,6 +608,7 @@ impl Upstream {
             method,
             path_and_query,
             headers,
+            None,
             body::empty(),
             attempts,
             None,
@@ -682,6 +651,7 @@ async fn send(
     request_deadline: Option<Instant>,
     body_limit: u64,
     request_body_done: Option<&Arc<std::sync::atomic::AtomicBool>>,
+    added: Option<&dyn crate::upstream::AddedFields>,
     fields_back: &mut Option<HeaderMap>,
 ) -> Result<Response<OriginBody>, ProxyError> {
     let origin = &pool.origins[index];
@@ -689,7 +659,7 @@ async fn send(
     let header_deadline = sent + pool.config.response_header_timeout;
     let deadline = request_deadline.map_or(header_deadline, |d| d.min(header_deadline));
     let in_flight = InFlight::enter(&origin.state.in_flight);
-    let result = pool.send_to(index, req, deadline, fields_back).await;
+    let result = pool.send_to(index, req, deadline, added, fields_back).await;
     drop(in_flight);
     let done = Instant::now();
     *clock = done;

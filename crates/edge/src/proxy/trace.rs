@@ -48,13 +48,18 @@ impl TraceContext {
 
     /// The `traceparent` sent to the origin.
     pub fn header_value(&self) -> HeaderValue {
+        HeaderValue::from_bytes(&self.traceparent()).expect("hex digits and dashes are valid header bytes")
+    }
+
+    /// The `traceparent` value's bytes (version 00).
+    pub fn traceparent(&self) -> [u8; 55] {
         let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
         hex_digits(&mut out[3..35], &self.trace_id.to_be_bytes());
         hex_digits(&mut out[36..52], &self.span_id.to_be_bytes());
         if self.sampled {
             out[54] = b'1';
         }
-        HeaderValue::from_bytes(&out).expect("hex digits and dashes are valid header bytes")
+        out
     }
 }
 

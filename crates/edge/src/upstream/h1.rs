@@ -201,7 +201,8 @@ pub fn is_inline(body: &ProxyBody, headers: &http::HeaderMap) -> bool {
 
 /// Sends `req` (origin-form URI, Host set) on an idle connection to the origin or a new one.
 /// An inline request's fields are left in `fields_back` once they are written into the request
-/// head, for a retry to reuse.
+/// head, for a retry to reuse; `added` fields go into that head with them (an inline request
+/// only: the caller inserts them into the map of any other).
 ///
 /// Not an `async fn`: one would hold the hyper path's future (about 2 KB) inline in every
 /// request's future, and keep the request twice (argument and local); this returns the inline
@@ -209,10 +210,11 @@ pub fn is_inline(body: &ProxyBody, headers: &http::HeaderMap) -> bool {
 pub fn send<'a>(
     target: Target<'a>,
     req: Request<ProxyBody>,
+    added: Option<&'a dyn super::AddedFields>,
     fields_back: &'a mut Option<http::HeaderMap>,
 ) -> impl Future<Output = Result<Response<OriginBody>, SendError>> + 'a {
     if is_inline(req.body(), req.headers()) {
-        Either::Left(send_inline(target, req, fields_back))
+        Either::Left(send_inline(target, req, added, fields_back))
     } else {
         Either::Right(Box::pin(super::by_deadline(
             target.deadline,
@@ -224,12 +226,13 @@ pub fn send<'a>(
 async fn send_inline(
     target: Target<'_>,
     req: Request<ProxyBody>,
+    added: Option<&dyn super::AddedFields>,
     fields_back: &mut Option<http::HeaderMap>,
 ) -> Result<Response<OriginBody>, SendError> {
     let target = &target;
     let (parts, _) = req.into_parts();
     let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let head = h1_inline::encode_head(&parts.method, path, &parts.headers);
+    let head = h1_inline::encode_head(&parts.method, path, &parts.headers, added);
     *fields_back = Some(parts.headers);
     let idempotent = matches!(
         parts.method,

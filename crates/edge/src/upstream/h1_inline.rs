@@ -231,21 +231,38 @@ async fn read_buf(io: &mut Io, buf: &mut BytesMut) -> io::Result<usize> {
     tokio::io::AsyncReadExt::read_buf(io, buf).await
 }
 
-/// The request head as it goes on the wire: `METHOD target HTTP/1.1`, then the fields.
+/// The request head as it goes on the wire: `METHOD target HTTP/1.1`, then the fields, with
+/// `added`'s first, the request's own (less those `added` replaces) and `added`'s last.
 /// Field values cannot hold CR or LF (`HeaderValue` refuses them), so nothing can be smuggled
 /// into the head.
-pub fn encode_head(method: &Method, target: &str, headers: &HeaderMap) -> Vec<u8> {
+pub fn encode_head(
+    method: &Method,
+    target: &str,
+    headers: &HeaderMap,
+    added: Option<&dyn super::AddedFields>,
+) -> Vec<u8> {
     let fields: usize = headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
-    let mut head = Vec::with_capacity(method.as_str().len() + target.len() + fields + 32);
+    // The added fields (Host, Via, forwarding fields, traceparent) take about 250 bytes.
+    let room = if added.is_some() { 320 } else { 32 };
+    let mut head = Vec::with_capacity(method.as_str().len() + target.len() + fields + room);
     head.extend_from_slice(method.as_str().as_bytes());
     head.push(b' ');
     head.extend_from_slice(target.as_bytes());
     head.extend_from_slice(b" HTTP/1.1\r\n");
+    if let Some(added) = added {
+        added.write_first(&mut head);
+    }
     for (name, value) in headers {
+        if added.is_some_and(|added| added.replaces(name)) {
+            continue;
+        }
         head.extend_from_slice(name.as_str().as_bytes());
         head.extend_from_slice(b": ");
         head.extend_from_slice(value.as_bytes());
         head.extend_from_slice(b"\r\n");
+    }
+    if let Some(added) = added {
+        added.write_last(&mut head);
     }
     // A bodiless request whose method normally has a body says so, as hyper does.
     if matches!(*method, Method::POST | Method::PUT | Method::PATCH)
@@ -1118,12 +1135,12 @@ mod tests {
         headers.insert(header::HOST, HeaderValue::from_static("www.example.com"));
         headers.append("x-a", HeaderValue::from_static("1"));
         headers.append("x-a", HeaderValue::from_static("2"));
-        let head = encode_head(&Method::GET, "/p?q=1", &headers);
+        let head = encode_head(&Method::GET, "/p?q=1", &headers, None);
         assert_eq!(
             head,
             b"GET /p?q=1 HTTP/1.1\r\nhost: www.example.com\r\nx-a: 1\r\nx-a: 2\r\n\r\n".to_vec()
         );
-        let post = encode_head(&Method::POST, "/", &HeaderMap::new());
+        let post = encode_head(&Method::POST, "/", &HeaderMap::new(), None);
         assert!(post.ends_with(b"content-length: 0\r\n\r\n"));
     }
 }

@@ -66,7 +66,7 @@ async fn probe(pool: &Pool, index: usize, check: &HealthCheckConfig) -> Result<(
         .map_err(|e| e.to_string())?;
     let deadline = tokio::time::Instant::now() + check.timeout;
     let resp = pool
-        .send_to(index, req, deadline, &mut None)
+        .send_to(index, req, deadline, None, &mut None)
         .await
         .map_err(|e| match e {
             super::SendError::Timeout => format!("no answer within {:?}", check.timeout),

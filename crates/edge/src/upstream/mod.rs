@@ -14,6 +14,21 @@ pub mod retry_budget;
 
 pub use h1::OriginBody;
 
+/// Fields a request gains on its way upstream, in the form the HTTP/1.1 inline path writes
+/// straight into the request head. The proxy adds about seven fields to every request;
+/// inserting them into the field map (a hash and a probe each, a growth of the map, an
+/// allocated value or two) measured as a tenth of a pass-through request's instructions, and
+/// the head is written from the map anyway. Paths that hand the map to a codec (hyper's
+/// HTTP/1.1 client, HTTP/2) get the fields inserted by the proxy instead.
+pub trait AddedFields: Sync {
+    /// Whether the request's own field `name` gives way to an added one (left out of the head).
+    fn replaces(&self, name: &http::HeaderName) -> bool;
+    /// Writes the fields that go first, before the request's own (Host), as `name: value\r\n`.
+    fn write_first(&self, head: &mut Vec<u8>);
+    /// Writes the fields that go after the request's own.
+    fn write_last(&self, head: &mut Vec<u8>);
+}
+
 /// How an exchange with an origin failed, over either HTTP version.
 pub enum SendError {
     /// No connection could be opened: nothing reached the origin.

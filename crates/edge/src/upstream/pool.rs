@@ -199,12 +199,15 @@ impl Pool {
     /// One exchange with one origin over the pool's HTTP version, which fails with
     /// `SendError::Timeout` when no response head came by `deadline`. The request carries the
     /// site in Host (HTTP/1.1, origin-form URI) or in the URI's authority (HTTP/2). Where
-    /// [`Pool::gives_fields_back`] says so, the request's fields come back in `fields_back`.
+    /// [`Pool::gives_fields_back`] says so, the request's fields come back in `fields_back`,
+    /// and `added` fields are written with them (the caller inserts them into any other
+    /// request's map).
     pub async fn send_to(
         &self,
         index: usize,
         req: http::Request<crate::proxy::body::ProxyBody>,
         deadline: tokio::time::Instant,
+        added: Option<&dyn super::AddedFields>,
         fields_back: &mut Option<http::HeaderMap>,
     ) -> Result<http::Response<OriginBody>, SendError> {
         let origin = &self.origins[index];
@@ -220,11 +223,15 @@ impl Pool {
                     idle_timeout: settings.idle_timeout,
                     deadline,
                 };
-                h1::send(target, req, fields_back).await
+                h1::send(target, req, added, fields_back).await
             }
             // Boxed: the HTTP/2 connect path (TCP + TLS handshake) would otherwise make every
             // request's future several kilobytes larger, all of it copied on every move.
             outpost_config::UpstreamProtocol::Http2 => {
+                debug_assert!(
+                    added.is_none(),
+                    "HTTP/2 requests carry their added fields in the map"
+                );
                 let exchange = Box::pin(super::h2::send(
                     &origin.state.h2,
                     &origin.scheme,

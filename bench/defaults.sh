@@ -21,21 +21,12 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 DURATION=${DURATION:-5} REPS=${REPS:-3} SIZE=${SIZE:-1k} CONNS=${CONNS:-64}
 SERVER_CPU=${SERVER_CPU:-0} CLIENT_CPU=${CLIENT_CPU:-1}
 ORIGIN_PORT=${ORIGIN_PORT:-18280} PORT=${PORT:-18281}
-for tool in nginx wrk taskset; do
-  command -v "$tool" >/dev/null || { echo "defaults.sh: $tool not found" >&2; exit 1; }
-done
+source "$root/bench/lib/setup.sh"
+bench_setup defaults nginx wrk taskset
 if [[ -z ${OUTPOST:-} ]]; then
   (cd "$root" && cargo build --release --locked -p outpost)
   OUTPOST=$root/target/release/outpost
 fi
-
-work=$(mktemp -d "${TMPDIR:-/tmp}/outpost-defaults.XXXXXX")
-origin_pid= server_pid=
-cleanup() {
-  for pid in $server_pid $origin_pid; do kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
 
 source "$root/bench/lib/nginx-origin.sh"
 start_nginx_origin "$work" "$ORIGIN_PORT"

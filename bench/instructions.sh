@@ -29,18 +29,9 @@ browser=(-H "user-agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/2010010
          -H "cookie: session=3f9a8b7c6d5e4f3a2b1c; theme=dark; consent=yes"
          -H "sec-fetch-dest: document" -H "sec-fetch-mode: navigate")
 ORIGIN_PORT=${ORIGIN_PORT:-18180} PORT=${PORT:-18181}
-for tool in valgrind nginx haproxy h2load; do
-  command -v "$tool" >/dev/null || { echo "instructions.sh: $tool not found" >&2; exit 1; }
-done
+source "$root/bench/lib/setup.sh"
+bench_setup instructions valgrind nginx haproxy h2load
 (cd "$root" && cargo build --release --locked -p outpost)
-
-work=$(mktemp -d "${TMPDIR:-/tmp}/outpost-instructions.XXXXXX")
-origin_pid=
-cleanup() {
-  [[ -n $origin_pid ]] && kill "$origin_pid" 2>/dev/null && wait "$origin_pid" 2>/dev/null
-  rm -rf "$work"
-}
-trap cleanup EXIT
 
 source "$root/bench/lib/nginx-origin.sh"
 start_nginx_origin "$work" "$ORIGIN_PORT"
@@ -53,11 +44,6 @@ haproxy_cfg() {  # cache(0/1) h2(0/1)
   printf '  server origin 127.0.0.1:%s\n' "$ORIGIN_PORT"
 }
 
-wait_port() {
-  local i
-  for i in $(seq 150); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && return 0; sleep 0.2; done
-  echo "instructions.sh: nothing listens on $PORT" >&2; return 1
-}
 
 # count SERVER PROTOCOL N -> total user-space instructions of a run answering N requests
 count() {
@@ -82,7 +68,7 @@ count() {
   rm -f "$out"
   valgrind --tool=callgrind --callgrind-out-file="$out" "${cmd[@]}" >"$work/server.log" 2>&1 &
   local pid=$!
-  wait_port
+  wait_port "$PORT"
   h2load "${h2opts[@]}" -n 200 -c 8 "http://127.0.0.1:$PORT/$SIZE.bin" >/dev/null
   h2load "${h2opts[@]}" -n "$n" -c 8 "http://127.0.0.1:$PORT/$SIZE.bin" | grep -q "$n succeeded" \
     || { echo "instructions.sh: $server did not answer all $n requests" >&2; kill "$pid"; return 1; }

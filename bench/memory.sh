@@ -11,30 +11,15 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 N=${N:-40000} REPS=${REPS:-2} ORIGIN_PORT=${ORIGIN_PORT:-18190} PORT=${PORT:-18191}
-for tool in nginx curl; do
-  command -v "$tool" >/dev/null || { echo "memory.sh: $tool not found" >&2; exit 1; }
-done
+source "$root/bench/lib/setup.sh"
+bench_setup memory nginx curl
 (cd "$root" && cargo build --release --locked -p outpost)
 bin=$root/target/release/outpost
-
-work=$(mktemp -d "${TMPDIR:-/tmp}/outpost-memory.XXXXXX")
-origin_pid= edge_pid=
-cleanup() {
-  [[ -n $edge_pid ]] && kill "$edge_pid" 2>/dev/null && wait "$edge_pid" 2>/dev/null
-  [[ -n $origin_pid ]] && kill "$origin_pid" 2>/dev/null && wait "$origin_pid" 2>/dev/null
-  rm -rf "$work"
-}
-trap cleanup EXIT
 
 source "$root/bench/lib/nginx-origin.sh"
 start_nginx_origin "$work" "$ORIGIN_PORT"
 
 pss_kb() { awk '/^Pss_Anon:|^Pss_Shmem:/ { s += $2 } END { print s + 0 }' "/proc/$1/smaps_rollup"; }
-wait_port() {
-  local i
-  for i in $(seq 150); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.2; done
-  echo "memory.sh: nothing listens on $1" >&2; return 1
-}
 
 wait_port "$ORIGIN_PORT"
 last=$(printf '%05d' $((N - 1)))
@@ -43,17 +28,17 @@ echo "|---|---|---|---|---|"
 for ((r = 1; r <= REPS; r++)); do
   "$bin" edge --listen "127.0.0.1:$PORT" --origin "http://127.0.0.1:$ORIGIN_PORT" --admin off \
     --access-log off --waf off --workers 1 2>/dev/null &
-  edge_pid=$!
+  server_pid=$!
   wait_port "$PORT"
   curl -s -o /dev/null "http://127.0.0.1:$PORT/1k.bin"
   sleep 1
-  before=$(pss_kb "$edge_pid")
+  before=$(pss_kb "$server_pid")
   for pass in miss hit; do
     curl -s "http://127.0.0.1:$PORT/1k.bin?n=[00000-$last]" > /dev/null
   done
   sleep 2
-  after=$(pss_kb "$edge_pid")
+  after=$(pss_kb "$server_pid")
   echo "| $r | $N | $before | $after | $(( (after - before) * 1024 / N )) |"
-  kill "$edge_pid"; wait "$edge_pid" 2>/dev/null || true
-  edge_pid=
+  kill "$server_pid"; wait "$server_pid" 2>/dev/null || true
+  server_pid=
 done

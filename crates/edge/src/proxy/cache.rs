@@ -279,7 +279,7 @@ impl Ctx<'_> {
         revalidating: Option<&Object>,
         rec: &mut Attempts,
     ) -> Result<Response<OriginBody>, ProxyError> {
-        let mut headers = self.forward.apply(self.headers.clone(), false);
+        let mut headers = self.forward.strip(self.headers.clone(), false);
         for name in [
             header::IF_NONE_MATCH,
             header::IF_MODIFIED_SINCE,
@@ -300,7 +300,13 @@ impl Ctx<'_> {
             }
         }
         self.upstream
-            .fetch(&Method::GET, self.path_and_query.clone(), headers, rec)
+            .fetch(
+                &Method::GET,
+                self.path_and_query.clone(),
+                headers,
+                &self.forward,
+                rec,
+            )
             .await
     }
 

@@ -24,18 +24,10 @@ pub(crate) struct ForwardHeaders {
     pub h2_upstream: bool,
 }
 
-/// The most fields [`ForwardHeaders::apply`] adds to a request.
+/// The most fields [`ForwardHeaders::add_to`] adds to a request.
 const ADDED_UPSTREAM_FIELDS: usize = 7;
 
 impl ForwardHeaders {
-    /// The client's fields as they go upstream: hop-by-hop removed, Host, Via, the site's
-    /// forwarding fields (X-Forwarded-*, Forwarded) and traceparent set.
-    pub(crate) fn apply(&self, headers: HeaderMap, upgrade: bool) -> HeaderMap {
-        let mut headers = self.strip(headers, upgrade);
-        self.add_to(&mut headers);
-        headers
-    }
-
     /// The client's fields less what never goes upstream (hop-by-hop fields), for a request
     /// that gets the added fields (Host, Via, forwarding fields, traceparent) later: written
     /// into its head where [`ForwardHeaders::writes_into_head`] says so, else
@@ -56,6 +48,8 @@ impl ForwardHeaders {
         !self.h2_upstream && !combines_xff
     }
 
+    /// Host, Via, the site's forwarding fields (X-Forwarded-*, Forwarded) and traceparent set
+    /// in a [`ForwardHeaders::strip`]ped map.
     pub(crate) fn add_to(&self, headers: &mut HeaderMap) {
         // One growth for the fields added below (Host, Via, four forwarding fields,
         // traceparent), not one per doubling: the parsers size a request's map for its own
@@ -110,6 +104,15 @@ mod tests {
 
     use super::*;
     use crate::upstream::h1_inline::encode_head;
+
+    impl ForwardHeaders {
+        /// The client's fields as they go upstream through the field map.
+        fn apply(&self, headers: HeaderMap, upgrade: bool) -> HeaderMap {
+            let mut headers = self.strip(headers, upgrade);
+            self.add_to(&mut headers);
+            headers
+        }
+    }
 
     fn forward(ip: &str, forwarded: Families) -> ForwardHeaders {
         ForwardHeaders {

@@ -324,7 +324,7 @@ async fn proxy(
             &parts.method,
             path_and_query,
             headers,
-            Some(&forward),
+            &forward,
             body,
             attempts,
             log.request_body_done.as_ref(),
@@ -449,31 +449,26 @@ pub(crate) struct Upstream {
 impl Upstream {
     /// Sends the request to an origin of the pool, retrying on another origin (within the retry
     /// budget) when an idempotent bodiless request meets a gateway error or a broken exchange.
-    /// `added` fields (those of [`ForwardHeaders::apply`], for `headers` that were only
-    /// [`ForwardHeaders::strip`]ped) go into the request head where the pool writes one, else
-    /// into the map.
+    /// `headers` are the client's, [`ForwardHeaders::strip`]ped; the fields `added` adds go
+    /// into the request head where the pool writes one, else into the map.
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn exchange(
         &self,
         method: &Method,
         path_and_query: Option<http::uri::PathAndQuery>,
         mut headers: HeaderMap,
-        added: Option<&ForwardHeaders>,
+        added: &ForwardHeaders,
         body: body::ProxyBody,
         attempts: usize,
         request_body_done: Option<&Arc<std::sync::atomic::AtomicBool>>,
         rec: &mut Attempts,
     ) -> Result<Response<OriginBody>, ProxyError> {
         let pool = &self.pool;
-        let added = match added {
-            Some(added) if added.writes_into_head(&headers) && pool.gives_fields_back(&body, &headers) => {
-                Some(added as &dyn crate::upstream::AddedFields)
-            }
-            Some(added) => {
-                added.add_to(&mut headers);
-                None
-            }
-            None => None,
+        let added = if added.writes_into_head(&headers) && pool.gives_fields_back(&body, &headers) {
+            Some(added as &dyn crate::upstream::AddedFields)
+        } else {
+            added.add_to(&mut headers);
+            None
         };
         // Each attempt goes to an origin not tried yet, so there are no more than origins.
         let attempts = attempts.min(pool.origins.len()).max(1);
@@ -601,6 +596,7 @@ impl Upstream {
         method: &Method,
         path_and_query: Option<http::uri::PathAndQuery>,
         headers: HeaderMap,
+        added: &ForwardHeaders,
         rec: &mut Attempts,
     ) -> Result<Response<OriginBody>, ProxyError> {
         let attempts = (1 + self.pool.config.retry.attempts as usize).min(MAX_ATTEMPTS);
@@ -608,7 +604,7 @@ impl Upstream {
             method,
             path_and_query,
             headers,
-            None,
+            added,
             body::empty(),
             attempts,
             None,

@@ -178,16 +178,12 @@ impl Line<'_> {
             out.extend_from_slice(key);
             serde_json::to_writer(&mut *out, value).expect("a value serializes into memory");
         }
-        fn text(out: &mut Vec<u8>, key: &[u8], value: impl std::fmt::Display) {
-            out.extend_from_slice(key);
-            out.push(b'"');
-            write!(out, "{value}").expect("formats into memory");
-            out.push(b'"');
-        }
         field(out, b"{\"bytes_in\":", &self.bytes_in);
         field(out, b",\"bytes_out\":", &self.bytes_out);
         field(out, b",\"cache\":", &self.cache);
-        text(out, b",\"client_ip\":", self.client_ip);
+        out.extend_from_slice(b",\"client_ip\":\"");
+        write_ip(out, self.client_ip);
+        out.push(b'"');
         field(out, b",\"completed\":", &self.completed);
         field(out, b",\"duration_ms\":", &self.duration_ms);
         field(out, b",\"error\":", &self.error);
@@ -208,6 +204,28 @@ impl Line<'_> {
         field(out, b",\"upstream_ms\":", &self.upstream_ms);
         field(out, b",\"waf\":", &self.waf);
         out.push(b'}');
+    }
+}
+
+/// `ip` as its Display writes it. IPv4, nearly every client, by hand: `Display` goes through
+/// the formatting machinery (and a buffer for padding) at about 300 instructions a line.
+fn write_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                if octet >= 100 {
+                    out.push(b'0' + octet / 100);
+                }
+                if octet >= 10 {
+                    out.push(b'0' + octet / 10 % 10);
+                }
+                out.push(b'0' + octet % 10);
+            }
+        }
+        IpAddr::V6(v6) => write!(out, "{v6}").expect("formats into memory"),
     }
 }
 
@@ -295,6 +313,27 @@ mod tests {
             .lines()
             .all(|l| l.starts_with("{\"bytes_in\":5,") && l.ends_with('}')));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn client_addresses_are_written_as_their_display_writes_them() {
+        let addresses = [
+            "0.0.0.0",
+            "9.10.99.100",
+            "10.0.0.1",
+            "192.168.100.20",
+            "255.255.255.255",
+            "127.0.0.1",
+            "2001:db8::7",
+            "::ffff:198.51.100.9",
+            "::",
+        ];
+        for text in addresses {
+            let ip: IpAddr = text.parse().unwrap();
+            let mut out = Vec::new();
+            write_ip(&mut out, ip);
+            assert_eq!(String::from_utf8(out).unwrap(), ip.to_string(), "{text}");
+        }
     }
 
     #[test]

@@ -178,12 +178,17 @@ impl Line<'_> {
             out.extend_from_slice(key);
             serde_json::to_writer(&mut *out, value).expect("a value serializes into memory");
         }
+        /// A string value written by `write`, whose characters never need escaping.
+        fn quoted(out: &mut Vec<u8>, key: &[u8], write: impl FnOnce(&mut Vec<u8>)) {
+            out.extend_from_slice(key);
+            out.push(b'"');
+            write(out);
+            out.push(b'"');
+        }
         field(out, b"{\"bytes_in\":", &self.bytes_in);
         field(out, b",\"bytes_out\":", &self.bytes_out);
         field(out, b",\"cache\":", &self.cache);
-        out.extend_from_slice(b",\"client_ip\":\"");
-        write_ip(out, self.client_ip);
-        out.push(b'"');
+        quoted(out, b",\"client_ip\":", |out| write_ip(out, self.client_ip));
         field(out, b",\"completed\":", &self.completed);
         field(out, b",\"duration_ms\":", &self.duration_ms);
         field(out, b",\"error\":", &self.error);
@@ -194,12 +199,10 @@ impl Line<'_> {
         field(out, b",\"retries\":", &self.retries);
         field(out, b",\"site\":", &self.site);
         field(out, b",\"status\":", &self.status);
-        out.extend_from_slice(b",\"time\":\"");
-        write_time(out, self.time);
-        out.push(b'"');
-        out.extend_from_slice(b",\"trace_id\":\"");
-        out.extend_from_slice(&self.trace_id);
-        out.push(b'"');
+        quoted(out, b",\"time\":", |out| write_time(out, self.time));
+        quoted(out, b",\"trace_id\":", |out| {
+            out.extend_from_slice(&self.trace_id)
+        });
         field(out, b",\"upstream\":", &self.upstream);
         field(out, b",\"upstream_ms\":", &self.upstream_ms);
         field(out, b",\"waf\":", &self.waf);

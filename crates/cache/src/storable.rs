@@ -11,8 +11,11 @@ use crate::freshness::heuristically_cacheable;
 #[derive(Debug, Clone)]
 pub struct StorePolicy {
     /// Store responses the origin marked private or no-store, and ones without freshness
-    /// information (they then live for the site's TTL). It never stores a response that sets
-    /// a cookie: only the origin's own explicit lifetime does that (see `store_set_cookie`).
+    /// information (they then live for the site's TTL). It overrides the origin, not the
+    /// client: it never stores a response that sets a cookie (only the origin's own explicit
+    /// lifetime does that, see `store_set_cookie`), an answer to a request with
+    /// `Authorization` that the origin did not mark shareable (the cache key has no user in
+    /// it: one user's answer would go to everyone), or one the client asked not to be stored.
     pub cache_everything: bool,
     /// Store a response that sets a cookie when the origin itself gives it a shared lifetime
     /// (`s-maxage`, `max-age`, `Expires` or `public`): RFC 9111 §7.3 says Set-Cookie does not
@@ -110,7 +113,7 @@ pub fn check(
         return Err(NotStored::Status);
     }
     let must_understand = res.must_understand;
-    if req.no_store && !policy.cache_everything {
+    if req.no_store {
         return Err(NotStored::RequestNoStore);
     }
     if res.no_store && !must_understand && !policy.cache_everything {
@@ -120,7 +123,7 @@ pub fn check(
         return Err(NotStored::Private);
     }
     if request.contains_key(header::AUTHORIZATION)
-        && !(res.public || res.must_revalidate || res.s_maxage.is_some() || policy.cache_everything)
+        && !(res.public || res.must_revalidate || res.s_maxage.is_some())
     {
         return Err(NotStored::Authorization);
     }
@@ -238,6 +241,46 @@ mod tests {
             ("set-cookie", "a=b"),
         ];
         assert_eq!(run_with(&never, Method::GET, &[], 200, &private_field), Ok(()));
+    }
+
+    #[test]
+    fn cache_everything_overrides_the_origin_not_the_client() {
+        let everything = StorePolicy {
+            cache_everything: true,
+            has_default_ttl: true,
+            ..StorePolicy::default()
+        };
+        let run =
+            |req: &[(&str, &str)], res: &[(&str, &str)]| run_with(&everything, Method::GET, req, 200, res);
+        for origin_says in ["private", "no-store", "no-cache, no-store, max-age=0"] {
+            assert_eq!(
+                run(&[], &[("cache-control", origin_says)]),
+                Ok(()),
+                "{origin_says}"
+            );
+        }
+        assert_eq!(run(&[], &[]), Ok(()), "no freshness information");
+        let private_answer = [("cache-control", "private, max-age=60")];
+        assert_eq!(
+            run(&[("authorization", "Bearer alice")], &private_answer),
+            Err(NotStored::Authorization)
+        );
+        assert_eq!(
+            run(&[("authorization", "Bearer alice")], &[]),
+            Err(NotStored::Authorization)
+        );
+        // The origin saying the answer may be shared is the exception RFC 9111 §3.5 makes.
+        for shared in ["public", "s-maxage=60", "max-age=60, must-revalidate"] {
+            assert_eq!(
+                run(&[("authorization", "Bearer alice")], &[("cache-control", shared)]),
+                Ok(()),
+                "{shared}"
+            );
+        }
+        assert_eq!(
+            run(&[("cache-control", "no-store")], &[]),
+            Err(NotStored::RequestNoStore)
+        );
     }
 
     #[test]

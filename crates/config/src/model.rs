@@ -88,8 +88,10 @@ pub struct SiteCacheConfig {
     #[serde(default, with = "serde_opt_duration", skip_serializing_if = "Option::is_none")]
     pub ttl: Option<Duration>,
     /// Also store what the origin marks private or no-store, and answers without freshness
-    /// information (for origins that send no cache headers). A response that sets a cookie is
-    /// not stored this way: see `store_set_cookie`.
+    /// information (for origins that send no cache headers). It overrides the origin, not the
+    /// client: a response that sets a cookie (see `store_set_cookie`), an answer to a request
+    /// with `Authorization` that the origin did not mark public (or s-maxage,
+    /// must-revalidate), and a request with `Cache-Control: no-store` are still not stored.
     #[serde(default)]
     pub cache_everything: bool,
     /// Store a response that sets a cookie when the origin gives it a shared lifetime itself

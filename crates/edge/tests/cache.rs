@@ -231,6 +231,42 @@ async fn fresh_responses_are_served_from_cache_with_age() {
 }
 
 #[tokio::test]
+async fn cache_everything_overrides_the_origin_but_never_shares_an_authorized_answer() {
+    let o = Scripted::start().await;
+    o.set(
+        "/private",
+        route(200, &[("cache-control", "private, max-age=60")], "p{n}"),
+    );
+    o.set("/bare", route(200, &[], "b{n}"));
+    // An API that answers each user with their own data and no cache headers.
+    o.set("/me", route(200, &[], "me{n}"));
+    let (_dir, _edge, addr) = pop(&o, "cache_everything = true\ndefault_ttl = \"1m\"").await;
+    for path in ["/private", "/bare"] {
+        let first = get(addr, path).await;
+        let second = get(addr, path).await;
+        assert_eq!(second.body, first.body, "{path}");
+        assert!(
+            cache_status(&second).starts_with("Outpost; hit"),
+            "{path}: {}",
+            cache_status(&second)
+        );
+        assert_eq!(o.hits(path), 1, "{path}");
+    }
+    let alice = req(
+        addr,
+        http::Method::GET,
+        "/me",
+        &[("authorization", "Bearer alice")],
+    )
+    .await;
+    let bob = req(addr, http::Method::GET, "/me", &[("authorization", "Bearer bob")]).await;
+    assert_eq!(alice.body, "me1");
+    assert_eq!(bob.body, "me2", "bob got alice's answer");
+    let anonymous = get(addr, "/me").await;
+    assert_eq!(anonymous.body, "me3", "an authorized answer was stored");
+}
+
+#[tokio::test]
 async fn what_a_shared_cache_must_not_store_reaches_the_origin_every_time() {
     let o = Scripted::start().await;
     o.set(

@@ -159,15 +159,40 @@ async fn backups_take_over_and_503_when_none_is_left() {
     );
     backup.kill();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let resp = get(addr, "x", "/").await;
-    assert_eq!(resp.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert!(
-        resp.body.contains("no healthy origin is available for this site"),
-        "{}",
-        resp.body
-    );
+    // What the PoP logs from here on (the edge's tasks run on this test's thread).
+    let logged = LogLines::default();
+    let _logging = logged.capture();
+    for _ in 0..20 {
+        let resp = get(addr, "x", "/").await;
+        assert_eq!(resp.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            resp.body.contains("no healthy origin is available for this site"),
+            "{}",
+            resp.body
+        );
+    }
     let text = metrics(&edge).await;
-    assert!(metric_value(&text, "outpost_no_healthy_origin_total", &[("pool", "p")]).unwrap_or(0.0) >= 1.0);
+    assert_eq!(
+        metric_value(&text, "outpost_no_healthy_origin_total", &[("pool", "p")]),
+        Some(20.0),
+        "counted per request"
+    );
+    let lines = logged.lines();
+    let outage = lines
+        .iter()
+        .filter(|l| l.contains("no origin of the pool can take traffic"))
+        .count();
+    assert_eq!(
+        outage,
+        1,
+        "the outage is logged once, not per request:\n{}",
+        lines.join("\n")
+    );
+    assert!(
+        !lines.iter().any(|l| l.contains("request failed")),
+        "no line per refused request:\n{}",
+        lines.join("\n")
+    );
 }
 
 #[tokio::test]

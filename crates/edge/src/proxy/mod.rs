@@ -88,7 +88,10 @@ pub(crate) async fn handle(
                 conn.shared.metrics.reject(err.reason());
             }
             match err.side() {
-                error::Side::Origin => tracing::info!(error = %err, "request failed at the origin"),
+                // The pool logs an outage once, when it starts: not once per refused request.
+                error::Side::Origin if !matches!(err, ProxyError::NoHealthyOrigin { .. }) => {
+                    tracing::info!(error = %err, "request failed at the origin")
+                }
                 _ => tracing::trace!(error = %err, "request refused"),
             }
             error_response(&err, &snapshot)

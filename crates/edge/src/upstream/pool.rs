@@ -3,7 +3,7 @@
 //! (health, ejections, in-flight counts, warm connections) carries over across reloads.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -22,6 +22,11 @@ use super::retry_budget::RetryBudget;
 use super::SendError;
 use crate::metrics::{Metrics, OriginMetrics, PoolLabels, PoolOutcomeLabels};
 use crate::proxy::error::ProxyError;
+
+/// `Pool::outage` values.
+const AVAILABLE: u8 = 0;
+const ALL_EJECTED: u8 = 1;
+const NONE_LEFT: u8 = 2;
 
 /// Live state of one origin that must survive a config reload.
 pub struct OriginState {
@@ -92,8 +97,9 @@ pub struct Pool {
     pub retry_budget: RetryBudget,
     pub outlier_policy: OutlierPolicy,
     pub epoch: Instant,
-    /// Set while no origin can take traffic, so the outage is logged once, not per request.
-    exhausted: AtomicBool,
+    /// What the pool last said about its origins (`AVAILABLE`, `ALL_EJECTED`, `NONE_LEFT`):
+    /// an outage is logged when it starts or changes, not per request.
+    outage: AtomicU8,
     no_healthy: Counter,
     pub retries_attempted: Counter,
     pub retries_budget_exhausted: Counter,
@@ -189,7 +195,7 @@ impl Pool {
             retry_budget: RetryBudget::new(cfg.retry.budget_ratio, cfg.retry.min_per_second, epoch),
             outlier_policy,
             epoch,
-            exhausted: AtomicBool::new(previous.is_some_and(|p| p.exhausted.load(Ordering::Relaxed))),
+            outage: AtomicU8::new(previous.map_or(AVAILABLE, |p| p.outage.load(Ordering::Relaxed))),
             no_healthy: metrics.no_healthy_origin.get_or_create(&pool_labels).clone(),
             retries_attempted: outcome("attempted"),
             retries_budget_exhausted: outcome("budget_exhausted"),
@@ -295,7 +301,7 @@ impl Pool {
                 .pick(&fresh, &load, hash)
                 .or_else(|| balancer.pick(&|i| self.origins[set[i]].is_available(now), &load, hash));
             if let Some(i) = picked {
-                if self.exhausted.swap(false, Ordering::Relaxed) {
+                if self.outage.swap(AVAILABLE, Ordering::Relaxed) != AVAILABLE {
                     tracing::info!(pool = %self.name, origin = %self.origins[set[i]].url, "pool has an available origin again");
                 }
                 return Ok(set[i]);
@@ -311,7 +317,7 @@ impl Pool {
                 .filter(|&i| self.origins[i].state.health.is_healthy() && !avoid.contains(&i));
             if let Some(i) = passing.min_by_key(|&i| self.origins[i].state.in_flight.load(Ordering::Relaxed))
             {
-                if !self.exhausted.swap(true, Ordering::Relaxed) {
+                if self.outage.swap(ALL_EJECTED, Ordering::Relaxed) != ALL_EJECTED {
                     tracing::warn!(pool = %self.name, "every healthy origin is ejected for errors; sending traffic to them anyway");
                 }
                 return Ok(i);
@@ -332,7 +338,7 @@ impl Pool {
             "{} origins: {unhealthy} failing health checks, {ejected} ejected after errors",
             self.origins.len()
         );
-        if !self.exhausted.swap(true, Ordering::Relaxed) {
+        if self.outage.swap(NONE_LEFT, Ordering::Relaxed) != NONE_LEFT {
             tracing::error!(pool = %self.name, %detail, "no origin of the pool can take traffic; answering 503");
         }
         Err(ProxyError::NoHealthyOrigin {

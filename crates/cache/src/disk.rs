@@ -21,7 +21,7 @@ use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName};
@@ -67,11 +67,17 @@ enum Job {
     Delete { id: u64 },
 }
 
+type Shard = HashMap<u64, Vec<Arc<Entry>>>;
+
+const SHARDS: usize = 64;
+
 pub struct DiskTier {
     dir: PathBuf,
     budget: u64,
-    /// URL hash → its variants on disk.
-    index: Mutex<HashMap<u64, Vec<Arc<Entry>>>>,
+    /// URL hash → its variants on disk, in `SHARDS` parts locked one at a time: a purge sweep
+    /// or an eviction walks the index a shard at a time, so the lookup of a request that
+    /// misses memory waits at most for one shard, never for a walk of a million objects.
+    index: Box<[Mutex<Shard>]>,
     bytes: AtomicU64,
     objects: AtomicU64,
     clock: AtomicU64,
@@ -97,7 +103,7 @@ impl DiskTier {
         let tier = Arc::new(Self {
             dir: dir.to_owned(),
             budget,
-            index: Mutex::default(),
+            index: (0..SHARDS).map(|_| Mutex::default()).collect(),
             bytes: AtomicU64::new(0),
             objects: AtomicU64::new(0),
             clock: AtomicU64::new(1),
@@ -121,8 +127,17 @@ impl DiskTier {
         Ok(tier)
     }
 
-    fn index(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Vec<Arc<Entry>>>> {
-        self.index.lock().unwrap_or_else(|p| p.into_inner())
+    /// The shard that holds `hash`'s variants.
+    fn shard(&self, hash: u64) -> MutexGuard<'_, Shard> {
+        lock(&self.index[(hash % SHARDS as u64) as usize])
+    }
+
+    /// Every variant on disk, copied out a shard at a time (a shard is locked while it is read).
+    fn entries_of(&self, shard: &Mutex<Shard>) -> Vec<(u64, Arc<Entry>)> {
+        lock(shard)
+            .iter()
+            .flat_map(|(hash, list)| list.iter().map(|e| (*hash, e.clone())))
+            .collect()
     }
 
     fn path(&self, id: u64) -> PathBuf {
@@ -170,7 +185,7 @@ impl DiskTier {
     }
 
     fn insert(&self, hash: u64, entry: Arc<Entry>) {
-        let mut index = self.index();
+        let mut index = self.shard(hash);
         let list = index.entry(hash).or_default();
         if let Some(old) = list.iter().position(|e| e.id == entry.id) {
             let old = list.remove(old);
@@ -184,7 +199,7 @@ impl DiskTier {
 
     /// The file id of the variant this request selects, if one is on disk.
     pub fn find(&self, key: &CacheKey, request: &HeaderMap) -> Option<u64> {
-        let index = self.index();
+        let index = self.shard(key.hash);
         let entry = index.get(&key.hash)?.iter().rev().find(|e| {
             e.meta.url == key.url
                 && e.meta.extra.as_deref() == key.extra.as_deref()
@@ -239,32 +254,26 @@ impl DiskTier {
         ))
     }
 
-    /// Applies `verdict` to every object on disk; removes those it says are gone.
+    /// Applies `gone` to every object on disk and removes those it condemns. `gone` runs with
+    /// no shard locked: lookups and stores go on while it judges.
     pub fn sweep(&self, mut gone: impl FnMut(&str, &str, &[String], u64) -> bool) {
-        let mut doomed: Vec<(u64, u64)> = Vec::new();
-        {
-            let index = self.index();
-            for (hash, list) in index.iter() {
-                for e in list {
-                    let seq = if e.meta.epoch == self.epoch {
-                        e.meta.stored_seq
-                    } else {
-                        0
-                    };
-                    if gone(&e.meta.url, &e.meta.site, &e.meta.tags, seq) {
-                        doomed.push((*hash, e.id));
-                    }
+        for shard in self.index.iter() {
+            for (hash, e) in self.entries_of(shard) {
+                let seq = if e.meta.epoch == self.epoch {
+                    e.meta.stored_seq
+                } else {
+                    0
+                };
+                if gone(&e.meta.url, &e.meta.site, &e.meta.tags, seq) {
+                    self.remove_id(hash, e.id);
                 }
             }
-        }
-        for (hash, id) in doomed {
-            self.remove_id(hash, id);
         }
     }
 
     /// Drops every variant of a URL.
     pub fn remove(&self, hash: u64) {
-        let removed = self.index().remove(&hash).unwrap_or_default();
+        let removed = self.shard(hash).remove(&hash).unwrap_or_default();
         for e in removed {
             self.forget(&e);
         }
@@ -272,7 +281,7 @@ impl DiskTier {
 
     fn remove_id(&self, hash: u64, id: u64) {
         let removed = {
-            let mut index = self.index();
+            let mut index = self.shard(hash);
             let Some(list) = index.get_mut(&hash) else { return };
             let Some(pos) = list.iter().position(|e| e.id == id) else {
                 return;
@@ -318,12 +327,10 @@ impl DiskTier {
         }
         let target = self.budget / 10 * 9;
         let mut all: Vec<(u64, u64, u64, u64)> = self
-            .index()
+            .index
             .iter()
-            .flat_map(|(h, l)| {
-                l.iter()
-                    .map(|e| (e.last_used.load(Ordering::Relaxed), *h, e.id, e.size))
-            })
+            .flat_map(|shard| self.entries_of(shard))
+            .map(|(h, e)| (e.last_used.load(Ordering::Relaxed), h, e.id, e.size))
             .collect();
         all.sort_unstable();
         let mut bytes = self.bytes.load(Ordering::Relaxed);
@@ -393,6 +400,10 @@ impl DiskTier {
     pub fn evictions(&self) -> u64 {
         self.evictions.load(Ordering::Relaxed)
     }
+}
+
+fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
+    shard.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn variant_id(hash: u64, meta: &Meta) -> u64 {
@@ -487,6 +498,62 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         None
+    }
+
+    fn object(url: &str) -> (CacheKey, Object) {
+        let key = CacheKey::for_url(url).unwrap();
+        let obj = Object::new(
+            &key,
+            "s".into(),
+            StatusCode::OK,
+            HeaderMap::new(),
+            Bytes::from_static(b"x"),
+            crate::object::tests_support::freshness(),
+            Box::new([]),
+            0,
+        );
+        (key, obj)
+    }
+
+    #[test]
+    fn lookups_go_on_while_a_sweep_judges_the_objects() {
+        let dir = std::env::temp_dir().join(format!("outpost-disk-sweep-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let tier = DiskTier::open(&dir, 1 << 30).unwrap();
+        let objects: Vec<_> = (0..200).map(|i| object(&format!("http://a.test/{i}"))).collect();
+        for (key, obj) in &objects {
+            tier.store(key.hash, obj);
+        }
+        let (done, finished) = mpsc::channel();
+        let sweeper = tier.clone();
+        let keys: Vec<CacheKey> = objects.iter().map(|(k, _)| k.clone()).collect();
+        std::thread::spawn(move || {
+            let mut looked_up = 0;
+            // A request's lookup of the very object being judged (same shard) while the sweep
+            // runs: with a lock held across the verdict it would wait for the whole walk (here,
+            // deadlock on this thread).
+            sweeper.sweep(|url, _, _, _| {
+                let key = keys.iter().find(|k| k.url == url).unwrap();
+                looked_up += usize::from(sweeper.find(key, &HeaderMap::new()).is_some());
+                url.ends_with('7')
+            });
+            let _ = done.send(looked_up);
+        });
+        let looked_up = finished
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("the sweep finished while lookups ran");
+        assert_eq!(looked_up, 200);
+        for (key, _) in &objects {
+            let condemned = key.url.ends_with('7');
+            assert_eq!(
+                tier.find(key, &HeaderMap::new()).is_none(),
+                condemned,
+                "{}",
+                key.url
+            );
+        }
+        assert_eq!(tier.objects(), 180);
+        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -764,6 +764,105 @@ async fn admin_purge_endpoint_validates_and_counts() {
 }
 
 #[tokio::test]
+async fn cache_metrics_count_what_the_cache_did() {
+    let o = Scripted::start().await;
+    o.set("/hit", route(200, &[("cache-control", "max-age=60")], "hit-body"));
+    let mut validated = route(
+        200,
+        &[("cache-control", "max-age=1"), ("etag", "\"v1\"")],
+        "validated",
+    );
+    validated.etag_304 = Some("\"v1\"");
+    o.set("/validated", validated);
+    o.set(
+        "/replaced",
+        route(
+            200,
+            &[("cache-control", "max-age=1"), ("etag", "\"r{n}\"")],
+            "r{n}",
+        ),
+    );
+    o.set(
+        "/sie",
+        route(200, &[("cache-control", "max-age=1, stale-if-error=60")], "good"),
+    );
+    let (_dir, edge, addr) = pop(&o, "").await;
+    for path in ["/hit", "/hit", "/hit", "/validated", "/replaced", "/sie"] {
+        assert_eq!(get(addr, path).await.status, StatusCode::OK, "{path}");
+    }
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    o.set("/sie", route(500, &[], ""));
+    assert_eq!(get(addr, "/validated").await.body, "validated");
+    assert_eq!(get(addr, "/replaced").await.body, "r2");
+    assert_eq!(
+        get(addr, "/sie").await.body,
+        "good",
+        "served stale on the origin's error"
+    );
+
+    let m = metrics(&edge).await;
+    let requests = |result| {
+        metric_value(
+            &m,
+            "outpost_cache_requests_total",
+            &[("site", "site"), ("result", result)],
+        )
+    };
+    assert_eq!(requests("miss"), Some(4.0), "{m}");
+    assert_eq!(requests("hit"), Some(2.0));
+    assert_eq!(requests("stale_if_error"), Some(1.0));
+    let revalidations = |result| {
+        metric_value(
+            &m,
+            "outpost_cache_revalidations_total",
+            &[("site", "site"), ("result", result)],
+        )
+    };
+    assert_eq!(revalidations("not_modified"), Some(1.0), "{m}");
+    assert_eq!(revalidations("replaced"), Some(1.0));
+    // Body bytes that came from the origin: the 304 and the 500 brought none.
+    let fetched = ["hit-body", "validated", "r1", "r2", "good"]
+        .iter()
+        .map(|b| b.len())
+        .sum::<usize>();
+    assert_eq!(
+        metric_value(&m, "outpost_origin_bytes_total", &[("site", "site")]),
+        Some(fetched as f64)
+    );
+    let origin_requests = ["/hit", "/validated", "/replaced", "/sie"]
+        .iter()
+        .map(|p| o.hits(p))
+        .sum::<usize>();
+    assert_eq!(origin_requests, 7);
+    assert_eq!(
+        metric_value(
+            &m,
+            "outpost_upstream_duration_seconds_count",
+            &[("pool", "p"), ("origin", &o.url())]
+        ),
+        Some(origin_requests as f64)
+    );
+
+    let admin = edge.admin_addr().unwrap();
+    let purge = Request::post(format!("http://{admin}/purge"))
+        .body(Full::new(Bytes::from(r#"{"prefix": "http://www.test/"}"#)))
+        .unwrap();
+    assert_eq!(
+        collect(http1_client().request(purge).await.unwrap()).await.status,
+        StatusCode::OK
+    );
+    let m = metrics(&edge).await;
+    assert_eq!(
+        metric_value(&m, "outpost_cache_purges_total", &[("kind", "prefix")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric_value(&m, "outpost_cache_purge_duration_seconds_count", &[]),
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
 async fn objects_over_the_size_limit_and_broken_bodies_are_not_stored() {
     let o = Scripted::start().await;
     o.set(

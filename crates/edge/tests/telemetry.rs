@@ -111,9 +111,43 @@ url = "{}"
         ),
         Some(1.0)
     );
-    assert_eq!(
-        metric_value(&text, "outpost_active_connections", &[("listener", "http")]).map(|v| v >= 0.0),
-        Some(true)
-    );
     assert!(text.contains("outpost_config_info{"), "{text}");
+
+    // The gauge follows a client connection: open while it is, back down once it closes (the
+    // client above kept its connection alive: closed with it).
+    drop(client);
+    let active = || async {
+        metric_value(
+            &metrics(&edge).await,
+            "outpost_active_connections",
+            &[("listener", "http")],
+        )
+    };
+    let mut held = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut held, b"GET /x HTTP/1.1\r\nHost: shop.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 12];
+    tokio::io::AsyncReadExt::read_exact(&mut held, &mut head)
+        .await
+        .unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    let mut seen = None;
+    for _ in 0..100 {
+        seen = active().await;
+        if seen == Some(1.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(seen, Some(1.0), "one client connection is open");
+    drop(held);
+    for _ in 0..100 {
+        seen = active().await;
+        if seen == Some(0.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(seen, Some(0.0), "the closed connection is no longer counted");
 }

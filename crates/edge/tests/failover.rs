@@ -225,20 +225,45 @@ async fn retries_respect_the_budget_and_never_resend_bodies() {
         metric_value(&text, "outpost_retries_total", &[("outcome", "budget_exhausted")]).unwrap_or(0.0)
             >= 1.0
     );
+}
 
-    // A request with a body is never retried, whatever the budget says.
-    let before = a.hits() + b.hits();
-    let resp = send(
-        &client,
-        addr,
-        "x",
-        Method::PUT,
-        "/",
-        Bytes::from_static(b"payload"),
-    )
-    .await;
-    assert_eq!(resp.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(a.hits() + b.hits(), before + 1);
+#[tokio::test]
+async fn requests_that_sent_a_body_or_are_not_idempotent_are_never_retried() {
+    let (a, b) = (Origin::start("a").await, Origin::start("b").await);
+    a.set_status(503);
+    b.set_status(503);
+    let dir = TempDir::new("no-retry");
+    // A budget that allows every retry: only the request decides.
+    let extra = "retry = { attempts = 1, budget_ratio = 1.0, min_per_second = 100, on_status = [503] }\noutlier = { consecutive_failures = 0 }\n";
+    let edge = start_edge(&dir, &pool_config(&[(&a, false), (&b, false)], extra)).await;
+    let addr = edge.listener_addr("http").unwrap();
+    let client = http1_client();
+    let tries = |method: Method, body: &'static [u8]| {
+        let client = client.clone();
+        let (a, b) = (&a, &b);
+        async move {
+            let before = a.hits() + b.hits();
+            let resp = send(&client, addr, "x", method, "/", Bytes::from_static(body)).await;
+            assert_eq!(resp.status, StatusCode::SERVICE_UNAVAILABLE);
+            a.hits() + b.hits() - before
+        }
+    };
+    assert_eq!(
+        tries(Method::GET, b"").await,
+        2,
+        "an idempotent request without a body is retried"
+    );
+    assert_eq!(
+        tries(Method::PUT, b"payload").await,
+        1,
+        "a request whose body was sent is not"
+    );
+    assert_eq!(
+        tries(Method::POST, b"").await,
+        1,
+        "nor a request that is not idempotent"
+    );
+    assert_eq!(tries(Method::DELETE, b"").await, 2);
 }
 
 #[tokio::test]

@@ -1,4 +1,5 @@
-//! Client-side timeouts: slow request heads (slowloris) and idle keep-alive connections.
+//! Timeouts: slow request heads (slowloris), idle keep-alive connections, paused request bodies
+//! and the pool's total bound on a request whose response is still streaming.
 
 mod common;
 
@@ -132,4 +133,66 @@ async fn a_paused_request_body_gets_408_but_a_slow_steady_one_passes() {
         answer.starts_with("HTTP/1.1 200") && answer.ends_with("hello"),
         "{answer}"
     );
+}
+
+#[tokio::test]
+async fn a_response_still_streaming_at_the_pools_request_timeout_is_cut_off() {
+    // An origin that answers its head at once, then drips its 100-byte body, a byte every
+    // 100 ms (10 s in all).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if s.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\ncache-control: no-store\r\n\r\n")
+                    .await;
+                for _ in 0..100 {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    if s.write_all(b"x").await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let dir = TempDir::new("total-timeout");
+    // The head comes well within response_header_timeout: only the total bound can end this.
+    let pool = "request_timeout = \"1s\"\nresponse_header_timeout = \"30s\"";
+    let edge = start_edge(
+        &dir,
+        &pop_config("", pool, &[(format!("http://{origin}"), false)]),
+    )
+    .await;
+    let addr = edge.listener_addr("http").unwrap();
+    let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+    client
+        .write_all(b"GET /drip HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    // Without the total bound the body would take 10 s.
+    let ended = tokio::time::timeout(Duration::from_secs(6), async {
+        let mut chunk = [0u8; 1024];
+        while let Ok(n @ 1..) = client.read(&mut chunk).await {
+            answer.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&answer);
+    assert!(
+        ended.is_ok(),
+        "the response was still streaming after 6 s: {text}"
+    );
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let body = text.split_once("\r\n\r\n").map_or(0, |(_, b)| b.len());
+    assert!(body < 100, "the body was cut short of its 100 bytes, got {body}");
 }

@@ -516,6 +516,13 @@ mod tests {
     }
 
     #[test]
+    fn an_index_entry_fits_the_allocation_docs_architecture_states() {
+        // docs/architecture.md ("Disk tier memory") counts 256 bytes for the entry in its Arc
+        // (mimalloc's size class for up to 256): growing `Meta` past it changes that figure.
+        assert!(std::mem::size_of::<Entry>() + 2 * std::mem::size_of::<usize>() <= 256);
+    }
+
+    #[test]
     fn lookups_go_on_while_a_sweep_judges_the_objects() {
         let dir = std::env::temp_dir().join(format!("outpost-disk-sweep-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);

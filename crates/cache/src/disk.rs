@@ -10,6 +10,10 @@
 //! admission, eviction and recovery machinery that Outpost would then have to tune around its
 //! own purge rules, for no gain at this size.
 //!
+//! Purges reach the files through the sweeper (`sweep`, which deletes what it condemns before
+//! it returns) and, across a restart, through the purge journal (`crate::journal`) that the
+//! scan applies.
+//!
 //! File format (`*.obj`): `OPC3`, u32 length + JSON metadata, u32 length + header block
 //! (`crate::fields`' encoding), then the body. `OPC2` files (before dates were kept as seconds
 //! and the freshness metadata lost `request_time`) are read too: their dates are text, which
@@ -28,8 +32,10 @@ use http::header::{HeaderMap, HeaderName};
 use http::StatusCode;
 
 use crate::freshness::Freshness;
+use crate::journal::{self, Condemned, Journal};
 use crate::key::CacheKey;
 use crate::object::{Object, VaryValues};
+use crate::purge::Target;
 
 const MAGIC: &[u8; 4] = b"OPC3";
 /// The format before `MAGIC`, still read (see the module's comment).
@@ -63,7 +69,7 @@ struct Entry {
 }
 
 enum Job {
-    Write { id: u64, bytes: Vec<u8> },
+    Write { hash: u64, id: u64, bytes: Vec<u8> },
     Delete { id: u64 },
 }
 
@@ -86,6 +92,8 @@ pub struct DiskTier {
     /// This process's run, so sequence numbers from earlier runs are not compared with ours.
     epoch: u64,
     jobs: mpsc::SyncSender<Job>,
+    /// Purges, kept on disk until the sweeps have applied them (see `journal`).
+    journal: Journal,
 }
 
 impl DiskTier {
@@ -97,6 +105,7 @@ impl DiskTier {
         fs::write(&probe, b"ok")?;
         fs::remove_file(&probe)?;
         let (tx, rx) = mpsc::sync_channel(QUEUE);
+        let (journal, inherited) = Journal::open(dir)?;
         let epoch = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
@@ -111,13 +120,16 @@ impl DiskTier {
             skipped_writes: AtomicU64::new(0),
             epoch,
             jobs: tx,
+            journal,
         });
         let weak = Arc::downgrade(&tier);
         std::thread::Builder::new()
             .name("outpost-cache-disk".into())
             .spawn(move || {
                 if let Some(t) = weak.upgrade() {
-                    t.scan();
+                    t.scan(&Condemned::new(&inherited));
+                    // Every file the earlier runs' purges condemn is gone: their lines are done.
+                    t.journal.retain(|l| l.epoch == t.epoch);
                 }
                 while let Ok(job) = rx.recv() {
                     let Some(t) = weak.upgrade() else { return };
@@ -177,11 +189,34 @@ impl DiskTier {
             meta,
             last_used: AtomicU64::new(self.clock.fetch_add(1, Ordering::Relaxed)),
         });
-        if self.jobs.try_send(Job::Write { id, bytes }).is_err() {
-            self.skipped_writes.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
+        // Indexed before the write is queued: the writer deletes a file it wrote for an entry
+        // that is no longer indexed (purged meanwhile), and must not mistake this one for it.
         self.insert(hash, entry);
+        if self.jobs.try_send(Job::Write { hash, id, bytes }).is_err() {
+            self.skipped_writes.fetch_add(1, Ordering::Relaxed);
+            self.remove_id(hash, id);
+        }
+    }
+
+    /// Records a purge in the journal, so that it still applies to these files after a restart.
+    pub fn record_purge(&self, seq: u64, target: &Target) {
+        self.journal.append(&journal::Line {
+            epoch: self.epoch,
+            seq,
+            target: target.clone(),
+        });
+    }
+
+    /// Drops the journal's lines of this run's purges before `seq`: their rules retired, after
+    /// sweeps that deleted every file they condemn.
+    pub fn forget_purges_before(&self, seq: u64) {
+        self.journal.retain(|l| l.epoch == self.epoch && l.seq >= seq);
+    }
+
+    fn is_indexed(&self, hash: u64, id: u64) -> bool {
+        self.shard(hash)
+            .get(&hash)
+            .is_some_and(|list| list.iter().any(|e| e.id == id))
     }
 
     fn insert(&self, hash: u64, entry: Arc<Entry>) {
@@ -254,8 +289,9 @@ impl DiskTier {
         ))
     }
 
-    /// Applies `gone` to every object on disk and removes those it condemns. `gone` runs with
-    /// no shard locked: lookups and stores go on while it judges.
+    /// Applies `gone` to every object on disk and deletes those it condemns, files included,
+    /// before it returns (the purge journal's lines are dropped on that promise). `gone` runs
+    /// with no shard locked: lookups and stores go on while it judges.
     pub fn sweep(&self, mut gone: impl FnMut(&str, &str, &[String], u64) -> bool) {
         for shard in self.index.iter() {
             for (hash, e) in self.entries_of(shard) {
@@ -264,8 +300,10 @@ impl DiskTier {
                 } else {
                     0
                 };
-                if gone(&e.meta.url, &e.meta.site, &e.meta.tags, seq) {
-                    self.remove_id(hash, e.id);
+                if gone(&e.meta.url, &e.meta.site, &e.meta.tags, seq) && self.unindex(hash, e.id).is_some() {
+                    self.bytes.fetch_sub(e.size, Ordering::Relaxed);
+                    self.objects.fetch_sub(1, Ordering::Relaxed);
+                    let _ = fs::remove_file(self.path(e.id));
                 }
             }
         }
@@ -280,19 +318,21 @@ impl DiskTier {
     }
 
     fn remove_id(&self, hash: u64, id: u64) {
-        let removed = {
-            let mut index = self.shard(hash);
-            let Some(list) = index.get_mut(&hash) else { return };
-            let Some(pos) = list.iter().position(|e| e.id == id) else {
-                return;
-            };
-            let e = list.remove(pos);
-            if list.is_empty() {
-                index.remove(&hash);
-            }
-            e
-        };
-        self.forget(&removed);
+        if let Some(removed) = self.unindex(hash, id) {
+            self.forget(&removed);
+        }
+    }
+
+    /// Takes a variant out of the index (its bytes and file are the caller's to account for).
+    fn unindex(&self, hash: u64, id: u64) -> Option<Arc<Entry>> {
+        let mut index = self.shard(hash);
+        let list = index.get_mut(&hash)?;
+        let pos = list.iter().position(|e| e.id == id)?;
+        let e = list.remove(pos);
+        if list.is_empty() {
+            index.remove(&hash);
+        }
+        Some(e)
     }
 
     fn forget(&self, e: &Entry) {
@@ -307,10 +347,15 @@ impl DiskTier {
 
     fn run(&self, job: Job) {
         match job {
-            Job::Write { id, bytes } => {
+            Job::Write { hash, id, bytes } => {
                 let path = self.path(id);
                 if let Err(e) = write_atomically(&path, &bytes) {
                     tracing::warn!(path = %path.display(), error = %e, "cannot write to the disk cache");
+                }
+                // Purged (or evicted) while it waited in the queue: the sweep that took it out of
+                // the index found no file to delete.
+                if !self.is_indexed(hash, id) {
+                    let _ = fs::remove_file(&path);
                 }
                 self.evict_over_budget();
             }
@@ -345,8 +390,9 @@ impl DiskTier {
         }
     }
 
-    /// Rebuilds the index from the files' heads.
-    fn scan(&self) {
+    /// Rebuilds the index from the files' heads, deleting the files the journal's purges (from
+    /// earlier runs) condemn.
+    fn scan(&self, condemned: &Condemned) {
         let Ok(dirs) = fs::read_dir(&self.dir) else { return };
         let mut found = 0u64;
         for sub in dirs.flatten() {
@@ -370,6 +416,12 @@ impl DiskTier {
                     let _ = fs::remove_file(&path);
                     continue;
                 };
+                if !condemned.is_empty()
+                    && condemned.condemns(&meta.url, &meta.site, &meta.tags, meta.epoch, meta.stored_seq)
+                {
+                    let _ = fs::remove_file(&path);
+                    continue;
+                }
                 let hash = crate::key::hash_url(&meta.url);
                 self.insert(
                     hash,

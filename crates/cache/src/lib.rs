@@ -12,6 +12,7 @@ mod disk;
 pub mod fields;
 pub mod fill;
 pub mod freshness;
+mod journal;
 pub mod key;
 mod memory;
 pub mod object;
@@ -169,7 +170,12 @@ impl Cache {
                 }
             }
         }
-        self.purges.add(purge)
+        let target = purge.target.clone();
+        let seq = self.purges.add(purge);
+        if let Some(disk) = &self.disk {
+            disk.record_purge(seq, &target);
+        }
+        seq
     }
 
     /// One pass over the store applying live purge rules, then retiring the rules the pass
@@ -198,7 +204,9 @@ impl Cache {
                 });
             }
             if let Some(before) = started.checked_sub(MAX_FILL) {
-                self.purges.retire(before);
+                if let (Some(live_from), Some(disk)) = (self.purges.retire(before), &self.disk) {
+                    disk.forget_purges_before(live_from);
+                }
             }
         }
     }
@@ -290,6 +298,105 @@ mod tests {
                 .unwrap(),
         );
         assert!(cache.store(&k, o).is_none());
+    }
+
+    /// A cache with a disk tier in `dir` whose background scan has indexed every file there.
+    fn with_disk(dir: &std::path::Path, files: usize) -> Cache {
+        let cache = Cache::new(&CacheConfig {
+            memory_bytes: 1 << 20,
+            disk: Some((dir.to_owned(), 1 << 30)),
+        })
+        .unwrap();
+        for _ in 0..500 {
+            if cache.stats().disk_objects as usize >= files {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        cache
+    }
+
+    fn files_in(dir: &std::path::Path) -> usize {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .filter(|d| d.path().is_dir())
+            .flat_map(|d| std::fs::read_dir(d.path()).unwrap().flatten())
+            .filter(|f| f.path().extension().is_some_and(|e| e == "obj"))
+            .count()
+    }
+
+    #[test]
+    fn a_purge_holds_across_a_restart_that_came_before_its_sweep() {
+        let dir = std::env::temp_dir().join(format!("outpost-purge-restart-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let urls = [
+            ("http://a.test/img/1", "t1", "a"),
+            ("http://a.test/img/2", "t2", "a"),
+            ("http://a.test/tagged", "t3", "a"),
+            ("http://a.test/exact", "t2", "a"),
+            ("http://a.test/kept", "t2", "a"),
+            ("http://b.test/x", "t2", "b"),
+        ];
+        {
+            let cache = with_disk(&dir, 0);
+            for (url, tags, site) in urls {
+                let (k, o) = object(&cache, url, tags, site);
+                cache.store(&k, o);
+            }
+            for _ in 0..500 {
+                if files_in(&dir) == urls.len() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            assert_eq!(files_in(&dir), urls.len(), "written to disk");
+            let p = |json: &str| {
+                serde_json::from_str::<PurgeRequest>(json)
+                    .unwrap()
+                    .into_purge()
+                    .unwrap()
+            };
+            cache.purge(p(r#"{"prefix":"http://a.test/img/"}"#));
+            cache.purge(p(r#"{"tag":"t3","soft":true}"#));
+            cache.purge(p(r#"{"site":"b"}"#));
+            // The process stops here: no sweep has run, the files are still on disk.
+            cache.purge(p(r#"{"url":"http://a.test/exact"}"#));
+        }
+        let cache = with_disk(&dir, 1);
+        let journal = || std::fs::read_to_string(dir.join("purges.jsonl")).unwrap();
+        // The scan deletes what the journal condemns, then empties the journal of those purges.
+        for _ in 0..500 {
+            if files_in(&dir) == 1 && journal().is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(files_in(&dir), 1, "the condemned files were deleted");
+        assert_eq!(journal(), "", "a third start does not carry those purges");
+        let none = HeaderMap::new();
+        let on_disk = |url: &str| {
+            let key = CacheKey::for_url(url).unwrap();
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(cache.lookup_disk(&key, &none))
+                .is_some()
+        };
+        for (url, ..) in urls {
+            assert_eq!(on_disk(url), url == "http://a.test/kept", "{url}");
+        }
+        // A purge in this run is kept until it retires.
+        cache.purge(
+            serde_json::from_str::<PurgeRequest>(r#"{"tag":"t2"}"#)
+                .unwrap()
+                .into_purge()
+                .unwrap(),
+        );
+        assert_eq!(journal().lines().count(), 1, "{}", journal());
+        drop(cache);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -32,7 +32,8 @@ pub struct PurgeRequest {
     pub soft: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Target {
     /// `host/path?query`, scheme left out: a purge of a URL covers http and https alike.
     Url(String),
@@ -198,17 +199,23 @@ impl Purges {
     }
 
     /// Drops the rules created before `before`: the caller has swept every stored object since
-    /// then, and no fetch that started before them can still be stored.
-    pub fn retire(&self, before: Instant) {
+    /// then, and no fetch that started before them can still be stored. When it dropped any,
+    /// returns the sequence number from which rules are still live (every purge before it is
+    /// retired).
+    pub fn retire(&self, before: Instant) -> Option<u64> {
         let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
-        let rules: Vec<Arc<Rule>> = self
-            .rules
-            .load()
+        let all = self.rules.load();
+        let rules: Vec<Arc<Rule>> = all.iter().filter(|r| r.created >= before).cloned().collect();
+        if rules.len() == all.len() {
+            return None;
+        }
+        let live_from = rules
             .iter()
-            .filter(|r| r.created >= before)
-            .cloned()
-            .collect();
+            .map(|r| r.seq)
+            .min()
+            .unwrap_or(self.current_seq() + 1);
         self.rules.store(Arc::new(rules));
+        Some(live_from)
     }
 }
 
@@ -263,7 +270,8 @@ mod tests {
         purges.add(req(r#"{"site":"site"}"#).unwrap());
         assert_eq!(purges.verdict(&old), Verdict::Gone);
         assert_eq!(purges.verdict(&stored_now(&purges)), Verdict::Keep);
-        purges.retire(Instant::now());
+        assert_eq!(purges.retire(Instant::now()), Some(purges.current_seq() + 1));
         assert_eq!(purges.live_rules(), 0);
+        assert_eq!(purges.retire(Instant::now()), None, "nothing left to retire");
     }
 }

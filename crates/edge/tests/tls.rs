@@ -225,6 +225,30 @@ async fn tls_connections_use_modern_protocols_only() {
         "expected a TLS alert or close, got {:?}",
         &buf[..n]
     );
+    // Counted by its reason.
+    let mut text = String::new();
+    for _ in 0..50 {
+        text = metrics(&f.edge).await;
+        if metric_value(
+            &text,
+            "outpost_tls_handshakes_total",
+            &[("result", "incompatible")],
+        )
+        .is_some()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        metric_value(
+            &text,
+            "outpost_tls_handshakes_total",
+            &[("result", "incompatible")]
+        ),
+        Some(1.0),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -278,6 +302,32 @@ async fn certificate_files_are_hot_reloaded() {
         .unwrap_or(0.0)
             >= 1.0
     );
+
+    // A certificate file that does not load (a half-written copy, a wrong file) is refused and
+    // counted; the certificate loaded before it keeps serving.
+    let (_, renewed_chain) = tls_get(addr, f.ca.roots(), "a.test", &[b"http/1.1"], "a.test", "/")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    std::fs::write(&f.cert_a, b"-----BEGIN CERTIFICATE-----\nnot base64\n").unwrap();
+    let mut refused = false;
+    for _ in 0..100 {
+        let failures = metric_value(
+            &metrics(&f.edge).await,
+            "outpost_tls_certificate_reloads_total",
+            &[("result", "failure")],
+        );
+        if failures == Some(1.0) {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(refused, "the broken certificate file was never refused");
+    let (_, now) = tls_get(addr, f.ca.roots(), "a.test", &[b"http/1.1"], "a.test", "/")
+        .await
+        .expect("still serving TLS after a broken certificate file");
+    assert_eq!(now, renewed_chain, "the certificate loaded before keeps serving");
 }
 
 #[tokio::test]

@@ -104,6 +104,28 @@ async fn reload_under_load_fails_no_request() {
 }
 
 #[tokio::test]
+async fn a_request_in_flight_finishes_on_the_config_it_started_with() {
+    let (a, b) = (Origin::start("a").await, Origin::start("b").await);
+    a.set_delay(Duration::from_millis(800));
+    let dir = TempDir::new("reload-in-flight");
+    let edge = start_edge(&dir, &config(&a, false)).await;
+    let addr = edge.listener_addr("http").unwrap();
+    let slow = tokio::spawn(async move { get(addr, "x", "/slow").await });
+    // The slow request has reached origin a before the reload.
+    assert!(eventually(Duration::from_secs(5), || a.hits() == 1).await);
+    write_config(&dir, &config(&b, false));
+    assert_eq!(edge.reload().await.expect("reload applies").version, "v-b");
+    assert_eq!(
+        get(addr, "x", "/").await.body,
+        "b",
+        "new requests use the new config"
+    );
+    let slow = slow.await.unwrap();
+    assert_eq!((slow.status, slow.body.as_str()), (StatusCode::OK, "a"));
+    assert_eq!(a.hits(), 1);
+}
+
+#[tokio::test]
 async fn invalid_config_is_refused_and_the_old_one_keeps_serving() {
     let a = Origin::start("a").await;
     let dir = TempDir::new("reload-invalid");

@@ -171,8 +171,10 @@ async fn pop_with(
 async fn req(addr: SocketAddr, method: http::Method, path: &str, headers: &[(&str, &str)]) -> Answer {
     let mut b = Request::builder()
         .method(method)
-        .uri(format!("http://{addr}{path}"))
-        .header("host", "www.test");
+        .uri(format!("http://{addr}{path}"));
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        b = b.header("host", "www.test");
+    }
     for (k, v) in headers {
         b = b.header(*k, *v);
     }
@@ -485,6 +487,27 @@ async fn successful_unsafe_methods_invalidate_the_target_and_its_location() {
         get(addr, "/other").await.body,
         "other2",
         "Location: /other was invalidated"
+    );
+    // A Location on another host is not (RFC 9111 §4.4: one site must not be able to empty
+    // another's cache entries), though this PoP caches that host too.
+    o.set(
+        "/away",
+        route(201, &[("location", "http://elsewhere.test/other")], "created"),
+    );
+    let elsewhere = |path: &'static str| async move {
+        req(addr, http::Method::GET, path, &[("host", "elsewhere.test")]).await
+    };
+    let stored = elsewhere("/other").await;
+    req(addr, http::Method::POST, "/away", &[]).await;
+    let again = elsewhere("/other").await;
+    assert_eq!(
+        again.body, stored.body,
+        "Location on another host invalidated its entry"
+    );
+    assert!(
+        cache_status(&again).starts_with("Outpost; hit"),
+        "{}",
+        cache_status(&again)
     );
 }
 

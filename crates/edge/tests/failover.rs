@@ -1,8 +1,10 @@
-//! Origin pools under failure: dead origins, passive ejection and return, active health
-//! checks, backup origins, the retry budget.
+//! Origin pools under failure and load: dead origins, passive ejection and return, active
+//! health checks, backup origins, the retry budget, least-requests balancing.
 
 mod common;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -482,5 +484,121 @@ async fn a_pool_whose_every_origin_is_ejected_still_sends_them_traffic() {
         (resp.status, resp.body.as_str()),
         (StatusCode::OK, "only"),
         "the only origin, ejected for its 5xx, is still tried rather than answering 503"
+    );
+}
+
+/// An origin speaking HTTP/1.1 by hand: `/stream` answers a head and the first bytes of a body
+/// that it then holds open until the test lets it go; anything else gets its name.
+struct HeldOrigin {
+    url: String,
+    hits: Arc<AtomicUsize>,
+    streaming: Arc<AtomicUsize>,
+}
+
+async fn held_origin(name: &'static str, release: Arc<tokio::sync::Notify>) -> HeldOrigin {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (hits, streaming) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (h, st) = (hits.clone(), streaming.clone());
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let (h, st, release) = (h.clone(), st.clone(), release.clone());
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    buf.drain(..end);
+                    h.fetch_add(1, Ordering::SeqCst);
+                    if head.starts_with("GET /stream ") {
+                        st.fetch_add(1, Ordering::SeqCst);
+                        let _ = s
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 20\r\n\r\nfirst half")
+                            .await;
+                        release.notified().await;
+                        let _ = s.write_all(b"secondhalf").await;
+                        continue;
+                    }
+                    let reply = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{name}", name.len());
+                    if s.write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    HeldOrigin { url, hits, streaming }
+}
+
+#[tokio::test]
+async fn least_requests_counts_a_response_until_its_body_ends() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let release = Arc::new(tokio::sync::Notify::new());
+    let a = held_origin("a", release.clone()).await;
+    let b = held_origin("b", release.clone()).await;
+    let dir = TempDir::new("least-requests");
+    let origins = [(a.url.clone(), false), (b.url.clone(), false)];
+    let edge = start_edge(&dir, &pop_config("", "balance = \"least_requests\"", &origins)).await;
+    let addr = edge.listener_addr("http").unwrap();
+
+    // A download whose head has come and whose body is still streaming.
+    let mut download = tokio::net::TcpStream::connect(addr).await.unwrap();
+    download
+        .write_all(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !got.ends_with(b"first half") {
+        let n = tokio::time::timeout(Duration::from_secs(5), download.read(&mut chunk))
+            .await
+            .expect("the first half came")
+            .unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&chunk[..n]);
+    }
+    let (busy, idle) = if a.streaming.load(Ordering::SeqCst) == 1 {
+        (&a, "b")
+    } else {
+        (&b, "a")
+    };
+    let before = busy.hits.load(Ordering::SeqCst);
+    // The busy origin has one request outstanding, the other none: every pick of two goes to
+    // the idle one (with ties broken at random, a count that ended with the head would send
+    // about half of these to the busy origin).
+    let client = http1_client();
+    for _ in 0..10 {
+        let resp = send(&client, addr, "x", Method::GET, "/", Bytes::new()).await;
+        assert_eq!(resp.body, idle);
+    }
+    assert_eq!(busy.hits.load(Ordering::SeqCst), before);
+    // Once the body has ended, both take requests again.
+    release.notify_waiters();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while !rest.ends_with(b"secondhalf") {
+            let n = download.read(&mut chunk).await.unwrap();
+            assert!(n > 0);
+            rest.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await
+    .expect("the rest of the body came");
+    let mut answered_by_busy = false;
+    for _ in 0..40 {
+        let resp = send(&client, addr, "x", Method::GET, "/", Bytes::new()).await;
+        answered_by_busy |= resp.body != idle;
+    }
+    assert!(
+        answered_by_busy,
+        "the origin stayed counted as busy after the body ended"
     );
 }

@@ -657,18 +657,18 @@ async fn send(
     let sent = *clock;
     let header_deadline = sent + pool.config.response_header_timeout;
     let deadline = request_deadline.map_or(header_deadline, |d| d.min(header_deadline));
-    let in_flight = InFlight::enter(&origin.state.in_flight);
+    let busy = crate::upstream::pool::Busy::enter(&origin.state);
     let result = pool.send_to(index, req, deadline, added, fields_back).await;
-    drop(in_flight);
     let done = Instant::now();
     *clock = done;
     origin.metrics.duration.observe((done - sent).as_secs_f64());
     let done = done.into_std();
     match result {
-        Ok(resp) => {
+        Ok(mut resp) => {
             let status = resp.status().as_u16();
             origin.metrics.count_status(status);
             pool.record_outcome(index, status >= 500, done);
+            resp.body_mut().hold(busy);
             Ok(resp)
         }
         Err(SendError::Connect(reason)) => {
@@ -823,21 +823,6 @@ fn is_body_limit(e: &(dyn std::error::Error + 'static)) -> bool {
 
 /// Counts an exchange as outstanding until dropped, so a cancelled request (a client that
 /// resets its stream or disconnects) cannot leave the count raised.
-struct InFlight<'a>(&'a std::sync::atomic::AtomicU64);
-
-impl<'a> InFlight<'a> {
-    fn enter(counter: &'a std::sync::atomic::AtomicU64) -> Self {
-        counter.fetch_add(1, Ordering::Relaxed);
-        Self(counter)
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 /// Everything recorded about one request, finished when its response body ends.
 pub(crate) struct RequestLog {
     shared: Arc<Shared>,

@@ -368,6 +368,8 @@ pub struct OriginBody {
     /// The response head it came with holds no connection-specific field (`h1_inline` sorts
     /// them out as it parses).
     hop_by_hop_removed: bool,
+    /// The origin's count of requests it is answering, held until the body ends.
+    busy: Option<super::pool::Busy>,
 }
 
 enum Kind {
@@ -384,6 +386,7 @@ impl OriginBody {
         let mut body = Self {
             kind: Kind::Hyper { inner, lease },
             hop_by_hop_removed: false,
+            busy: None,
         };
         if body.is_end_stream() {
             body.release();
@@ -399,6 +402,14 @@ impl OriginBody {
         Self {
             kind,
             hop_by_hop_removed,
+            busy: None,
+        }
+    }
+
+    /// Keeps the origin counted as busy with this request until the body ends (or is dropped).
+    pub fn hold(&mut self, busy: super::pool::Busy) {
+        if !self.is_end_stream() {
+            self.busy = Some(busy);
         }
     }
 
@@ -413,6 +424,7 @@ impl OriginBody {
         Self {
             kind: Kind::Hyper { inner, lease: None },
             hop_by_hop_removed: false,
+            busy: None,
         }
     }
 
@@ -433,7 +445,7 @@ impl Body for OriginBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match &mut self.kind {
+        let polled = match &mut self.kind {
             Kind::Buffered(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             Kind::Inline(body) => body.poll_frame(cx).map(|f| f.map(|r| r.map_err(BoxError::from))),
             Kind::Hyper { inner, lease } => {
@@ -446,7 +458,14 @@ impl Body for OriginBody {
                 }
                 polled.map(|f| f.map(|r| r.map_err(BoxError::from)))
             }
+        };
+        // The origin is done with this request once its body has ended or failed.
+        if self.busy.is_some()
+            && (matches!(&polled, Poll::Ready(None | Some(Err(_)))) || self.is_end_stream())
+        {
+            self.busy = None;
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -39,6 +39,24 @@ pub struct OriginState {
     pub h2: super::h2::H2Conn,
 }
 
+/// One request an origin is answering, counted in its `in_flight` (what least-requests
+/// balancing compares) from the moment it is sent until its response body has ended or been
+/// dropped: a long download keeps its origin busy for as long as it streams.
+pub struct Busy(Arc<OriginState>);
+
+impl Busy {
+    pub fn enter(state: &Arc<OriginState>) -> Self {
+        state.in_flight.fetch_add(1, Ordering::Relaxed);
+        Self(state.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 pub struct Origin {
     pub url: String,
     pub scheme: Scheme,

@@ -553,13 +553,17 @@ mod tests {
     }
 
     fn object(url: &str) -> (CacheKey, Object) {
+        object_with(url, HeaderMap::new(), b"x")
+    }
+
+    fn object_with(url: &str, headers: HeaderMap, body: &'static [u8]) -> (CacheKey, Object) {
         let key = CacheKey::for_url(url).unwrap();
         let obj = Object::new(
             &key,
             "s".into(),
             StatusCode::OK,
-            HeaderMap::new(),
-            Bytes::from_static(b"x"),
+            headers,
+            Bytes::from_static(body),
             crate::object::tests_support::freshness(),
             Box::new([]),
             0,
@@ -619,19 +623,9 @@ mod tests {
     fn objects_survive_a_reopen_and_corrupt_files_are_dropped() {
         let dir = std::env::temp_dir().join(format!("outpost-disk-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
-        let key = CacheKey::for_url("http://a.test/x").unwrap();
         let mut headers = HeaderMap::new();
         headers.insert("etag", "\"1\"".parse().unwrap());
-        let obj = Object::new(
-            &key,
-            "s".into(),
-            StatusCode::OK,
-            headers,
-            Bytes::from_static(b"hello"),
-            crate::object::tests_support::freshness(),
-            Box::new([]),
-            0,
-        );
+        let (key, obj) = object_with("http://a.test/x", headers, b"hello");
         {
             let tier = DiskTier::open(&dir, 1 << 20).unwrap();
             tier.store(key.hash, &obj);
@@ -664,17 +658,7 @@ mod tests {
     fn files_in_the_previous_format_are_still_read() {
         let dir = std::env::temp_dir().join(format!("outpost-disk-v2-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
-        let key = CacheKey::for_url("http://a.test/old").unwrap();
-        let obj = Object::new(
-            &key,
-            "s".into(),
-            StatusCode::OK,
-            HeaderMap::new(),
-            Bytes::from_static(b"hello"),
-            crate::object::tests_support::freshness(),
-            Box::new([]),
-            0,
-        );
+        let (key, obj) = object_with("http://a.test/old", HeaderMap::new(), b"hello");
         let path = {
             let tier = DiskTier::open(&dir, 1 << 20).unwrap();
             tier.store(key.hash, &obj);

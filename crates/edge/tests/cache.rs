@@ -37,6 +37,13 @@ fn route(status: u16, headers: &[(&'static str, &str)], body: &str) -> Route {
     }
 }
 
+/// A 200 route whose answers carry `etag`, and that answers 304 to a request naming it.
+fn validated_route(cache_control: &str, etag: &'static str, body: &str) -> Route {
+    let mut r = route(200, &[("cache-control", cache_control), ("etag", etag)], body);
+    r.etag_304 = Some(etag);
+    r
+}
+
 #[derive(Clone, Default)]
 struct Scripted {
     addr: Option<SocketAddr>,
@@ -254,14 +261,11 @@ async fn cache_everything_overrides_the_origin_but_never_shares_an_authorized_an
         );
         assert_eq!(o.hits(path), 1, "{path}");
     }
-    let alice = req(
-        addr,
-        http::Method::GET,
-        "/me",
-        &[("authorization", "Bearer alice")],
-    )
-    .await;
-    let bob = req(addr, http::Method::GET, "/me", &[("authorization", "Bearer bob")]).await;
+    let as_user = |credentials: &'static str| async move {
+        req(addr, http::Method::GET, "/me", &[("authorization", credentials)]).await
+    };
+    let alice = as_user("Bearer alice").await;
+    let bob = as_user("Bearer bob").await;
     assert_eq!(alice.body, "me1");
     assert_eq!(bob.body, "me2", "bob got alice's answer");
     let anonymous = get(addr, "/me").await;
@@ -396,13 +400,7 @@ async fn authorization_is_cached_when_the_origin_says_shared() {
 #[tokio::test]
 async fn no_cache_revalidates_every_time_with_the_stored_validator() {
     let o = Scripted::start().await;
-    let mut r = route(
-        200,
-        &[("cache-control", "no-cache"), ("etag", "\"v1\"")],
-        "body{n}",
-    );
-    r.etag_304 = Some("\"v1\"");
-    o.set("/nc", r);
+    o.set("/nc", validated_route("no-cache", "\"v1\"", "body{n}"));
     let (_dir, _edge, addr) = pop(&o, "").await;
     assert_eq!(get(addr, "/nc").await.body, "body1");
     let again = get(addr, "/nc").await;
@@ -790,13 +788,7 @@ async fn admin_purge_endpoint_validates_and_counts() {
 async fn cache_metrics_count_what_the_cache_did() {
     let o = Scripted::start().await;
     o.set("/hit", route(200, &[("cache-control", "max-age=60")], "hit-body"));
-    let mut validated = route(
-        200,
-        &[("cache-control", "max-age=1"), ("etag", "\"v1\"")],
-        "validated",
-    );
-    validated.etag_304 = Some("\"v1\"");
-    o.set("/validated", validated);
+    o.set("/validated", validated_route("max-age=1", "\"v1\"", "validated"));
     o.set(
         "/replaced",
         route(
@@ -824,23 +816,12 @@ async fn cache_metrics_count_what_the_cache_did() {
     );
 
     let m = metrics(&edge).await;
-    let requests = |result| {
-        metric_value(
-            &m,
-            "outpost_cache_requests_total",
-            &[("site", "site"), ("result", result)],
-        )
-    };
+    let by_result = |metric, result| metric_value(&m, metric, &[("site", "site"), ("result", result)]);
+    let requests = |result| by_result("outpost_cache_requests_total", result);
     assert_eq!(requests("miss"), Some(4.0), "{m}");
     assert_eq!(requests("hit"), Some(2.0));
     assert_eq!(requests("stale_if_error"), Some(1.0));
-    let revalidations = |result| {
-        metric_value(
-            &m,
-            "outpost_cache_revalidations_total",
-            &[("site", "site"), ("result", result)],
-        )
-    };
+    let revalidations = |result| by_result("outpost_cache_revalidations_total", result);
     assert_eq!(revalidations("not_modified"), Some(1.0), "{m}");
     assert_eq!(revalidations("replaced"), Some(1.0));
     // Body bytes that came from the origin: the 304 and the 500 brought none.

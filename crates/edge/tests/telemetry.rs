@@ -116,12 +116,24 @@ url = "{}"
     // The gauge follows a client connection: open while it is, back down once it closes (the
     // client above kept its connection alive: closed with it).
     drop(client);
-    let active = || async {
-        metric_value(
-            &metrics(&edge).await,
-            "outpost_active_connections",
-            &[("listener", "http")],
-        )
+    // The gauge's value once it reaches `want` (or its last value after 2 s).
+    let active = |want: f64| {
+        let edge = &edge;
+        async move {
+            let mut seen = None;
+            for _ in 0..100 {
+                seen = metric_value(
+                    &metrics(edge).await,
+                    "outpost_active_connections",
+                    &[("listener", "http")],
+                );
+                if seen == Some(want) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            seen
+        }
     };
     let mut held = tokio::net::TcpStream::connect(addr).await.unwrap();
     tokio::io::AsyncWriteExt::write_all(&mut held, b"GET /x HTTP/1.1\r\nHost: shop.test\r\n\r\n")
@@ -132,22 +144,11 @@ url = "{}"
         .await
         .unwrap();
     assert_eq!(&head, b"HTTP/1.1 200");
-    let mut seen = None;
-    for _ in 0..100 {
-        seen = active().await;
-        if seen == Some(1.0) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(seen, Some(1.0), "one client connection is open");
+    assert_eq!(active(1.0).await, Some(1.0), "one client connection is open");
     drop(held);
-    for _ in 0..100 {
-        seen = active().await;
-        if seen == Some(0.0) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(seen, Some(0.0), "the closed connection is no longer counted");
+    assert_eq!(
+        active(0.0).await,
+        Some(0.0),
+        "the closed connection is no longer counted"
+    );
 }

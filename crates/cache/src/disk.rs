@@ -4,9 +4,10 @@
 //! The layout is nginx `proxy_cache`'s, which has served this purpose for years: a file per
 //! object named by a hash, the key and metadata at its head, the index rebuilt by reading those
 //! heads at start (in the background: the PoP serves at once and the disk warms as the scan
-//! proceeds). Reads and writes run off the async runtime: writes and deletions on one writer
-//! thread fed by a bounded queue (a full queue skips the write rather than block a request),
-//! reads on tokio's blocking pool. foyer's hybrid cache would also do this; it brings its own
+//! proceeds). Reads and writes run off the async runtime: writes, evictions and deletions on one
+//! writer thread fed by a bounded queue (a full queue skips the write rather than block a
+//! request), reads on tokio's blocking pool, and the deletions a purge sweep condemns on the
+//! sweeper's blocking thread. foyer's hybrid cache would also do this; it brings its own
 //! admission, eviction and recovery machinery that Outpost would then have to tune around its
 //! own purge rules, for no gain at this size.
 //!
@@ -24,7 +25,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -69,8 +70,15 @@ struct Entry {
 }
 
 enum Job {
-    Write { hash: u64, id: u64, bytes: Vec<u8> },
-    Delete { id: u64 },
+    /// `entry` is the index entry the file is written for (see `run`).
+    Write {
+        hash: u64,
+        entry: Arc<Entry>,
+        bytes: Vec<u8>,
+    },
+    Delete {
+        id: u64,
+    },
 }
 
 type Shard = HashMap<u64, Vec<Arc<Entry>>>;
@@ -94,6 +102,8 @@ pub struct DiskTier {
     jobs: mpsc::SyncSender<Job>,
     /// Purges, kept on disk until the sweeps have applied them (see `journal`).
     journal: Journal,
+    /// The start-up scan has indexed every file: until then a sweep has not seen them all.
+    scanned: AtomicBool,
 }
 
 impl DiskTier {
@@ -106,9 +116,7 @@ impl DiskTier {
         fs::remove_file(&probe)?;
         let (tx, rx) = mpsc::sync_channel(QUEUE);
         let (journal, inherited) = Journal::open(dir)?;
-        let epoch = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
+        let epoch = next_epoch(dir, &inherited)?;
         let tier = Arc::new(Self {
             dir: dir.to_owned(),
             budget,
@@ -121,6 +129,7 @@ impl DiskTier {
             epoch,
             jobs: tx,
             journal,
+            scanned: AtomicBool::new(false),
         });
         let weak = Arc::downgrade(&tier);
         std::thread::Builder::new()
@@ -130,6 +139,7 @@ impl DiskTier {
                     t.scan(&Condemned::new(&inherited));
                     // Every file the earlier runs' purges condemn is gone: their lines are done.
                     t.journal.retain(|l| l.epoch == t.epoch);
+                    t.scanned.store(true, Ordering::Release);
                 }
                 while let Ok(job) = rx.recv() {
                     let Some(t) = weak.upgrade() else { return };
@@ -191,11 +201,27 @@ impl DiskTier {
         });
         // Indexed before the write is queued: the writer deletes a file it wrote for an entry
         // that is no longer indexed (purged meanwhile), and must not mistake this one for it.
-        self.insert(hash, entry);
-        if self.jobs.try_send(Job::Write { hash, id, bytes }).is_err() {
+        let replaced = self.insert(hash, entry.clone());
+        let write = Job::Write {
+            hash,
+            entry: entry.clone(),
+            bytes,
+        };
+        if self.jobs.try_send(write).is_err() {
+            // The writer is behind: skip this write and keep what the index had, whose file is
+            // still on disk (no file work here: this runs on the request path).
             self.skipped_writes.fetch_add(1, Ordering::Relaxed);
-            self.remove_id(hash, id);
+            self.unindex_exact(hash, &entry);
+            if let Some(previous) = replaced {
+                self.insert(hash, previous);
+            }
         }
+    }
+
+    /// Whether the start-up scan has indexed every file (purge rules must outlive it: files
+    /// it has not reached yet have not been swept).
+    pub fn scanned(&self) -> bool {
+        self.scanned.load(Ordering::Acquire)
     }
 
     /// Records a purge in the journal, so that it still applies to these files after a restart.
@@ -213,23 +239,35 @@ impl DiskTier {
         self.journal.retain(|l| l.epoch == self.epoch && l.seq >= seq);
     }
 
-    fn is_indexed(&self, hash: u64, id: u64) -> bool {
+    /// Is this very entry (not just its variant id) in the index?
+    fn holds(&self, hash: u64, entry: &Arc<Entry>) -> bool {
+        self.shard(hash)
+            .get(&hash)
+            .is_some_and(|list| list.iter().any(|e| Arc::ptr_eq(e, entry)))
+    }
+
+    fn has_id(&self, hash: u64, id: u64) -> bool {
         self.shard(hash)
             .get(&hash)
             .is_some_and(|list| list.iter().any(|e| e.id == id))
     }
 
-    fn insert(&self, hash: u64, entry: Arc<Entry>) {
+    /// Indexes `entry`, replacing the entry of the same variant if there is one (returned).
+    fn insert(&self, hash: u64, entry: Arc<Entry>) -> Option<Arc<Entry>> {
         let mut index = self.shard(hash);
         let list = index.entry(hash).or_default();
-        if let Some(old) = list.iter().position(|e| e.id == entry.id) {
-            let old = list.remove(old);
+        let replaced = list
+            .iter()
+            .position(|e| e.id == entry.id)
+            .map(|at| list.remove(at));
+        if let Some(old) = &replaced {
             self.bytes.fetch_sub(old.size, Ordering::Relaxed);
             self.objects.fetch_sub(1, Ordering::Relaxed);
         }
         self.bytes.fetch_add(entry.size, Ordering::Relaxed);
         self.objects.fetch_add(1, Ordering::Relaxed);
         list.push(entry);
+        replaced
     }
 
     /// The file id of the variant this request selects, if one is on disk.
@@ -300,9 +338,8 @@ impl DiskTier {
                 } else {
                     0
                 };
-                if gone(&e.meta.url, &e.meta.site, &e.meta.tags, seq) && self.unindex(hash, e.id).is_some() {
-                    self.bytes.fetch_sub(e.size, Ordering::Relaxed);
-                    self.objects.fetch_sub(1, Ordering::Relaxed);
+                // Only the entry judged: a copy of the same variant stored since is not condemned.
+                if gone(&e.meta.url, &e.meta.site, &e.meta.tags, seq) && self.unindex_exact(hash, &e) {
                     let _ = fs::remove_file(self.path(e.id));
                 }
             }
@@ -313,6 +350,8 @@ impl DiskTier {
     pub fn remove(&self, hash: u64) {
         let removed = self.shard(hash).remove(&hash).unwrap_or_default();
         for e in removed {
+            self.bytes.fetch_sub(e.size, Ordering::Relaxed);
+            self.objects.fetch_sub(1, Ordering::Relaxed);
             self.forget(&e);
         }
     }
@@ -323,21 +362,31 @@ impl DiskTier {
         }
     }
 
-    /// Takes a variant out of the index (its bytes and file are the caller's to account for).
+    /// Takes a variant out of the index, with its bytes (its file is the caller's).
     fn unindex(&self, hash: u64, id: u64) -> Option<Arc<Entry>> {
+        self.unindex_where(hash, |e| e.id == id)
+    }
+
+    /// Takes this very entry out of the index, if it is still there; whether it was.
+    fn unindex_exact(&self, hash: u64, entry: &Arc<Entry>) -> bool {
+        self.unindex_where(hash, |e| Arc::ptr_eq(e, entry)).is_some()
+    }
+
+    fn unindex_where(&self, hash: u64, which: impl Fn(&Arc<Entry>) -> bool) -> Option<Arc<Entry>> {
         let mut index = self.shard(hash);
         let list = index.get_mut(&hash)?;
-        let pos = list.iter().position(|e| e.id == id)?;
+        let pos = list.iter().position(which)?;
         let e = list.remove(pos);
         if list.is_empty() {
             index.remove(&hash);
         }
+        drop(index);
+        self.bytes.fetch_sub(e.size, Ordering::Relaxed);
+        self.objects.fetch_sub(1, Ordering::Relaxed);
         Some(e)
     }
 
     fn forget(&self, e: &Entry) {
-        self.bytes.fetch_sub(e.size, Ordering::Relaxed);
-        self.objects.fetch_sub(1, Ordering::Relaxed);
         // Deletion is best effort: a full queue leaves a file the next scan finds unindexed...
         // and indexes again, so do it here instead when the queue is full.
         if let Err(mpsc::TrySendError::Full(_)) = self.jobs.try_send(Job::Delete { id: e.id }) {
@@ -347,14 +396,15 @@ impl DiskTier {
 
     fn run(&self, job: Job) {
         match job {
-            Job::Write { hash, id, bytes } => {
-                let path = self.path(id);
+            Job::Write { hash, entry, bytes } => {
+                let path = self.path(entry.id);
                 if let Err(e) = write_atomically(&path, &bytes) {
                     tracing::warn!(path = %path.display(), error = %e, "cannot write to the disk cache");
                 }
                 // Purged (or evicted) while it waited in the queue: the sweep that took it out of
-                // the index found no file to delete.
-                if !self.is_indexed(hash, id) {
+                // the index found no file to delete. (A newer copy of the variant, if one is
+                // indexed, has its own write queued behind this one.)
+                if !self.holds(hash, &entry) {
                     let _ = fs::remove_file(&path);
                 }
                 self.evict_over_budget();
@@ -371,22 +421,21 @@ impl DiskTier {
             return;
         }
         let target = self.budget / 10 * 9;
-        let mut all: Vec<(u64, u64, u64, u64)> = self
+        let mut all: Vec<(u64, u64, Arc<Entry>)> = self
             .index
             .iter()
             .flat_map(|shard| self.entries_of(shard))
-            .map(|(h, e)| (e.last_used.load(Ordering::Relaxed), h, e.id, e.size))
+            .map(|(h, e)| (e.last_used.load(Ordering::Relaxed), h, e))
             .collect();
-        all.sort_unstable();
-        let mut bytes = self.bytes.load(Ordering::Relaxed);
-        for (_, hash, id, size) in all {
-            if bytes <= target {
+        all.sort_unstable_by_key(|(last_used, ..)| *last_used);
+        for (_, hash, e) in all {
+            if self.bytes.load(Ordering::Relaxed) <= target {
                 break;
             }
-            self.remove_id(hash, id);
-            let _ = fs::remove_file(self.path(id));
-            self.evictions.fetch_add(1, Ordering::Relaxed);
-            bytes = bytes.saturating_sub(size);
+            if self.unindex_exact(hash, &e) {
+                let _ = fs::remove_file(self.path(e.id));
+                self.evictions.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 
@@ -423,6 +472,10 @@ impl DiskTier {
                     continue;
                 }
                 let hash = crate::key::hash_url(&meta.url);
+                if self.has_id(hash, id) {
+                    // Stored again by this run while the scan ran: its own write replaces the file.
+                    continue;
+                }
                 self.insert(
                     hash,
                     Arc::new(Entry {
@@ -452,6 +505,24 @@ impl DiskTier {
     pub fn evictions(&self) -> u64 {
         self.evictions.load(Ordering::Relaxed)
     }
+}
+
+/// This run's epoch: the clock's nanoseconds, but always above every earlier run's (recorded in
+/// `dir/epoch`, and in the journal), so that "stored by an earlier run" keeps meaning "before
+/// this run's purges" when the clock has stepped back across a restart.
+fn next_epoch(dir: &Path, journal: &[journal::Line]) -> std::io::Result<u64> {
+    let path = dir.join("epoch");
+    let recorded = fs::read_to_string(&path)
+        .ok()
+        .and_then(|t| t.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    let journaled = journal.iter().map(|l| l.epoch).max().unwrap_or(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let epoch = now.max(recorded.max(journaled) + 1);
+    write_atomically(&path, epoch.to_string().as_bytes())?;
+    Ok(epoch)
 }
 
 fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
@@ -579,6 +650,38 @@ mod tests {
     }
 
     #[test]
+    fn a_copy_stored_while_the_sweep_judges_the_old_one_survives_it() {
+        let dir = std::env::temp_dir().join(format!("outpost-disk-recopy-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let tier = DiskTier::open(&dir, 1 << 30).unwrap();
+        let (key, old) = object("http://a.test/again");
+        tier.store(key.hash, &old);
+        let size = tier.bytes();
+        let (_, fresh) = object("http://a.test/again");
+        // The purge condemns the old copy; a client fetched the URL again meanwhile.
+        tier.sweep(|_, _, _, _| {
+            tier.store(key.hash, &fresh);
+            true
+        });
+        let id = tier
+            .find(&key, &HeaderMap::new())
+            .expect("the fresh copy was removed");
+        assert_eq!((tier.objects(), tier.bytes()), (1, size));
+        for _ in 0..500 {
+            if tier.path(id).exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(
+            tier.path(id).exists(),
+            "the fresh copy's file was written and kept"
+        );
+        drop(tier);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn lookups_go_on_while_a_sweep_judges_the_objects() {
         let dir = std::env::temp_dir().join(format!("outpost-disk-sweep-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
@@ -587,6 +690,20 @@ mod tests {
         for (key, obj) in &objects {
             tier.store(key.hash, obj);
         }
+        // Written (so that no write is left to land in the directory after it is removed).
+        let written = || {
+            objects.iter().all(|(k, _)| {
+                tier.find(k, &HeaderMap::new())
+                    .is_some_and(|id| tier.path(id).exists())
+            })
+        };
+        for _ in 0..1000 {
+            if written() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(written());
         let (done, finished) = mpsc::channel();
         let sweeper = tier.clone();
         let keys: Vec<CacheKey> = objects.iter().map(|(k, _)| k.clone()).collect();

@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -41,13 +41,10 @@ impl Journal {
     /// that do not parse (a line cut short by a crash) are skipped.
     pub fn open(dir: &Path) -> std::io::Result<(Self, Vec<Line>)> {
         let path = dir.join(FILE);
-        let text = fs::read_to_string(&path).unwrap_or_default();
-        let found = text
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect();
+        let bytes = fs::read(&path).unwrap_or_default();
+        let found = parse(&bytes).collect();
         let mut file = OpenOptions::new().create(true).append(true).open(&path)?;
-        if !text.is_empty() && !text.ends_with('\n') {
+        if !bytes.is_empty() && !bytes.ends_with(b"\n") {
             // End the cut line, so that the next one is not appended to it.
             file.write_all(b"\n")?;
         }
@@ -75,16 +72,11 @@ impl Journal {
     /// journal or the new one).
     pub fn retain(&self, keep: impl Fn(&Line) -> bool) {
         let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        let kept: Vec<Line> = match File::open(&self.path) {
-            Ok(f) => BufReader::new(f)
-                .lines()
-                .map_while(Result::ok)
-                .filter_map(|l| serde_json::from_str(&l).ok())
-                .filter(|l| keep(l))
-                .collect(),
-            Err(_) => return,
-        };
+        let Ok(bytes) = fs::read(&self.path) else { return };
+        let kept: Vec<Line> = parse(&bytes).filter(|l| keep(l)).collect();
         let tmp = self.path.with_extension("jsonl.tmp");
+        // The new file's handle, positioned at its end, is the one later lines go to: nothing
+        // to reopen after the rename.
         let rewrite = || -> std::io::Result<File> {
             let mut out = File::create(&tmp)?;
             for line in &kept {
@@ -94,7 +86,7 @@ impl Journal {
             }
             out.sync_data()?;
             fs::rename(&tmp, &self.path)?;
-            OpenOptions::new().append(true).open(&self.path)
+            Ok(out)
         };
         match rewrite() {
             Ok(f) => *file = f,
@@ -103,6 +95,14 @@ impl Journal {
             }
         }
     }
+}
+
+/// The lines of a journal's bytes that parse (a line cut by a crash does not, even inside a
+/// multi-byte character).
+fn parse(bytes: &[u8]) -> impl Iterator<Item = Line> + '_ {
+    bytes
+        .split(|&b| b == b'\n')
+        .filter_map(|l| serde_json::from_slice(l).ok())
 }
 
 /// A journal's purges, for the scan at start: the latest purge of each target, looked up by

@@ -203,7 +203,10 @@ impl Cache {
                     self.purges.verdict_for(url, site, tags, seq) != Verdict::Keep
                 });
             }
-            if let Some(before) = started.checked_sub(MAX_FILL) {
+            // Rules stay while the disk's start-up scan runs: files it indexes later are swept
+            // only by later sweeps.
+            let scanned = self.disk.as_ref().is_none_or(|d| d.scanned());
+            if let (Some(before), true) = (started.checked_sub(MAX_FILL), scanned) {
                 if let (Some(live_from), Some(disk)) = (self.purges.retire(before), &self.disk) {
                     disk.forget_purges_before(live_from);
                 }

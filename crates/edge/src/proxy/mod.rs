@@ -821,8 +821,6 @@ fn is_body_limit(e: &(dyn std::error::Error + 'static)) -> bool {
     has_cause::<body::BodyLimitExceeded>(e)
 }
 
-/// Counts an exchange as outstanding until dropped, so a cancelled request (a client that
-/// resets its stream or disconnects) cannot leave the count raised.
 /// Everything recorded about one request, finished when its response body ends.
 pub(crate) struct RequestLog {
     shared: Arc<Shared>,

@@ -319,7 +319,7 @@ impl Pool {
                 .pick(&fresh, &load, hash)
                 .or_else(|| balancer.pick(&|i| self.origins[set[i]].is_available(now), &load, hash));
             if let Some(i) = picked {
-                if self.outage.swap(AVAILABLE, Ordering::Relaxed) != AVAILABLE {
+                if self.report(AVAILABLE, avoid) {
                     tracing::info!(pool = %self.name, origin = %self.origins[set[i]].url, "pool has an available origin again");
                 }
                 return Ok(set[i]);
@@ -335,7 +335,7 @@ impl Pool {
                 .filter(|&i| self.origins[i].state.health.is_healthy() && !avoid.contains(&i));
             if let Some(i) = passing.min_by_key(|&i| self.origins[i].state.in_flight.load(Ordering::Relaxed))
             {
-                if self.outage.swap(ALL_EJECTED, Ordering::Relaxed) != ALL_EJECTED {
+                if self.report(ALL_EJECTED, avoid) {
                     tracing::warn!(pool = %self.name, "every healthy origin is ejected for errors; sending traffic to them anyway");
                 }
                 return Ok(i);
@@ -356,13 +356,20 @@ impl Pool {
             "{} origins: {unhealthy} failing health checks, {ejected} ejected after errors",
             self.origins.len()
         );
-        if self.outage.swap(NONE_LEFT, Ordering::Relaxed) != NONE_LEFT {
+        if self.report(NONE_LEFT, avoid) {
             tracing::error!(pool = %self.name, %detail, "no origin of the pool can take traffic; answering 503");
         }
         Err(ProxyError::NoHealthyOrigin {
             pool: self.name.clone(),
             detail,
         })
+    }
+
+    /// Records what a request's first pick found; true when that changes what the pool last
+    /// reported, which is then logged. A retry's pick (origins to `avoid`) reports nothing: it
+    /// can find none left where a first pick found one, and the log would flap per request.
+    fn report(&self, outage: u8, avoid: &[usize]) -> bool {
+        avoid.is_empty() && self.outage.swap(outage, Ordering::Relaxed) != outage
     }
 
     /// Records the outcome of one exchange with an origin for passive outlier detection.

@@ -428,13 +428,17 @@ impl DiskTier {
             .map(|(h, e)| (e.last_used.load(Ordering::Relaxed), h, e))
             .collect();
         all.sort_unstable_by_key(|(last_used, ..)| *last_used);
+        // Counted down from the bytes when the walk began: objects stored since are not in it,
+        // and waiting for the live count to drop would evict the whole walk while they arrive.
+        let mut bytes = self.bytes.load(Ordering::Relaxed);
         for (_, hash, e) in all {
-            if self.bytes.load(Ordering::Relaxed) <= target {
+            if bytes <= target {
                 break;
             }
             if self.unindex_exact(hash, &e) {
                 let _ = fs::remove_file(self.path(e.id));
                 self.evictions.fetch_add(1, Ordering::Relaxed);
+                bytes = bytes.saturating_sub(e.size);
             }
         }
     }
@@ -647,6 +651,62 @@ mod tests {
         // docs/architecture.md ("Disk tier memory") counts 256 bytes for the entry in its Arc
         // (mimalloc's size class for up to 256): growing `Meta` past it changes that figure.
         assert!(std::mem::size_of::<Entry>() + 2 * std::mem::size_of::<usize>() <= 256);
+    }
+
+    #[test]
+    fn the_disk_tier_evicts_the_least_recently_used_down_to_its_budget() {
+        let dir = std::env::temp_dir().join(format!("outpost-disk-evict-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let budget = 8 * 1024;
+        let tier = DiskTier::open(&dir, budget).unwrap();
+        let objects: Vec<_> = (0..100).map(|i| object(&format!("http://a.test/{i}"))).collect();
+        for (i, (key, obj)) in objects.iter().enumerate() {
+            tier.store(key.hash, obj);
+            if i >= 1 {
+                // The first object is looked up after every store: it stays recently used.
+                tier.find(&objects[0].0, &HeaderMap::new());
+            }
+        }
+        // The writer evicts after each write; once the last is written and its eviction done,
+        // the tier is within its budget and holds a file per indexed object.
+        let files = || {
+            fs::read_dir(&dir)
+                .unwrap()
+                .flatten()
+                .filter(|d| d.path().is_dir())
+                .flat_map(|d| fs::read_dir(d.path()).unwrap().flatten())
+                .filter(|f| f.path().extension().is_some_and(|e| e == "obj"))
+                .count() as u64
+        };
+        let last = &objects[99].0;
+        let settled = || {
+            let written = tier
+                .find(last, &HeaderMap::new())
+                .is_some_and(|id| tier.path(id).exists());
+            written && tier.bytes() <= budget && files() == tier.objects()
+        };
+        for _ in 0..1000 {
+            if settled() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(
+            tier.bytes() <= budget,
+            "{} bytes over a {budget} budget",
+            tier.bytes()
+        );
+        assert_eq!(files(), tier.objects(), "an evicted object's file is deleted");
+        assert!(tier.evictions() > 0);
+        let kept: Vec<bool> = objects
+            .iter()
+            .map(|(k, _)| tier.find(k, &HeaderMap::new()).is_some())
+            .collect();
+        assert!(kept[0], "the object in use was evicted");
+        assert!(kept[99], "the newest object was evicted");
+        assert!(!kept[1], "the least recently used object was kept");
+        drop(tier);
+        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -131,6 +131,7 @@ async fn invalid_config_is_refused_and_the_old_one_keeps_serving() {
     let dir = TempDir::new("reload-invalid");
     let edge = start_edge(&dir, &config(&a, false)).await;
     let addr = edge.listener_addr("http").unwrap();
+    let serving_hash = outpost_config::load_file(&dir.path("edge.toml")).unwrap().hash;
 
     let broken = config(&a, false).replace("pool = \"p\"", "pool = \"missing\"");
     write_config(&dir, &broken);
@@ -172,6 +173,11 @@ async fn invalid_config_is_refused_and_the_old_one_keeps_serving() {
     let cfg = collect(client.request(authed("/config")).await.unwrap()).await;
     let cfg: serde_json::Value = serde_json::from_str(&cfg.body).unwrap();
     assert_eq!(cfg["version"], "v-a");
+    assert_eq!(
+        cfg["hash"],
+        serving_hash.as_str(),
+        "the hash of the config still serving"
+    );
     assert_eq!(cfg["last_reload"]["result"], "refused");
     let text = collect(client.request(authed("/metrics")).await.unwrap())
         .await

@@ -935,6 +935,59 @@ async fn cache_key_policy_sorts_and_ignores_query_parameters() {
 }
 
 #[tokio::test]
+async fn cache_key_policy_adds_named_headers_and_cookies() {
+    let o = Scripted::start().await;
+    o.set("/k", route(200, &[("cache-control", "max-age=600")], "{n}"));
+    let (_dir, _edge, addr) = pop(&o, "key_headers = [\"x-device\"]\nkey_cookies = [\"lang\"]").await;
+    let with = |headers: &'static [(&'static str, &'static str)]| async move {
+        req(addr, http::Method::GET, "/k", headers).await.body
+    };
+    assert_eq!(with(&[("x-device", "mobile")]).await, "1");
+    assert_eq!(with(&[("x-device", "mobile")]).await, "1");
+    assert_eq!(
+        with(&[("x-device", "desktop")]).await,
+        "2",
+        "another header value, another entry"
+    );
+    assert_eq!(with(&[("cookie", "lang=en")]).await, "3");
+    assert_eq!(
+        with(&[("cookie", "session=abc; lang=en")]).await,
+        "3",
+        "other cookies are not in the key"
+    );
+    assert_eq!(with(&[("cookie", "lang=fr")]).await, "4");
+    assert_eq!(o.hits("/k"), 4);
+}
+
+#[tokio::test]
+async fn site_ttls_give_a_lifetime_to_silent_responses_and_override_the_origins() {
+    let o = Scripted::start().await;
+    // No freshness information and no validator: not storable by the RFC alone.
+    o.set("/silent", route(200, &[], "{n}"));
+    let (_dir, _edge, addr) = pop(&o, "default_ttl = \"1m\"").await;
+    get(addr, "/silent").await;
+    let second = get(addr, "/silent").await;
+    assert!(
+        cache_status(&second).starts_with("Outpost; hit"),
+        "{}",
+        cache_status(&second)
+    );
+    assert_eq!(o.hits("/silent"), 1, "default_ttl stored it");
+
+    let o = Scripted::start().await;
+    o.set("/long", route(200, &[("cache-control", "max-age=3600")], "{n}"));
+    let (_dir, _edge, addr) = pop(&o, "ttl = \"1s\"").await;
+    get(addr, "/long").await;
+    assert_eq!(get(addr, "/long").await.body, "1");
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert_eq!(
+        get(addr, "/long").await.body,
+        "2",
+        "ttl cut the origin's hour to a second"
+    );
+}
+
+#[tokio::test]
 async fn memory_stays_within_its_budget() {
     let o = Scripted::start().await;
     o.set(

@@ -206,6 +206,13 @@ fn cache_status(a: &Answer) -> String {
         .unwrap_or_default()
 }
 
+/// Fails unless `a` came from the cache (`what` names the case in the message).
+#[track_caller]
+fn assert_hit(a: &Answer, what: &str) {
+    let status = cache_status(a);
+    assert!(status.starts_with("Outpost; hit"), "{what}: {status}");
+}
+
 #[tokio::test]
 async fn fresh_responses_are_served_from_cache_with_age() {
     let o = Scripted::start().await;
@@ -226,11 +233,7 @@ async fn fresh_responses_are_served_from_cache_with_age() {
         );
         let second = get(addr, path).await;
         assert_eq!(second.body, first.body, "{path}");
-        assert!(
-            cache_status(&second).starts_with("Outpost; hit"),
-            "{path}: {}",
-            cache_status(&second)
-        );
+        assert_hit(&second, path);
         assert!(
             second.headers.contains_key("age"),
             "{path}: a cached response carries Age"
@@ -254,11 +257,7 @@ async fn cache_everything_overrides_the_origin_but_never_shares_an_authorized_an
         let first = get(addr, path).await;
         let second = get(addr, path).await;
         assert_eq!(second.body, first.body, "{path}");
-        assert!(
-            cache_status(&second).starts_with("Outpost; hit"),
-            "{path}: {}",
-            cache_status(&second)
-        );
+        assert_hit(&second, path);
         assert_eq!(o.hits(path), 1, "{path}");
     }
     let as_user = |credentials: &'static str| async move {
@@ -339,11 +338,7 @@ async fn a_response_setting_a_cookie_is_stored_only_when_the_origin_shares_it() 
     let (_dir, _edge, addr) = pop(&o, "").await;
     get(addr, "/shared").await;
     let hit = get(addr, "/shared").await;
-    assert!(
-        cache_status(&hit).starts_with("Outpost; hit"),
-        "{}",
-        cache_status(&hit)
-    );
+    assert_hit(&hit, "");
     assert_eq!(
         hit.headers["set-cookie"], "a=b",
         "RFC 9111 §7.3: the stored cookie is replayed"
@@ -356,11 +351,7 @@ async fn a_response_setting_a_cookie_is_stored_only_when_the_origin_shares_it() 
         "the fetching client gets its cookie"
     );
     let hit = get(addr, "/private-field").await;
-    assert!(
-        cache_status(&hit).starts_with("Outpost; hit"),
-        "{}",
-        cache_status(&hit)
-    );
+    assert_hit(&hit, "");
     assert!(
         !hit.headers.contains_key("set-cookie"),
         "private=\"set-cookie\" keeps the cookie out of the stored copy"
@@ -502,11 +493,7 @@ async fn successful_unsafe_methods_invalidate_the_target_and_its_location() {
         again.body, stored.body,
         "Location on another host invalidated its entry"
     );
-    assert!(
-        cache_status(&again).starts_with("Outpost; hit"),
-        "{}",
-        cache_status(&again)
-    );
+    assert_hit(&again, "");
 }
 
 #[tokio::test]
@@ -967,11 +954,7 @@ async fn site_ttls_give_a_lifetime_to_silent_responses_and_override_the_origins(
     let (_dir, _edge, addr) = pop(&o, "default_ttl = \"1m\"").await;
     get(addr, "/silent").await;
     let second = get(addr, "/silent").await;
-    assert!(
-        cache_status(&second).starts_with("Outpost; hit"),
-        "{}",
-        cache_status(&second)
-    );
+    assert_hit(&second, "");
     assert_eq!(o.hits("/silent"), 1, "default_ttl stored it");
 
     let o = Scripted::start().await;
@@ -1063,11 +1046,7 @@ async fn a_restarted_pop_answers_warm_objects_from_its_disk_tier() {
     }
     assert!(indexed, "the disk index was rebuilt");
     let a = get(addr, "/warm").await;
-    assert!(
-        cache_status(&a).starts_with("Outpost; hit"),
-        "{}",
-        cache_status(&a)
-    );
+    assert_hit(&a, "");
     let warm = a;
     assert_eq!(warm.body, "warm1");
     assert_eq!(warm.headers["etag"], "\"w\"");
@@ -1156,11 +1135,7 @@ async fn a_range_request_on_a_miss_fills_the_whole_object_and_gets_its_range() {
     );
     let whole = get(addr, "/video").await;
     assert_eq!(whole.body, "0123456789abcdef");
-    assert!(
-        cache_status(&whole).starts_with("Outpost; hit"),
-        "{}",
-        cache_status(&whole)
-    );
+    assert_hit(&whole, "");
     assert_eq!(o.hits("/video"), 1);
 }
 
@@ -1182,10 +1157,6 @@ async fn a_head_miss_fills_the_cache_with_a_get() {
     assert!(head.body.is_empty());
     let get = get(addr, "/h").await;
     assert_eq!(get.body, "0123456789");
-    assert!(
-        cache_status(&get).starts_with("Outpost; hit"),
-        "{}",
-        cache_status(&get)
-    );
+    assert_hit(&get, "");
     assert_eq!(o.hits("/h"), 1, "one GET to the origin answered both");
 }

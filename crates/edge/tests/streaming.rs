@@ -1,6 +1,7 @@
 //! Bodies stream through the PoP both ways: a client gets the first bytes of a response before
-//! the origin has sent the rest (pass-through, and a cache fill that is being stored), and the
-//! origin gets the first bytes of a request body before the client has sent the rest.
+//! the origin has sent the rest (pass-through, a cache fill that is being stored, and a request
+//! that joined that fill), and the origin gets the first bytes of a request body before the
+//! client has sent the rest.
 //!
 //! Each test gates the second half on the far side having seen the first: a PoP that buffered
 //! whole bodies would wait for bytes that never come, and the bounded wait fails the test.
@@ -182,4 +183,41 @@ async fn a_request_body_streams_to_the_origin() {
         String::from_utf8_lossy(&response)
     );
     assert_eq!(body_of(&response), (2 * HALF).to_string().as_bytes());
+}
+
+#[tokio::test]
+async fn a_request_that_joins_a_fill_streams_it_as_it_arrives() {
+    let (origin, open, hits) = gated_origin("max-age=60").await;
+    let (_dir, _edge, addr) = pop_in_front_of(origin).await;
+    let first_half = [b'a'; HALF];
+    let mut clients = Vec::new();
+    // The second client asks while the first one's fetch is half done: it joins that fetch
+    // (one origin request) and gets its bytes as they come, not once it has finished.
+    for _ in 0..2 {
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        client
+            .write_all(b"GET /big HTTP/1.1\r\nHost: www.test\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        assert!(
+            read_until(&mut client, &mut got, &first_half).await,
+            "client {} did not get the first half while the origin held the second",
+            clients.len() + 1
+        );
+        clients.push((client, got));
+    }
+    open.send(()).unwrap();
+    for (mut client, mut got) in clients {
+        tokio::time::timeout(WAIT, client.read_to_end(&mut got))
+            .await
+            .expect("the rest of the body came")
+            .unwrap();
+        assert_eq!(body_of(&got).len(), 2 * HALF);
+    }
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        1,
+        "the second request joined the first's fetch"
+    );
 }

@@ -75,30 +75,41 @@ async fn pop_in_front_of(origin: SocketAddr) -> (TempDir, outpost_edge::Edge, So
     (dir, edge, addr)
 }
 
-/// Sends a GET for `/big` and checks the response's first half arrives while the origin holds
-/// the second; then lets the origin finish and returns the whole response.
-async fn first_half_arrives_before_the_origin_finishes(
-    addr: SocketAddr,
-    open: oneshot::Sender<()>,
-) -> Vec<u8> {
+/// A client that sent a GET for `/big` and has the response up to its first half, which must
+/// arrive while the origin holds the second.
+async fn client_with_first_half(addr: SocketAddr) -> (TcpStream, Vec<u8>) {
     let mut client = TcpStream::connect(addr).await.unwrap();
     client
         .write_all(b"GET /big HTTP/1.1\r\nHost: www.test\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
     let mut got = Vec::new();
-    let first_half = [b'a'; HALF];
     assert!(
-        read_until(&mut client, &mut got, &first_half).await,
+        read_until(&mut client, &mut got, &[b'a'; HALF]).await,
         "the first half did not reach the client while the origin held the second ({} bytes came)",
         got.len()
     );
-    open.send(()).unwrap();
+    (client, got)
+}
+
+/// The rest of a response `client` has begun to receive.
+async fn rest_of(mut client: TcpStream, mut got: Vec<u8>) -> Vec<u8> {
     tokio::time::timeout(WAIT, client.read_to_end(&mut got))
         .await
         .expect("the rest of the body came")
         .unwrap();
     got
+}
+
+/// Sends a GET for `/big` and checks the response's first half arrives while the origin holds
+/// the second; then lets the origin finish and returns the whole response.
+async fn first_half_arrives_before_the_origin_finishes(
+    addr: SocketAddr,
+    open: oneshot::Sender<()>,
+) -> Vec<u8> {
+    let (client, got) = client_with_first_half(addr).await;
+    open.send(()).unwrap();
+    rest_of(client, got).await
 }
 
 fn body_of(response: &[u8]) -> &[u8] {
@@ -189,31 +200,13 @@ async fn a_request_body_streams_to_the_origin() {
 async fn a_request_that_joins_a_fill_streams_it_as_it_arrives() {
     let (origin, open, hits) = gated_origin("max-age=60").await;
     let (_dir, _edge, addr) = pop_in_front_of(origin).await;
-    let first_half = [b'a'; HALF];
-    let mut clients = Vec::new();
     // The second client asks while the first one's fetch is half done: it joins that fetch
     // (one origin request) and gets its bytes as they come, not once it has finished.
-    for _ in 0..2 {
-        let mut client = TcpStream::connect(addr).await.unwrap();
-        client
-            .write_all(b"GET /big HTTP/1.1\r\nHost: www.test\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let mut got = Vec::new();
-        assert!(
-            read_until(&mut client, &mut got, &first_half).await,
-            "client {} did not get the first half while the origin held the second",
-            clients.len() + 1
-        );
-        clients.push((client, got));
-    }
+    let first = client_with_first_half(addr).await;
+    let second = client_with_first_half(addr).await;
     open.send(()).unwrap();
-    for (mut client, mut got) in clients {
-        tokio::time::timeout(WAIT, client.read_to_end(&mut got))
-            .await
-            .expect("the rest of the body came")
-            .unwrap();
-        assert_eq!(body_of(&got).len(), 2 * HALF);
+    for (client, got) in [first, second] {
+        assert_eq!(body_of(&rest_of(client, got).await).len(), 2 * HALF);
     }
     assert_eq!(
         hits.load(Ordering::SeqCst),

@@ -529,6 +529,18 @@ fn next_epoch(dir: &Path, journal: &[journal::Line]) -> std::io::Result<u64> {
     Ok(epoch)
 }
 
+/// The object files in a disk tier's directory (for tests).
+#[cfg(test)]
+pub(crate) fn object_files(dir: &Path) -> usize {
+    fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|d| d.path().is_dir())
+        .flat_map(|d| fs::read_dir(d.path()).unwrap().flatten())
+        .filter(|f| f.path().extension().is_some_and(|e| e == "obj"))
+        .count()
+}
+
 fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
     shard.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -669,15 +681,7 @@ mod tests {
         }
         // The writer evicts after each write; once the last is written and its eviction done,
         // the tier is within its budget and holds a file per indexed object.
-        let files = || {
-            fs::read_dir(&dir)
-                .unwrap()
-                .flatten()
-                .filter(|d| d.path().is_dir())
-                .flat_map(|d| fs::read_dir(d.path()).unwrap().flatten())
-                .filter(|f| f.path().extension().is_some_and(|e| e == "obj"))
-                .count() as u64
-        };
+        let files = || object_files(&dir) as u64;
         let last = &objects[99].0;
         let settled = || {
             let written = tier

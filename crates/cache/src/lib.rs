@@ -319,16 +319,6 @@ mod tests {
         cache
     }
 
-    fn files_in(dir: &std::path::Path) -> usize {
-        std::fs::read_dir(dir)
-            .unwrap()
-            .flatten()
-            .filter(|d| d.path().is_dir())
-            .flat_map(|d| std::fs::read_dir(d.path()).unwrap().flatten())
-            .filter(|f| f.path().extension().is_some_and(|e| e == "obj"))
-            .count()
-    }
-
     #[test]
     fn a_purge_holds_across_a_restart_that_came_before_its_sweep() {
         let dir = std::env::temp_dir().join(format!("outpost-purge-restart-{}", std::process::id()));
@@ -348,12 +338,12 @@ mod tests {
                 cache.store(&k, o);
             }
             for _ in 0..500 {
-                if files_in(&dir) == urls.len() {
+                if disk::object_files(&dir) == urls.len() {
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(10));
             }
-            assert_eq!(files_in(&dir), urls.len(), "written to disk");
+            assert_eq!(disk::object_files(&dir), urls.len(), "written to disk");
             let p = |json: &str| {
                 serde_json::from_str::<PurgeRequest>(json)
                     .unwrap()
@@ -370,12 +360,12 @@ mod tests {
         let journal = || std::fs::read_to_string(dir.join("purges.jsonl")).unwrap();
         // The scan deletes what the journal condemns, then empties the journal of those purges.
         for _ in 0..500 {
-            if files_in(&dir) == 1 && journal().is_empty() {
+            if disk::object_files(&dir) == 1 && journal().is_empty() {
                 break;
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        assert_eq!(files_in(&dir), 1, "the condemned files were deleted");
+        assert_eq!(disk::object_files(&dir), 1, "the condemned files were deleted");
         assert_eq!(journal(), "", "a third start does not carry those purges");
         let none = HeaderMap::new();
         let on_disk = |url: &str| {

@@ -8,6 +8,9 @@ use http::StatusCode;
 pub enum Side {
     Client,
     Origin,
+    /// No origin of the pool can take traffic: an outage, which the pool logs once when it
+    /// starts (not once per request refused).
+    Pool,
     Internal,
 }
 
@@ -105,8 +108,8 @@ impl ProxyError {
             | Self::RateLimited { .. }
             | Self::NotCached
             | Self::WafBlocked { .. } => Side::Client,
-            Self::NoHealthyOrigin { .. }
-            | Self::OriginConnect { .. }
+            Self::NoHealthyOrigin { .. } => Side::Pool,
+            Self::OriginConnect { .. }
             | Self::OriginTimeout { .. }
             | Self::OriginProtocol { .. }
             | Self::Upgrade(_) => Side::Origin,

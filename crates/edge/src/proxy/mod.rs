@@ -88,10 +88,7 @@ pub(crate) async fn handle(
                 conn.shared.metrics.reject(err.reason());
             }
             match err.side() {
-                // The pool logs an outage once, when it starts: not once per refused request.
-                error::Side::Origin if !matches!(err, ProxyError::NoHealthyOrigin { .. }) => {
-                    tracing::info!(error = %err, "request failed at the origin")
-                }
+                error::Side::Origin => tracing::info!(error = %err, "request failed at the origin"),
                 _ => tracing::trace!(error = %err, "request refused"),
             }
             error_response(&err, &snapshot)

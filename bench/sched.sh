@@ -13,10 +13,16 @@
 #   preempted /1k req  the proxy's involuntary context switches per 1,000 requests
 #   origin runs /1k req  the origin worker's voluntary switches (it ran out of work)
 #   req per origin run
+#   proxy sleeps /1k req    the proxy's voluntary switches (it ran out of work)
+#   origin preempted /1k req
+#   proxy user, system µs/req and origin µs/req: CPU time per request (/proc/PID/stat)
 # Counts come from /proc/PID/status (voluntary_ctxt_switches, nonvoluntary_ctxt_switches);
 # the proxy runs one thread (Outpost --workers 1 uses a current-thread runtime).
 #
-# Usage: bench/sched.sh        DURATION=5 CONNS=64 SIZE=1k REPS=2
+# BASELINE=path/to/another/outpost adds it as "outpost-base", measured in turn with the others:
+# an A/B of a change on the same warm machine.
+#
+# Usage: bench/sched.sh        DURATION=5 CONNS=64 SIZE=1k REPS=2 [BASELINE=...]
 # Needs: nginx, haproxy, wrk (../shared/bench/install-peers.sh installs them).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -53,6 +59,10 @@ haproxy_cfg() {  # fwd(0/1)
 haproxy_cfg 0 > "$work/haproxy.cfg"
 haproxy_cfg 1 > "$work/haproxy-fwd.cfg"
 
+cpu_ticks() {  # PID -> "utime stime" in clock ticks
+  awk '{ print $14 " " $15 }' "/proc/$1/stat"
+}
+
 switches() {  # PID KIND -> count
   awk -v k="$2_ctxt_switches:" '$1 == k { print $2 }' "/proc/$1/status"
 }
@@ -63,22 +73,30 @@ measure() {  # NAME CMD... -> one table row
   server_pid=$!
   wait_port "$PORT"
   taskset -c 1 wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$PORT/$SIZE.bin" >/dev/null
-  local p0 o0 p1 o1 out requests
+  local p0 o0 p1 o1 out requests v0 v1 on0 on1
   p0=$(switches "$server_pid" nonvoluntary) o0=$(switches "$origin_worker" voluntary)
+  v0=$(switches "$server_pid" voluntary) on0=$(switches "$origin_worker" nonvoluntary)
+  local t0 t1 ot0 ot1
+  t0=$(cpu_ticks "$server_pid") ot0=$(cpu_ticks "$origin_worker")
   out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" "http://127.0.0.1:$PORT/$SIZE.bin")
   p1=$(switches "$server_pid" nonvoluntary) o1=$(switches "$origin_worker" voluntary)
+  v1=$(switches "$server_pid" voluntary) on1=$(switches "$origin_worker" nonvoluntary)
+  t1=$(cpu_ticks "$server_pid") ot1=$(cpu_ticks "$origin_worker")
   kill "$server_pid"; wait "$server_pid" 2>/dev/null || true
   server_pid=
   requests=$(awk '/requests in/ { print $1 }' <<<"$out")
-  awk -v n="$name" -v r="$requests" -v d="$DURATION" -v p=$((p1 - p0)) -v o=$((o1 - o0)) \
-    'BEGIN { printf "| %s | %.0f | %.1f | %.1f | %.1f |\n", n, r / d, 1000 * p / r, 1000 * o / r, (o ? r / o : 0) }'
+  awk -v n="$name" -v r="$requests" -v d="$DURATION" -v p=$((p1 - p0)) -v o=$((o1 - o0)) -v v=$((v1 - v0)) -v on=$((on1 - on0)) -v t0="$t0" -v t1="$t1" -v ot0="$ot0" -v ot1="$ot1" -v hz="$(getconf CLK_TCK)" \
+    'BEGIN { split(t0, a, " "); split(t1, b, " "); split(ot0, c, " "); split(ot1, e, " "); us = 1e6 / hz / r;
+            printf "| %s | %.0f | %.1f | %.1f | %.1f | %.1f | %.1f | %.2f | %.2f | %.2f |\n", n, r / d, 1000 * p / r, 1000 * o / r, (o ? r / o : 0), 1000 * v / r, 1000 * on / r, (b[1] - a[1]) * us, (b[2] - a[2]) * us, (e[1] + e[2] - c[1] - c[2]) * us }'
 }
 
 printf '\n### Scheduling beside a same-CPU origin (HTTP/1.1 %s, wrk -c%s, %ss)\n\n' "$SIZE" "$CONNS" "$DURATION"
-echo "| proxy | req/s | preempted /1k req | origin runs /1k req | req per origin run |"
-echo "|---|---|---|---|---|"
+echo "| proxy | req/s | preempted /1k req | origin runs /1k req | req per origin run | proxy sleeps /1k req | origin preempted /1k req | proxy user µs/req | proxy system µs/req | origin µs/req |"
+echo "|---|---|---|---|---|---|---|---|---|---|"
 for _ in $(seq "$REPS"); do
   measure outpost "$root/target/release/outpost" edge --listen "127.0.0.1:$PORT" --origin "http://127.0.0.1:$ORIGIN_PORT" \
+    --admin off --access-log off --waf off --cache off --workers 1
+  [[ -z ${BASELINE:-} ]] || measure outpost-base "$BASELINE" edge --listen "127.0.0.1:$PORT" --origin "http://127.0.0.1:$ORIGIN_PORT" \
     --admin off --access-log off --waf off --cache off --workers 1
   measure haproxy haproxy -db -f "$work/haproxy.cfg"
   measure haproxy-fwd haproxy -db -f "$work/haproxy-fwd.cfg"

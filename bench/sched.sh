@@ -14,13 +14,15 @@
 #   origin runs /1k req  the origin worker's voluntary switches (it ran out of work)
 #   req per origin run
 #   proxy sleeps /1k req    the proxy's voluntary switches (it ran out of work)
-#   origin preempted /1k req
-#   proxy user, system µs/req and origin µs/req: CPU time per request (/proc/PID/stat)
+#   origin preempted /1k req  the origin worker's involuntary switches
+#   proxy user, system µs/req  the proxy's CPU time per request (/proc/PID/stat utime, stime)
+#   origin µs/req           the origin worker's CPU time per request, user and system together
 # Counts come from /proc/PID/status (voluntary_ctxt_switches, nonvoluntary_ctxt_switches);
 # the proxy runs one thread (Outpost --workers 1 uses a current-thread runtime).
 #
-# BASELINE=path/to/another/outpost adds it as "outpost-base", measured in turn with the others:
-# an A/B of a change on the same warm machine.
+# BASELINE=path/to/another/outpost adds it as "outpost-base", measured in turn with the others
+# (before Outpost's build in odd reps, after it in even ones): an A/B of a change on the same
+# warm machine.
 #
 # Usage: bench/sched.sh        DURATION=5 CONNS=64 SIZE=1k REPS=2 [BASELINE=...]
 # Needs: nginx, haproxy, wrk (../shared/bench/install-peers.sh installs them).
@@ -60,7 +62,8 @@ haproxy_cfg 0 > "$work/haproxy.cfg"
 haproxy_cfg 1 > "$work/haproxy-fwd.cfg"
 
 cpu_ticks() {  # PID -> "utime stime" in clock ticks
-  awk '{ print $14 " " $15 }' "/proc/$1/stat"
+  # Fields after the command name, which is in parentheses and may hold spaces.
+  sed 's/.*) //' "/proc/$1/stat" | awk '{ print $12 " " $13 }'
 }
 
 switches() {  # PID KIND -> count
@@ -73,15 +76,20 @@ measure() {  # NAME CMD... -> one table row
   server_pid=$!
   wait_port "$PORT"
   taskset -c 1 wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$PORT/$SIZE.bin" >/dev/null
-  local p0 o0 p1 o1 out requests v0 v1 on0 on1
-  p0=$(switches "$server_pid" nonvoluntary) o0=$(switches "$origin_worker" voluntary)
-  v0=$(switches "$server_pid" voluntary) on0=$(switches "$origin_worker" nonvoluntary)
-  local t0 t1 ot0 ot1
-  t0=$(cpu_ticks "$server_pid") ot0=$(cpu_ticks "$origin_worker")
+  local p0 o0 v0 on0 t0 ot0 p1 o1 v1 on1 t1 ot1 out requests
+  p0=$(switches "$server_pid" nonvoluntary)
+  o0=$(switches "$origin_worker" voluntary)
+  v0=$(switches "$server_pid" voluntary)
+  on0=$(switches "$origin_worker" nonvoluntary)
+  t0=$(cpu_ticks "$server_pid")
+  ot0=$(cpu_ticks "$origin_worker")
   out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" "http://127.0.0.1:$PORT/$SIZE.bin")
-  p1=$(switches "$server_pid" nonvoluntary) o1=$(switches "$origin_worker" voluntary)
-  v1=$(switches "$server_pid" voluntary) on1=$(switches "$origin_worker" nonvoluntary)
-  t1=$(cpu_ticks "$server_pid") ot1=$(cpu_ticks "$origin_worker")
+  p1=$(switches "$server_pid" nonvoluntary)
+  o1=$(switches "$origin_worker" voluntary)
+  v1=$(switches "$server_pid" voluntary)
+  on1=$(switches "$origin_worker" nonvoluntary)
+  t1=$(cpu_ticks "$server_pid")
+  ot1=$(cpu_ticks "$origin_worker")
   kill "$server_pid"; wait "$server_pid" 2>/dev/null || true
   server_pid=
   requests=$(awk '/requests in/ { print $1 }' <<<"$out")
@@ -93,11 +101,16 @@ measure() {  # NAME CMD... -> one table row
 printf '\n### Scheduling beside a same-CPU origin (HTTP/1.1 %s, wrk -c%s, %ss)\n\n' "$SIZE" "$CONNS" "$DURATION"
 echo "| proxy | req/s | preempted /1k req | origin runs /1k req | req per origin run | proxy sleeps /1k req | origin preempted /1k req | proxy user µs/req | proxy system µs/req | origin µs/req |"
 echo "|---|---|---|---|---|---|---|---|---|---|"
-for _ in $(seq "$REPS"); do
-  measure outpost "$root/target/release/outpost" edge --listen "127.0.0.1:$PORT" --origin "http://127.0.0.1:$ORIGIN_PORT" \
-    --admin off --access-log off --waf off --cache off --workers 1
-  [[ -z ${BASELINE:-} ]] || measure outpost-base "$BASELINE" edge --listen "127.0.0.1:$PORT" --origin "http://127.0.0.1:$ORIGIN_PORT" \
-    --admin off --access-log off --waf off --cache off --workers 1
+outpost_args=(edge --listen "127.0.0.1:$PORT" --origin "http://127.0.0.1:$ORIGIN_PORT"
+  --admin off --access-log off --waf off --cache off --workers 1)
+for rep in $(seq "$REPS"); do
+  if [[ -n ${BASELINE:-} && $((rep % 2)) == 1 ]]; then
+    measure outpost-base "$BASELINE" "${outpost_args[@]}"
+  fi
+  measure outpost "$root/target/release/outpost" "${outpost_args[@]}"
+  if [[ -n ${BASELINE:-} && $((rep % 2)) == 0 ]]; then
+    measure outpost-base "$BASELINE" "${outpost_args[@]}"
+  fi
   measure haproxy haproxy -db -f "$work/haproxy.cfg"
   measure haproxy-fwd haproxy -db -f "$work/haproxy-fwd.cfg"
 done

@@ -283,7 +283,6 @@ async fn proxy(
     }
 
     // 5. forward
-    let relay_after_forwarding = req.version() <= Version::HTTP_11;
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (parts, incoming) = req.into_parts();
     let hash = pool.request_hash(&parts.uri, &parts.headers, &host, log.client_ip);
@@ -334,14 +333,6 @@ async fn proxy(
         .await;
     log.record(rec);
     let mut resp = result?;
-    if relay_after_forwarding {
-        // An HTTP/1.1 client's response is relayed once the tasks that are ready now have run
-        // (tokio wakes a yielded task after its next I/O poll), so requests that came in
-        // meanwhile go to their origins first and an origin finds them together when it next
-        // runs: see "Relaying after forwarding" in docs/architecture.md. HTTP/2 streams relay
-        // through their connection's task already and measured slower with it.
-        tokio::task::yield_now().await;
-    }
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_upgrade) = client_upgrade {
             upgrade::splice(&conn.shared, client_upgrade, hyper::upgrade::on(&mut resp));
@@ -360,6 +351,14 @@ async fn proxy(
         }
     }
     log.from_origin = true;
+    if parts.version != Version::HTTP_2 {
+        // An HTTP/1.x client's response is relayed once the tasks that are ready now have run
+        // (tokio 1.54 wakes a yielded task after its next I/O poll), so requests that came in
+        // meanwhile go to their origins first and an origin finds them together when it next
+        // runs: see "Relaying after forwarding" in docs/architecture.md. HTTP/2 streams
+        // measured slower with it.
+        tokio::task::yield_now().await;
+    }
     Ok(respond(resp, snapshot, upgrade))
 }
 

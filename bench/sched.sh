@@ -70,32 +70,32 @@ switches() {  # PID KIND -> count
   awk -v k="$2_ctxt_switches:" '$1 == k { print $2 }' "/proc/$1/status"
 }
 
+counters() {  # -> the counters one row compares, space-separated: proxy involuntary and
+  # voluntary switches, origin voluntary and involuntary switches, proxy utime and stime,
+  # origin utime and stime
+  echo "$(switches "$server_pid" nonvoluntary) $(switches "$server_pid" voluntary)" \
+    "$(switches "$origin_worker" voluntary) $(switches "$origin_worker" nonvoluntary)" \
+    "$(cpu_ticks "$server_pid") $(cpu_ticks "$origin_worker")"
+}
+
 measure() {  # NAME CMD... -> one table row
   local name=$1; shift
   taskset -c 0 "$@" >"$work/$name.log" 2>&1 &
   server_pid=$!
   wait_port "$PORT"
   taskset -c 1 wrk -t1 -c"$CONNS" -d2s "http://127.0.0.1:$PORT/$SIZE.bin" >/dev/null
-  local p0 o0 v0 on0 t0 ot0 p1 o1 v1 on1 t1 ot1 out requests
-  p0=$(switches "$server_pid" nonvoluntary)
-  o0=$(switches "$origin_worker" voluntary)
-  v0=$(switches "$server_pid" voluntary)
-  on0=$(switches "$origin_worker" nonvoluntary)
-  t0=$(cpu_ticks "$server_pid")
-  ot0=$(cpu_ticks "$origin_worker")
+  local before after out requests
+  before=$(counters)
   out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" "http://127.0.0.1:$PORT/$SIZE.bin")
-  p1=$(switches "$server_pid" nonvoluntary)
-  o1=$(switches "$origin_worker" voluntary)
-  v1=$(switches "$server_pid" voluntary)
-  on1=$(switches "$origin_worker" nonvoluntary)
-  t1=$(cpu_ticks "$server_pid")
-  ot1=$(cpu_ticks "$origin_worker")
+  after=$(counters)
   kill "$server_pid"; wait "$server_pid" 2>/dev/null || true
   server_pid=
   requests=$(awk '/requests in/ { print $1 }' <<<"$out")
-  awk -v n="$name" -v r="$requests" -v d="$DURATION" -v p=$((p1 - p0)) -v o=$((o1 - o0)) -v v=$((v1 - v0)) -v on=$((on1 - on0)) -v t0="$t0" -v t1="$t1" -v ot0="$ot0" -v ot1="$ot1" -v hz="$(getconf CLK_TCK)" \
-    'BEGIN { split(t0, a, " "); split(t1, b, " "); split(ot0, c, " "); split(ot1, e, " "); us = 1e6 / hz / r;
-            printf "| %s | %.0f | %.1f | %.1f | %.1f | %.1f | %.1f | %.2f | %.2f | %.2f |\n", n, r / d, 1000 * p / r, 1000 * o / r, (o ? r / o : 0), 1000 * v / r, 1000 * on / r, (b[1] - a[1]) * us, (b[2] - a[2]) * us, (e[1] + e[2] - c[1] - c[2]) * us }'
+  awk -v n="$name" -v r="$requests" -v d="$DURATION" -v b="$before" -v a="$after" -v hz="$(getconf CLK_TCK)" \
+    'BEGIN { split(b, x, " "); split(a, y, " "); for (i = 1; i <= 8; i++) c[i] = y[i] - x[i]; us = 1e6 / hz / r;
+            printf "| %s | %.0f | %.1f | %.1f | %.1f | %.1f | %.1f | %.2f | %.2f | %.2f |\n", n, r / d,
+              1000 * c[1] / r, 1000 * c[3] / r, (c[3] ? r / c[3] : 0), 1000 * c[2] / r, 1000 * c[4] / r,
+              c[5] * us, c[6] * us, (c[7] + c[8]) * us }'
 }
 
 printf '\n### Scheduling beside a same-CPU origin (HTTP/1.1 %s, wrk -c%s, %ss)\n\n' "$SIZE" "$CONNS" "$DURATION"

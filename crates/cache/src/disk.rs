@@ -667,8 +667,7 @@ mod tests {
 
     #[test]
     fn the_disk_tier_evicts_the_least_recently_used_down_to_its_budget() {
-        let dir = std::env::temp_dir().join(format!("outpost-disk-evict-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
+        let dir = crate::scratch::ScratchDir::new("disk-evict");
         let budget = 8 * 1024;
         let tier = DiskTier::open(&dir, budget).unwrap();
         let objects: Vec<_> = (0..100).map(|i| object(&format!("http://a.test/{i}"))).collect();
@@ -709,14 +708,11 @@ mod tests {
         assert!(kept[0], "the object in use was evicted");
         assert!(kept[99], "the newest object was evicted");
         assert!(!kept[1], "the least recently used object was kept");
-        drop(tier);
-        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn a_copy_stored_while_the_sweep_judges_the_old_one_survives_it() {
-        let dir = std::env::temp_dir().join(format!("outpost-disk-recopy-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
+        let dir = crate::scratch::ScratchDir::new("disk-recopy");
         let tier = DiskTier::open(&dir, 1 << 30).unwrap();
         let (key, old) = object("http://a.test/again");
         tier.store(key.hash, &old);
@@ -741,14 +737,11 @@ mod tests {
             tier.path(id).exists(),
             "the fresh copy's file was written and kept"
         );
-        drop(tier);
-        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn lookups_go_on_while_a_sweep_judges_the_objects() {
-        let dir = std::env::temp_dir().join(format!("outpost-disk-sweep-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
+        let dir = crate::scratch::ScratchDir::new("disk-sweep");
         let tier = DiskTier::open(&dir, 1 << 30).unwrap();
         let objects: Vec<_> = (0..200).map(|i| object(&format!("http://a.test/{i}"))).collect();
         for (key, obj) in &objects {
@@ -797,13 +790,11 @@ mod tests {
             );
         }
         assert_eq!(tier.objects(), 180);
-        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn objects_survive_a_reopen_and_corrupt_files_are_dropped() {
-        let dir = std::env::temp_dir().join(format!("outpost-disk-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
+        let dir = crate::scratch::ScratchDir::new("disk");
         let mut headers = HeaderMap::new();
         headers.insert("etag", "\"1\"".parse().unwrap());
         let (key, obj) = object_with("http://a.test/x", headers, b"hello");
@@ -832,13 +823,11 @@ mod tests {
             tier.find(&key, &HeaderMap::new()).is_none(),
             "a corrupt file leaves the index"
         );
-        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn files_in_the_previous_format_are_still_read() {
-        let dir = std::env::temp_dir().join(format!("outpost-disk-v2-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
+        let dir = crate::scratch::ScratchDir::new("disk-v2");
         let (key, obj) = object_with("http://a.test/old", HeaderMap::new(), b"hello");
         let path = {
             let tier = DiskTier::open(&dir, 1 << 20).unwrap();
@@ -878,6 +867,5 @@ mod tests {
         assert_eq!(back.body(), b"hello");
         assert_eq!(back.headers()["date"], "Sun, 06 Dec 2026 01:15:22 GMT");
         assert_eq!(back.headers()["etag"], "\"1\"");
-        let _ = fs::remove_dir_all(&dir);
     }
 }

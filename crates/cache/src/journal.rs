@@ -193,9 +193,8 @@ mod tests {
 
     #[test]
     fn the_journal_keeps_lines_across_opens_and_retain_rewrites_it() {
-        let dir = std::env::temp_dir().join(format!("outpost-journal-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
+        let dir = crate::scratch::ScratchDir::new("journal");
+        fs::create_dir_all(&*dir).unwrap();
         let line = |seq| Line {
             epoch: 1,
             seq,
@@ -224,6 +223,5 @@ mod tests {
         journal.append(&line(5));
         let (_, found) = Journal::open(&dir).unwrap();
         assert_eq!(found, vec![line(2), line(3), line(4), line(5)]);
-        let _ = fs::remove_dir_all(&dir);
     }
 }

@@ -19,6 +19,8 @@ pub mod object;
 pub mod purge;
 pub mod range;
 pub mod reuse;
+#[cfg(test)]
+mod scratch;
 pub mod storable;
 
 use std::sync::Arc;
@@ -321,8 +323,7 @@ mod tests {
 
     #[test]
     fn a_purge_holds_across_a_restart_that_came_before_its_sweep() {
-        let dir = std::env::temp_dir().join(format!("outpost-purge-restart-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = crate::scratch::ScratchDir::new("purge-restart");
         let urls = [
             ("http://a.test/img/1", "t1", "a"),
             ("http://a.test/img/2", "t2", "a"),
@@ -388,8 +389,6 @@ mod tests {
                 .unwrap(),
         );
         assert_eq!(journal().lines().count(), 1, "{}", journal());
-        drop(cache);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

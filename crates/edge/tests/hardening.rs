@@ -261,9 +261,11 @@ async fn slow_request_body_is_not_waited_on_forever() {
 
 #[tokio::test]
 async fn slow_client_bodies_do_not_eject_a_healthy_origin() {
+    // The origin's response-header clock starts only once the body is in, so what cuts these
+    // clients off is the body pause timeout.
     let (origin, _dir, _edge, addr) = setup(
         "slow-body-eject",
-        "",
+        "[timeouts]\nbody = \"300ms\"",
         "response_header_timeout = \"300ms\"\n[pool.outlier]\nconsecutive_failures = 2",
     )
     .await;

@@ -196,3 +196,56 @@ async fn a_response_still_streaming_at_the_pools_request_timeout_is_cut_off() {
     let body = text.split_once("\r\n\r\n").map_or(0, |(_, b)| b.len());
     assert!(body < 100, "the body was cut short of its 100 bytes, got {body}");
 }
+
+#[tokio::test]
+async fn an_upload_outlasting_the_response_header_timeout_is_not_cut_off() {
+    let origin = Origin::start("o").await;
+    let dir = TempDir::new("long-upload");
+    // The origin's clock starts once it has the whole request: a steady upload may take longer
+    // than the origin is given to answer.
+    let config = pop_config("", "response_header_timeout = \"1s\"", &[(origin.url(), false)]);
+    let edge = start_edge(&dir, &config).await;
+    let addr = edge.listener_addr("http").unwrap();
+
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 20\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    // A byte every 100 ms, 2 s in all: never paused for `timeouts.body`, and over before the
+    // minimum rate's window. A write fails only when the PoP gave up early; the answer says why.
+    for piece in b"abcdefghijklmnopqrst" {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if s.write_all(&[*piece]).await.is_err() {
+            break;
+        }
+    }
+    let answer = read_to_close(&mut s).await.expect("answered");
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.ends_with("abcdefghijklmnopqrst"),
+        "{answer}"
+    );
+
+    // Once the body is in, the origin's clock runs: one that then sits on it gets 504.
+    origin.set_delay(Duration::from_secs(3));
+    let started = std::time::Instant::now();
+    let answer = send(
+        &http1_client(),
+        addr,
+        "x",
+        http::Method::POST,
+        "/echo",
+        "body".into(),
+    )
+    .await;
+    assert_eq!(
+        answer.status,
+        http::StatusCode::GATEWAY_TIMEOUT,
+        "{}",
+        answer.body
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "{:?}",
+        started.elapsed()
+    );
+}

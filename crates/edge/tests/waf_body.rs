@@ -193,3 +193,26 @@ async fn oversize_bodies_are_refused_when_the_site_says_so() {
     let answer = post(addr, "/echo", "application/octet-stream", large.as_bytes()).await;
     assert_eq!(answer.status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn a_body_the_waf_read_whole_still_starts_the_origins_clock() {
+    let origin = Origin::start("o").await;
+    origin.set_delay(std::time::Duration::from_secs(3));
+    let dir = TempDir::new("waf-body-header-timeout");
+    let config = config(&origin, "").replace(
+        "name = \"p\"\n",
+        "name = \"p\"\nresponse_header_timeout = \"1s\"\n",
+    );
+    let edge = start_edge(&dir, &config).await;
+    let addr = edge.listener_addr("http").unwrap();
+    // The WAF read the whole body before the exchange began: nothing is left to send, so the
+    // response-header timeout runs from the start.
+    let started = std::time::Instant::now();
+    let answer = post(addr, "/echo", "application/json", br#"{"a":1}"#).await;
+    assert_eq!(answer.status, StatusCode::GATEWAY_TIMEOUT, "{}", answer.body);
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(2500),
+        "{:?}",
+        started.elapsed()
+    );
+}

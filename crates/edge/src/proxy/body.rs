@@ -166,6 +166,39 @@ use std::future::Future;
 #[error("request body exceeds the limit of {0} bytes")]
 pub struct BodyLimitExceeded(pub u64);
 
+/// Whether the client has sent its whole request body, and a wake-up for the exchange waiting
+/// on that: the origin's time to answer starts only then (it may need the whole body first),
+/// and the body is polled by the connection's task, not the one waiting for the response.
+#[derive(Default)]
+pub struct BodySent {
+    done: std::sync::atomic::AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl BodySent {
+    pub fn is_done(&self) -> bool {
+        self.done.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn set(&self) {
+        if !self.done.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            self.notify.notify_waiters();
+        }
+    }
+
+    /// Returns once the whole body has been sent.
+    pub async fn wait(&self) {
+        loop {
+            // Created before the check: `notify_waiters` wakes it even before its first poll.
+            let notified = self.notify.notified();
+            if self.is_done() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
 /// The client's request body on its way to the origin: counted, and cut at the size limit.
 pub struct RequestBody {
     inner: Incoming,
@@ -173,7 +206,7 @@ pub struct RequestBody {
     pub bytes: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// Set once the client has sent its whole body: until then, a stalled exchange is the
     /// client's doing, not the origin's.
-    pub done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    pub done: std::sync::Arc<BodySent>,
     seen: u64,
     /// Longest pause allowed between two pieces of the body.
     pause: std::time::Duration,
@@ -301,18 +334,19 @@ impl Body for RequestBody {
                     }
                     this.seen += data.len() as u64;
                     this.bytes.store(this.seen, std::sync::atomic::Ordering::Relaxed);
-                    if this.inner.is_end_stream() {
-                        this.done.store(true, std::sync::atomic::Ordering::Relaxed);
-                    }
                     if this.limit > 0 && this.seen > this.limit {
                         return Poll::Ready(Some(Err(Box::new(BodyLimitExceeded(this.limit)))));
                     }
+                }
+                // The codecs stop polling a body that says it has ended: this frame is its last.
+                if this.inner.is_end_stream() {
+                    this.done.set();
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
             Poll::Ready(None) => {
-                this.done.store(true, std::sync::atomic::Ordering::Relaxed);
+                this.done.set();
                 Poll::Ready(None)
             }
             Poll::Pending => {

@@ -468,7 +468,7 @@ impl Upstream {
         added: &ForwardHeaders,
         body: body::ProxyBody,
         attempts: usize,
-        request_body_done: Option<&Arc<std::sync::atomic::AtomicBool>>,
+        request_body_done: Option<&Arc<body::BodySent>>,
         rec: &mut Attempts,
     ) -> Result<Response<OriginBody>, ProxyError> {
         let pool = &self.pool;
@@ -654,16 +654,45 @@ async fn send(
     clock: &mut Instant,
     request_deadline: Option<Instant>,
     body_limit: u64,
-    request_body_done: Option<&Arc<std::sync::atomic::AtomicBool>>,
+    request_body_done: Option<&Arc<body::BodySent>>,
     added: Option<&dyn crate::upstream::AddedFields>,
     fields_back: &mut Option<HeaderMap>,
 ) -> Result<Response<OriginBody>, ProxyError> {
     let origin = &pool.origins[index];
     let sent = *clock;
-    let header_deadline = sent + pool.config.response_header_timeout;
+    let header_timeout = pool.config.response_header_timeout;
+    let header_deadline = sent + header_timeout;
     let deadline = request_deadline.map_or(header_deadline, |d| d.min(header_deadline));
+    // How long the origin had when a timeout fired (for the 504's text).
+    let mut allowed = deadline - sent;
     let busy = crate::upstream::pool::Busy::enter(&origin.state);
-    let result = pool.send_to(index, req, deadline, added, fields_back).await;
+    let result = match request_body_done {
+        // An origin may need the whole body before it can answer, so its time to answer starts
+        // once the body has been sent (as nginx's proxy_read_timeout and Envoy count it); until
+        // then only the request's deadline bounds the exchange, and a slow upload is for
+        // `timeouts.body` and `body_min_rate` to judge.
+        Some(body_sent) if !body_sent.is_done() => {
+            let bound = request_deadline.unwrap_or(sent + pool.config.request_timeout);
+            let exchange = pool.send_to(index, req, bound, added, fields_back);
+            // Boxed: only requests with a body carry this timer.
+            let header_timer = Box::pin(async move {
+                body_sent.wait().await;
+                tokio::time::sleep(header_timeout).await;
+            });
+            tokio::select! {
+                biased;
+                result = exchange => {
+                    allowed = bound - sent;
+                    result
+                }
+                () = header_timer => {
+                    allowed = header_timeout;
+                    Err(SendError::Timeout)
+                }
+            }
+        }
+        _ => pool.send_to(index, req, deadline, added, fields_back).await,
+    };
     let done = Instant::now();
     *clock = done;
     origin.metrics.duration.observe((done - sent).as_secs_f64());
@@ -700,7 +729,7 @@ async fn send(
                 reason: error_chain(&*e),
             })
         }
-        Err(SendError::Timeout) if request_body_done.is_some_and(|done| !done.load(Ordering::Relaxed)) => {
+        Err(SendError::Timeout) if request_body_done.is_some_and(|sent| !sent.is_done()) => {
             // The client never finished sending its body: a slow or stalled upload, not a slow
             // origin. 408, and no strike against the origin.
             Err(ProxyError::ClientBodyTimeout)
@@ -710,7 +739,7 @@ async fn send(
             pool.record_outcome(index, true, done);
             Err(ProxyError::OriginTimeout {
                 origin: origin.url.clone(),
-                secs: (deadline - sent).as_secs_f64(),
+                secs: allowed.as_secs_f64(),
             })
         }
     }
@@ -850,7 +879,7 @@ pub(crate) struct RequestLog {
     /// The WAF rule that blocked the request, or the first detection-only match.
     waf: Option<outpost_protect::waf::Hit>,
     request_bytes: Option<Arc<std::sync::atomic::AtomicU64>>,
-    request_body_done: Option<Arc<std::sync::atomic::AtomicBool>>,
+    request_body_done: Option<Arc<body::BodySent>>,
     /// The response body comes straight from an origin (counted as backhaul when it ends).
     from_origin: bool,
     /// `Cache-Status` outcome for the access log.

@@ -365,3 +365,106 @@ async fn limits_answer_with_their_status() {
         String::from_utf8_lossy(&buf[..n])
     );
 }
+
+/// A HEAD over a fresh h2c connection: the response head, and its body as the client's HTTP/2
+/// stack reads it (an error when the stream is reset).
+async fn h2c_head(
+    addr: std::net::SocketAddr,
+    host: &str,
+    path: &str,
+) -> (http::response::Parts, Result<Bytes, String>) {
+    use http_body_util::BodyExt;
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let io = hyper_util::rt::TokioIo::new(tcp);
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .method(Method::HEAD)
+        .uri(format!("http://{host}{path}"))
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(5), sender.send_request(req))
+        .await
+        .expect("answered")
+        .expect("a response head");
+    let (parts, body) = resp.into_parts();
+    let body = tokio::time::timeout(Duration::from_secs(5), body.collect())
+        .await
+        .expect("the body ended")
+        .map(|c| c.to_bytes())
+        .map_err(|e| format!("{e:?}"));
+    (parts, body)
+}
+
+#[tokio::test]
+async fn head_over_http2_gets_no_body_wherever_the_answer_comes_from() {
+    // An origin whose answers a cache must not store: a HEAD miss is fetched with GET, and that
+    // GET's body then has nowhere to go.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|_req| async {
+                    let resp = http::Response::builder()
+                        .header("cache-control", "no-store")
+                        .body(http_body_util::Full::new(Bytes::from_static(b"0123456789")))
+                        .unwrap();
+                    Ok::<_, std::convert::Infallible>(resp)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    let dir = TempDir::new("h2-head");
+    let config = format!(
+        r#"{POP}[[site]]
+name = "cached"
+hosts = ["c.test"]
+pool = "o"
+[site.cache]
+[[pool]]
+name = "o"
+[[pool.origin]]
+url = "http://{origin}"
+"#
+    );
+    let edge = start_edge(&dir, &config).await;
+    let addr = edge.listener_addr("http").unwrap();
+
+    // The PoP's own answer.
+    let (head, body) = h2c_head(addr, "nobody.test", "/").await;
+    assert_eq!(head.status, StatusCode::NOT_FOUND);
+    assert_eq!(body.as_deref(), Ok(&b""[..]), "the stream was reset");
+    let error_text = get(addr, "nobody.test", "/").await.body;
+    assert_eq!(
+        head.headers["content-length"],
+        error_text.len().to_string(),
+        "the GET's length"
+    );
+
+    // The origin's answer to the GET a HEAD miss was fetched with.
+    let (head, body) = h2c_head(addr, "c.test", "/h").await;
+    assert_eq!(head.status, StatusCode::OK);
+    assert_eq!(body.as_deref(), Ok(&b""[..]), "the stream was reset");
+    assert_eq!(head.headers["content-length"], "10");
+    // Counted as answered, with nothing sent.
+    let text = metrics(&edge).await;
+    let site = [("site", "cached")];
+    assert_eq!(
+        metric_value(
+            &text,
+            "outpost_requests_total",
+            &[("site", "cached"), ("class", "2xx")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric_value(&text, "outpost_response_bytes_total", &site),
+        Some(0.0)
+    );
+}

@@ -46,6 +46,35 @@ impl OutBody {
     pub fn empty() -> Self {
         Self::Local(None)
     }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Origin(b) => b.is_end_stream(),
+            Self::Local(b) => b.is_none(),
+            Self::Fill(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Origin(b) => b.size_hint(),
+            Self::Local(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Self::Fill(b) => b.size_hint(),
+        }
+    }
+
+    /// The body of an answer to HEAD: none (RFC 9110 §9.3.2), whoever made the answer. hyper's
+    /// HTTP/1 server leaves the body out itself, its HTTP/2 server sends it, and the client then
+    /// resets the stream. The fields keep saying how long the GET's body is, when that is known
+    /// (an origin's answer to HEAD itself has an empty body: its fields stand as they are).
+    pub fn drop_for_head(self, headers: &mut http::HeaderMap) -> Self {
+        if !headers.contains_key(http::header::CONTENT_LENGTH) {
+            if let Some(len) = self.size_hint().exact().filter(|&len| len > 0) {
+                headers.insert(http::header::CONTENT_LENGTH, len.into());
+            }
+        }
+        Self::empty()
+    }
 }
 
 pub struct ResponseBody<C: Completion> {
@@ -76,11 +105,7 @@ impl<C: Completion> ResponseBody<C> {
     }
 
     fn inner_is_end(&self) -> bool {
-        match &self.inner {
-            OutBody::Origin(b) => b.is_end_stream(),
-            OutBody::Local(b) => b.is_none(),
-            OutBody::Fill(b) => b.is_end_stream(),
-        }
+        self.inner.is_end_stream()
     }
 }
 
@@ -144,11 +169,7 @@ impl<C: Completion> Body for ResponseBody<C> {
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.inner {
-            OutBody::Origin(b) => b.size_hint(),
-            OutBody::Local(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            OutBody::Fill(b) => b.size_hint(),
-        }
+        self.inner.size_hint()
     }
 }
 

@@ -11,8 +11,8 @@
 //!    fetched once for everyone asking and stored);
 //! 5. forward: choose an origin, rewrite headers, send; retry idempotent bodiless requests
 //!    on another origin within the pool's retry budget;
-//! 6. respond: strip hop-by-hop headers, add Via, stream the body back; metrics and the
-//!    access log are written when the body ends (`body::Completion`).
+//! 6. respond: strip hop-by-hop headers, add Via, stream the body back (none for HEAD, whoever
+//!    answered); metrics and the access log are written when the body ends (`body::Completion`).
 
 pub mod body;
 mod cache;
@@ -94,7 +94,10 @@ pub(crate) async fn handle(
             error_response(&err, &snapshot)
         }
     };
-    let (parts, body) = response.into_parts();
+    let (mut parts, mut body) = response.into_parts();
+    if log.method == Method::HEAD {
+        body = body.drop_for_head(&mut parts.headers);
+    }
     log.status = parts.status.as_u16();
     let deadline = log.deadline;
     Ok(Response::from_parts(

@@ -160,7 +160,13 @@ mod tests {
         let Join::Wait(rx) = c.join(1, 0) else {
             panic!("second waits")
         };
-        let fill = Fill::new(http::StatusCode::OK, http::HeaderMap::new(), Box::new([]), None);
+        let fill = Fill::new(
+            http::StatusCode::OK,
+            http::HeaderMap::new(),
+            Box::new([]),
+            None,
+            u64::MAX,
+        );
         let done = leader.share(fill.clone());
         assert!(
             matches!(wait(rx, Duration::from_secs(1)).await, Pending::Ready(f) if Arc::ptr_eq(&f, &fill))

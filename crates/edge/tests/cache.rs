@@ -912,6 +912,66 @@ async fn objects_over_the_size_limit_and_broken_bodies_are_not_stored() {
 }
 
 #[tokio::test]
+async fn a_client_leaving_an_oversized_chunked_fill_stops_the_origin_fetch() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const CHUNK: usize = 64 << 10;
+    const CHUNKS: usize = 512;
+    // A cacheable response of 32 MiB without Content-Length: nothing rules it out before the
+    // fill has read past the size limit.
+    let raw = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let raw_addr = raw.local_addr().unwrap();
+    let cut_off = Arc::new(AtomicBool::new(false));
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let flag = cut_off.clone();
+    tokio::spawn(async move {
+        let (mut s, _) = raw.accept().await.unwrap();
+        let mut buf = [0u8; 4096];
+        let _ = s.read(&mut buf).await;
+        let head = "HTTP/1.1 200 OK\r\ncache-control: max-age=600\r\ntransfer-encoding: chunked\r\n\r\n";
+        let mut ok = s.write_all(head.as_bytes()).await.is_ok();
+        let chunk = format!("{CHUNK:x}\r\n{}\r\n", "x".repeat(CHUNK));
+        for _ in 0..CHUNKS {
+            if !ok {
+                break;
+            }
+            ok = s.write_all(chunk.as_bytes()).await.is_ok();
+        }
+        ok = ok && s.write_all(b"0\r\n\r\n").await.is_ok();
+        flag.store(!ok, Ordering::SeqCst);
+        let _ = done_tx.send(());
+    });
+    let origin = Scripted {
+        addr: Some(raw_addr),
+        ..Default::default()
+    };
+    let (_dir, _edge, addr) = pop(&origin, "max_object_size = \"1MiB\"").await;
+
+    let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+    client
+        .write_all(b"GET /huge HTTP/1.1\r\nhost: www.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut read = 0;
+    let mut buf = vec![0u8; CHUNK];
+    while read < 2 * CHUNK {
+        let n = client.read(&mut buf).await.unwrap();
+        assert!(n > 0, "the PoP closed after {read} bytes");
+        read += n;
+    }
+    drop(client);
+
+    tokio::time::timeout(Duration::from_secs(10), done_rx)
+        .await
+        .expect("the origin is still being read from after the client left")
+        .unwrap();
+    assert!(
+        cut_off.load(Ordering::SeqCst),
+        "the PoP fetched the whole body for nobody"
+    );
+}
+
+#[tokio::test]
 async fn cache_key_policy_sorts_and_ignores_query_parameters() {
     let o = Scripted::start().await;
     o.set("/k", route(200, &[("cache-control", "max-age=600")], "{n}"));

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Response, StatusCode};
@@ -179,10 +179,13 @@ impl Ctx<'_> {
                 let limit = self.upstream.pool.config.response_header_timeout;
                 if let Pending::Ready(fill) = collapse::wait(rx, limit).await {
                     if fill.matches(&self.headers, self.key.extra.as_deref()) {
-                        m.miss.inc();
-                        m.collapsed.inc();
-                        log.cache = Some("collapsed");
-                        return Ok(self.answer_from_fill(&fill, None, "fwd=miss; collapsed"));
+                        // None: the fill grew past the size limit and no longer has its start.
+                        if let Some(answer) = self.answer_from_fill(&fill, None, "fwd=miss; collapsed") {
+                            m.miss.inc();
+                            m.collapsed.inc();
+                            log.cache = Some("collapsed");
+                            return Ok(answer);
+                        }
                     }
                 }
                 None
@@ -392,7 +395,17 @@ impl Ctx<'_> {
             let status = format!("{fwd}; detail={}", NotStored::NoLifetime.as_str());
             return (self.forwarded(parts, body, &status), Delivery::FromOrigin);
         }
-        let fill = Fill::new(parts.status, parts.headers, vary, self.key.extra.clone());
+        let max_bytes = self.policy.store.max_object_bytes;
+        let fill = Fill::new(
+            parts.status,
+            parts.headers,
+            vary,
+            self.key.extra.clone(),
+            max_bytes,
+        );
+        // This request's reader joins before the fill task starts, so the fill cannot have
+        // outgrown its limit and dropped its start yet.
+        let answer = self.answer_from_fill(&fill, own, &format!("{fwd}; stored"));
         let done = leader.map(|l| l.share(fill.clone()));
         let job = FillJob {
             cache: self.cache.clone(),
@@ -401,16 +414,13 @@ impl Ctx<'_> {
             fill: fill.clone(),
             freshness,
             seq,
-            max_bytes: self.policy.store.max_object_bytes,
             deadline: self.upstream.deadline,
             origin_bytes: self.policy.origin_bytes.clone(),
             _done: done,
         };
         tokio::spawn(job.run(body));
-        (
-            self.answer_from_fill(&fill, own, &format!("{fwd}; stored")),
-            Delivery::Filled,
-        )
+        let answer = answer.expect("a fill nothing was pushed to has its start");
+        (answer, Delivery::Filled)
     }
 
     /// `admit` for a client request: its log learns whether the body comes straight from the
@@ -538,15 +548,21 @@ impl Ctx<'_> {
 
     /// A response streamed from a fill (this request's own fetch, or one it collapsed onto).
     /// `own` is the origin's full header set for the request that fetched it; requests that
-    /// collapse onto the fill get what is stored.
-    fn answer_from_fill(&self, fill: &Arc<Fill>, own: Option<HeaderMap>, status: &str) -> Response<OutBody> {
+    /// collapse onto the fill get what is stored. None when the body is needed and the fill,
+    /// past the size limit, no longer holds its start.
+    fn answer_from_fill(
+        &self,
+        fill: &Arc<Fill>,
+        own: Option<HeaderMap>,
+        status: &str,
+    ) -> Option<Response<OutBody>> {
         let cache_status = cache_status_value(status, None);
         let mut headers = own.unwrap_or_else(|| fill.headers.clone());
         headers.remove(SURROGATE_CONTROL);
         if fill.status == StatusCode::OK && conditional::client_has_current(&self.headers, &headers) {
             let mut headers = conditional::not_modified_headers(&headers);
             finish_headers(&mut headers, cache_status, self.snapshot);
-            return build(StatusCode::NOT_MODIFIED, headers, OutBody::empty());
+            return Some(build(StatusCode::NOT_MODIFIED, headers, OutBody::empty()));
         }
         // A range of a response still arriving: answered from the fill when its length is
         // known (otherwise the whole response, which RFC 9110 §14.2 allows).
@@ -563,14 +579,18 @@ impl Ctx<'_> {
                     );
                     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start + 1));
                     finish_headers(&mut headers, cache_status, self.snapshot);
-                    let body = OutBody::Fill(fill.range_reader(start, end - start + 1));
-                    return build(StatusCode::PARTIAL_CONTENT, headers, body);
+                    let body = OutBody::Fill(fill.range_reader(start, end - start + 1)?);
+                    return Some(build(StatusCode::PARTIAL_CONTENT, headers, body));
                 }
                 range::RangeAnswer::Unsatisfiable => {
                     headers.insert(header::CONTENT_RANGE, header_value(&format!("bytes */{len}")));
                     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
                     finish_headers(&mut headers, cache_status, self.snapshot);
-                    return build(StatusCode::RANGE_NOT_SATISFIABLE, headers, OutBody::empty());
+                    return Some(build(
+                        StatusCode::RANGE_NOT_SATISFIABLE,
+                        headers,
+                        OutBody::empty(),
+                    ));
                 }
                 range::RangeAnswer::Full => {}
             }
@@ -579,9 +599,9 @@ impl Ctx<'_> {
         let body = if self.head {
             OutBody::empty()
         } else {
-            OutBody::Fill(fill.reader())
+            OutBody::Fill(fill.reader()?)
         };
-        build(fill.status, headers, body)
+        Some(build(fill.status, headers, body))
     }
 
     /// The origin's response passed through, with `Cache-Status` saying why it was not stored.
@@ -697,7 +717,8 @@ fn refreshed(
 
 /// Pulls an origin body into a fill and, if it arrives whole and within the size limit,
 /// stores it. Runs on its own task so the fill completes for every reader even when the
-/// client that started it goes away.
+/// client that started it goes away; past the size limit it fetches only as fast as the
+/// readers take the body, and not at all once they are gone.
 struct FillJob {
     cache: Arc<Cache>,
     key: CacheKey,
@@ -705,7 +726,6 @@ struct FillJob {
     fill: Arc<Fill>,
     freshness: Freshness,
     seq: u64,
-    max_bytes: u64,
     deadline: Option<Instant>,
     origin_bytes: prometheus_client::metrics::counter::Counter,
     /// Held until the fill ends: until then, requests for the URL join this fill.
@@ -715,16 +735,26 @@ struct FillJob {
 impl FillJob {
     async fn run(mut self, mut body: OriginBody) {
         let started = Instant::now();
-        let mut chunks: Vec<Bytes> = Vec::new();
         let mut total: u64 = 0;
-        let mut storing = true;
         let complete = loop {
-            let frame = match self.deadline {
-                Some(d) => match tokio::time::timeout_at(d, body.frame()).await {
+            let next = async {
+                if self.fill.room().await {
+                    Some(body.frame().await)
+                } else {
+                    None
+                }
+            };
+            let next = match self.deadline {
+                Some(d) => match tokio::time::timeout_at(d, next).await {
                     Ok(f) => f,
                     Err(_) => break false,
                 },
-                None => body.frame().await,
+                None => next.await,
+            };
+            let Some(frame) = next else {
+                // Too large to store and nobody left to relay to: dropping the body closes
+                // the origin's stream instead of fetching the rest for nothing.
+                break false;
             };
             match frame {
                 None => break true,
@@ -735,19 +765,14 @@ impl FillJob {
                 Some(Ok(frame)) => {
                     let Ok(data) = frame.into_data() else { continue };
                     total += data.len() as u64;
-                    if storing && total > self.max_bytes {
+                    if !self.fill.push(data) {
                         // Too large to keep: stream on, stop sharing with new requests.
-                        storing = false;
-                        chunks = Vec::new();
                         self._done = None;
                     }
-                    if storing {
-                        chunks.push(data.clone());
-                    }
-                    self.fill.push(data);
                 }
             }
         };
+        drop(body);
         self.origin_bytes.inc_by(total);
         let declared = self
             .fill
@@ -756,11 +781,12 @@ impl FillJob {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         let whole = complete && declared.is_none_or(|len| len == total);
-        if whole && storing && started.elapsed() < outpost_cache::MAX_FILL {
-            let mut body = BytesMut::with_capacity(total as usize);
-            for c in &chunks {
-                body.extend_from_slice(c);
-            }
+        let kept = if whole && started.elapsed() < outpost_cache::MAX_FILL {
+            self.fill.body()
+        } else {
+            None
+        };
+        if let Some(body) = kept {
             let mut headers = self.fill.headers.clone();
             if declared.is_none() {
                 headers.insert(header::CONTENT_LENGTH, HeaderValue::from(total));
@@ -770,7 +796,7 @@ impl FillJob {
                 self.site.clone(),
                 self.fill.status,
                 headers,
-                body.freeze(),
+                body,
                 self.freshness.clone(),
                 self.fill.vary.clone(),
                 self.seq,

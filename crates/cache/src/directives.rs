@@ -78,14 +78,15 @@ impl RequestDirectives {
 }
 
 impl ResponseDirectives {
-    /// Cache-Control, overridden by Surrogate-Control where the origin sent one: that field is
-    /// addressed to CDN caches, so its `max-age` and `no-store` decide storage and lifetime
-    /// here and Cache-Control's storage directives are left to the caches downstream.
+    /// Cache-Control, overridden by Surrogate-Control where that field has directives for
+    /// Outpost: it is addressed to CDN caches, so its `max-age` and `no-store` decide storage
+    /// and lifetime here and Cache-Control's `no-store` and `no-cache` are left to the caches
+    /// downstream. `private` stands: it says the response is one user's, which no lifetime
+    /// given to surrogates makes shareable.
     pub fn parse(headers: &HeaderMap) -> Self {
         let mut d = Self::parse_cache_control(headers);
         if let Some(surrogate) = surrogate_directives(headers) {
             d.no_store = surrogate.no_store;
-            d.private = false;
             d.no_cache = false;
             d.must_understand = false;
             if let Some(max_age) = surrogate.max_age {
@@ -149,18 +150,25 @@ pub const SURROGATE_CAPABILITY: &str = "outpost=\"Surrogate/1.0\"";
 
 /// `Surrogate-Control` (the Edge Architecture specification): directives addressed to every
 /// surrogate, overridden by those targeted at Outpost's token; directives targeted at other
-/// surrogates are ignored. `None` when the response has no such field.
+/// surrogates, and those Outpost does not act on (`content`), are ignored.
 #[derive(Debug, Default)]
 struct Surrogate {
     max_age: Option<u64>,
     no_store: bool,
 }
 
+impl Surrogate {
+    fn is_empty(&self) -> bool {
+        self.max_age.is_none() && !self.no_store
+    }
+}
+
+/// The Surrogate-Control directives that apply to Outpost; `None` when none do (no field,
+/// or one only for other surrogates), and Cache-Control then governs alone.
 fn surrogate_directives(headers: &HeaderMap) -> Option<Surrogate> {
     let mut values = headers.get_all(SURROGATE_CONTROL).iter().peekable();
     values.peek()?;
     let (mut general, mut targeted) = (Surrogate::default(), Surrogate::default());
-    let mut any_targeted = false;
     for value in values.filter_map(|v| v.to_str().ok()) {
         for (name, arg) in split_directives(value) {
             let (name, name_target) = match name.split_once(';') {
@@ -174,20 +182,23 @@ fn surrogate_directives(headers: &HeaderMap) -> Option<Surrogate> {
                 };
             let d = match name_target.or(arg_target) {
                 None => &mut general,
-                Some(t) if t == SURROGATE_TOKEN => {
-                    any_targeted = true;
-                    &mut targeted
-                }
+                Some(t) if t == SURROGATE_TOKEN => &mut targeted,
                 Some(_) => continue,
             };
             match name.as_str() {
-                "max-age" => set_once(&mut d.max_age, seconds(arg)),
+                // `max-age=60+600`: the second number lets a surrogate serve the response stale
+                // that long. Here it stands for s-maxage, which forbids stale reuse, so only the
+                // freshness counts.
+                "max-age" => set_once(
+                    &mut d.max_age,
+                    seconds(arg.map(|a| a.split('+').next().unwrap_or(a))),
+                ),
                 "no-store" => d.no_store = true,
                 _ => {}
             }
         }
     }
-    Some(if any_targeted { targeted } else { general })
+    [targeted, general].into_iter().find(|d| !d.is_empty())
 }
 
 fn set_once(slot: &mut Option<u64>, value: u64) {
@@ -310,6 +321,50 @@ mod tests {
             "directives targeted at Outpost win over general ones"
         );
         assert_eq!(d.s_maxage, Some(60));
+    }
+
+    #[test]
+    fn surrogate_control_for_other_surrogates_leaves_cache_control_in_charge() {
+        for surrogate in [
+            "max-age=3600;othercdn",
+            "content=\"ESI/1.0\"",
+            "no-store;othercdn",
+        ] {
+            let mut h = headers(&["private, max-age=600"]);
+            h.insert("surrogate-control", surrogate.parse().unwrap());
+            let d = ResponseDirectives::parse(&h);
+            assert!(d.private, "{surrogate}");
+            assert_eq!((d.max_age, d.s_maxage), (Some(600), None), "{surrogate}");
+            let mut h = headers(&["no-store, no-cache"]);
+            h.insert("surrogate-control", surrogate.parse().unwrap());
+            let d = ResponseDirectives::parse(&h);
+            assert!(d.no_store && d.no_cache, "{surrogate}");
+        }
+        // Only directives Outpost acts on count toward the targeted set overriding the rest.
+        let mut h = headers(&["no-store"]);
+        h.insert(
+            "surrogate-control",
+            "max-age=60, content=\"ESI/1.0\";outpost".parse().unwrap(),
+        );
+        assert_eq!(ResponseDirectives::parse(&h).s_maxage, Some(60));
+    }
+
+    #[test]
+    fn surrogate_control_never_makes_a_private_response_shared() {
+        let mut h = headers(&["private, max-age=600"]);
+        h.insert("surrogate-control", "max-age=3600;outpost".parse().unwrap());
+        let d = ResponseDirectives::parse(&h);
+        assert!(d.private);
+        assert_eq!(d.s_maxage, Some(3600));
+    }
+
+    #[test]
+    fn surrogate_max_age_with_a_stale_allowance_is_fresh_for_its_first_part() {
+        for surrogate in ["max-age=60+600", "max-age=60+600;outpost", "max-age=\"60+600\""] {
+            let mut h = HeaderMap::new();
+            h.insert("surrogate-control", surrogate.parse().unwrap());
+            assert_eq!(ResponseDirectives::parse(&h).s_maxage, Some(60), "{surrogate}");
+        }
     }
 
     #[test]

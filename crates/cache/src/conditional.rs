@@ -54,9 +54,12 @@ pub fn validators(stored: &HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
 /// The stored header fields updated from a 304 (or a HEAD response): every field the new
 /// response carries replaces the stored ones of that name, except those that describe the
 /// stored body (its length, framing, encoding, digest and entity tag): a 304 has no body of
-/// its own.
+/// its own. The stored Age goes whether or not the update has one: it said how old the
+/// stored response was when it arrived, and freshness now counts from the update, which
+/// without an Age of its own is new (RFC 9111 §4.2.3).
 pub fn merge(stored: &HeaderMap, update: &HeaderMap) -> HeaderMap {
     let mut merged = stored.clone();
+    merged.remove(header::AGE);
     for name in update.keys() {
         if matches!(
             *name,
@@ -149,5 +152,12 @@ mod tests {
         assert_eq!(m["cache-control"], "max-age=60");
         assert_eq!(m["x-a"], "1");
         assert_eq!(m["x-b"], "2");
+    }
+
+    #[test]
+    fn merge_takes_the_age_of_the_update_not_the_stored_one() {
+        let stored = h(&[("cache-control", "max-age=10"), ("age", "20")]);
+        assert!(!merge(&stored, &h(&[("etag", "\"a\"")])).contains_key("age"));
+        assert_eq!(merge(&stored, &h(&[("age", "3")]))["age"], "3");
     }
 }

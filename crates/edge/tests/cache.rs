@@ -26,6 +26,8 @@ struct Route {
     delay: Duration,
     /// Answer 304 when the request's If-None-Match carries this ETag.
     etag_304: Option<&'static str>,
+    /// The 304's fields, when they are not `headers`.
+    headers_304: Option<Vec<(&'static str, String)>>,
 }
 
 fn route(status: u16, headers: &[(&'static str, &str)], body: &str) -> Route {
@@ -140,7 +142,11 @@ impl Scripted {
             _ => r.status,
         };
         b = b.status(status);
-        for (k, v) in &r.headers {
+        let headers = match &r.headers_304 {
+            Some(h) if status == 304 => h,
+            _ => &r.headers,
+        };
+        for (k, v) in headers {
             b = b.header(*k, v.as_str());
         }
         let body = if status == 304 {
@@ -404,6 +410,36 @@ async fn no_cache_revalidates_every_time_with_the_stored_validator() {
     );
     assert_eq!(o.hits("/nc"), 2);
     assert_eq!(o.last_request("/nc")["if-none-match"], "\"v1\"");
+}
+
+#[tokio::test]
+async fn a_revalidated_response_is_as_old_as_the_304_not_as_the_stored_response() {
+    let o = Scripted::start().await;
+    let mut r = validated_route("max-age=10", "\"v1\"", "aged{n}");
+    r.headers.push(("age", "20".to_owned()));
+    // Like most origins, the 304 carries no Age: it is new.
+    r.headers_304 = Some(vec![
+        ("cache-control", "max-age=10".to_owned()),
+        ("etag", "\"v1\"".to_owned()),
+    ]);
+    o.set("/aged", r);
+    let (_dir, _edge, addr) = pop(&o, "").await;
+    let stored = get(addr, "/aged").await;
+    assert!(
+        cache_status(&stored).contains("stored"),
+        "{}",
+        cache_status(&stored)
+    );
+    let revalidated = get(addr, "/aged").await;
+    assert!(
+        cache_status(&revalidated).contains("fwd-status=304"),
+        "stale on arrival (Age 20 > max-age 10): {}",
+        cache_status(&revalidated)
+    );
+    let again = get(addr, "/aged").await;
+    assert_hit(&again, "fresh for 10 s after the 304");
+    assert_eq!(again.body, "aged1");
+    assert_eq!(o.hits("/aged"), 2);
 }
 
 #[tokio::test]

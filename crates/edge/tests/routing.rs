@@ -468,3 +468,46 @@ url = "http://{origin}"
         Some(0.0)
     );
 }
+
+#[tokio::test]
+async fn a_request_body_over_the_limit_is_the_clients_fault_with_an_http2_origin_too() {
+    let (a, b) = (Origin::start("origin-a").await, Origin::start("origin-b").await);
+    let dir = TempDir::new("h2-body-limit");
+    let config = two_site_config(&a, &b).replace("[log]", "[limits]\nmax_body_bytes = 1000\n[log]");
+    let edge = start_edge(&dir, &config).await;
+    let addr = edge.listener_addr("http").unwrap();
+    assert_eq!(get(addr, "b.test", "/").await.status, StatusCode::OK);
+
+    // No declared length: found out while the body goes to the origin, which reads it all
+    // before answering (/echo).
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut raw = String::from("POST /echo HTTP/1.1\r\nHost: b.test\r\nTransfer-Encoding: chunked\r\n\r\n");
+    for _ in 0..10 {
+        raw.push_str(&format!("1f4\r\n{}\r\n", "c".repeat(500)));
+    }
+    raw.push_str("0\r\n\r\n");
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(raw.as_bytes()).await.unwrap();
+    let mut head = vec![0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut head))
+        .await
+        .expect("answered")
+        .unwrap_or(0);
+    let head = String::from_utf8_lossy(&head[..n]);
+    assert!(head.starts_with("HTTP/1.1 413 "), "{head}");
+
+    // The origin did nothing wrong: not counted as a failure, and its connection is kept (a
+    // reset stream leaves an HTTP/2 connection usable).
+    let text = metrics(&edge).await;
+    assert_eq!(
+        metric_value(
+            &text,
+            "outpost_upstream_requests_total",
+            &[("result", "protocol_error")]
+        )
+        .unwrap_or(0.0),
+        0.0
+    );
+    assert_eq!(get(addr, "b.test", "/").await.status, StatusCode::OK);
+    assert_eq!(b.accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+}

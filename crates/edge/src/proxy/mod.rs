@@ -829,11 +829,13 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     causes(e).map(ToString::to_string).collect::<Vec<_>>().join(": ")
 }
 
-/// A failure while reading the client's request body (hyper flags those as "user" errors).
+/// A failure while reading the client's request body (hyper's HTTP/1.1 client flags those as
+/// "user" errors; the HTTP/2 path says so itself).
 fn is_client_body_error(e: &(dyn std::error::Error + 'static)) -> bool {
     causes(e).any(|c| {
         c.downcast_ref::<hyper::Error>()
             .is_some_and(hyper::Error::is_user)
+            || c.is::<crate::upstream::h2::RequestBodyFailed>()
     })
 }
 

@@ -33,6 +33,8 @@ pub struct Origin {
     pub name: String,
     pub addr: SocketAddr,
     pub hits: Arc<AtomicUsize>,
+    /// Connections accepted.
+    pub accepted: Arc<AtomicUsize>,
     pub last_headers: Arc<Mutex<Option<HeaderMap>>>,
     pub last_version: Arc<Mutex<Option<http::Version>>>,
     pub behaviour: Arc<Mutex<Behaviour>>,
@@ -51,6 +53,7 @@ impl Origin {
             name: name.to_owned(),
             addr,
             hits: Arc::default(),
+            accepted: Arc::default(),
             last_headers: Arc::default(),
             last_version: Arc::default(),
             behaviour: Arc::new(Mutex::new(Behaviour {
@@ -68,12 +71,14 @@ impl Origin {
             origin.behaviour.clone(),
             origin.stop.clone(),
         );
+        let accepted = origin.accepted.clone();
         tokio::spawn(async move {
             loop {
                 let stream = tokio::select! {
                     _ = stop.cancelled() => return,
                     r = listener.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
                 };
+                accepted.fetch_add(1, Ordering::SeqCst);
                 let (name, hits, headers, version, behaviour, stop) = (
                     name.clone(),
                     hits.clone(),

@@ -192,7 +192,11 @@ impl DiskTier {
         let Ok(bytes) = encode(&meta, obj.header_block(), obj.body()) else {
             return;
         };
-        let id = variant_id(hash, &meta);
+        let id = variant_id(
+            hash,
+            meta.vary.iter().map(|(n, v)| (n.as_str(), v.as_deref())),
+            meta.extra.as_deref(),
+        );
         let entry = Arc::new(Entry {
             id,
             size: bytes.len() as u64,
@@ -354,6 +358,12 @@ impl DiskTier {
             self.objects.fetch_sub(1, Ordering::Relaxed);
             self.forget(&e);
         }
+    }
+
+    /// Drops the variant of a URL that `obj` is a copy of.
+    pub fn remove_variant(&self, hash: u64, obj: &Object) {
+        let vary = obj.vary().iter().map(|(n, v)| (n.as_str(), v.as_deref()));
+        self.remove_id(hash, variant_id(hash, vary, obj.extra()));
     }
 
     fn remove_id(&self, hash: u64, id: u64) {
@@ -545,12 +555,16 @@ fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
     shard.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn variant_id(hash: u64, meta: &Meta) -> u64 {
+fn variant_id<'a>(
+    hash: u64,
+    vary: impl IntoIterator<Item = (&'a str, Option<&'a str>)>,
+    extra: Option<&str>,
+) -> u64 {
     let mut text = format!("{hash:016x}");
-    for (n, v) in &meta.vary {
-        text.push_str(&format!("\n{n}={}", v.as_deref().unwrap_or("\u{0}")));
+    for (n, v) in vary {
+        text.push_str(&format!("\n{n}={}", v.unwrap_or("\u{0}")));
     }
-    if let Some(extra) = &meta.extra {
+    if let Some(extra) = extra {
         text.push('\n');
         text.push_str(extra);
     }

@@ -152,6 +152,14 @@ impl Cache {
         Some(obj)
     }
 
+    /// Drops one stored variant of a URL, in both tiers.
+    pub fn remove(&self, key: &CacheKey, obj: &Arc<Object>) {
+        self.memory.remove_object(key.hash, obj);
+        if let Some(disk) = &self.disk {
+            disk.remove_variant(key.hash, obj);
+        }
+    }
+
     /// Drops every variant stored for a URL (after a successful unsafe request, §4.4).
     pub fn invalidate(&self, key: &CacheKey) {
         self.memory.remove(key.hash);
@@ -389,6 +397,32 @@ mod tests {
                 .unwrap(),
         );
         assert_eq!(journal().lines().count(), 1, "{}", journal());
+    }
+
+    #[test]
+    fn remove_drops_one_variant_from_both_tiers() {
+        let dir = crate::scratch::ScratchDir::new("remove-variant");
+        let cache = with_disk(&dir, 0);
+        let url = "http://a.test/v";
+        let lang = |l: &str| object::tests_support::headers(&[("accept-language", l)]);
+        for l in ["en", "fr"] {
+            let vary: object::VaryValues = Box::new([(http::header::ACCEPT_LANGUAGE, Some(l.into()))]);
+            let (k, o) =
+                object::tests_support::stored(url, "a", HeaderMap::new(), Bytes::from_static(b"x"), vary, 0);
+            cache.store(&k, o);
+        }
+        let key = CacheKey::for_url(url).unwrap();
+        let disk = cache.disk.as_ref().unwrap();
+        assert!(disk.find(&key, &lang("en")).is_some() && disk.find(&key, &lang("fr")).is_some());
+        let en = cache.lookup(&key, &lang("en")).unwrap();
+        cache.remove(&key, &en);
+        assert!(cache.lookup(&key, &lang("en")).is_none());
+        assert!(disk.find(&key, &lang("en")).is_none());
+        assert!(
+            cache.lookup(&key, &lang("fr")).is_some(),
+            "the other variant stays"
+        );
+        assert!(disk.find(&key, &lang("fr")).is_some());
     }
 
     #[test]

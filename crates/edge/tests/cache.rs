@@ -443,6 +443,69 @@ async fn a_revalidated_response_is_as_old_as_the_304_not_as_the_stored_response(
 }
 
 #[tokio::test]
+async fn a_304_is_stored_only_if_the_merged_response_may_be_and_under_its_new_vary() {
+    let o = Scripted::start().await;
+    let month_ago = std::time::SystemTime::now() - Duration::from_secs(30 * 86_400);
+    let month_ago = httpdate::fmt_http_date(month_ago);
+    // Last-Modified a month ago: without the max-age, the merged response would be
+    // heuristically fresh for a day.
+    for (path, says) in [("/no-store", "no-store"), ("/private", "private")] {
+        let mut r = validated_route("max-age=1", "\"v1\"", "body{n}");
+        r.headers.push(("last-modified", month_ago.clone()));
+        r.headers_304 = Some(vec![
+            ("cache-control", says.to_owned()),
+            ("etag", "\"v1\"".to_owned()),
+        ]);
+        o.set(path, r);
+    }
+    let mut r = validated_route("max-age=1", "\"v1\"", "lang{n}");
+    r.headers_304 = Some(vec![
+        ("cache-control", "max-age=600".to_owned()),
+        ("etag", "\"v1\"".to_owned()),
+        ("vary", "accept-language".to_owned()),
+    ]);
+    o.set("/vary", r);
+    let (_dir, _edge, addr) = pop(&o, "").await;
+    for path in ["/no-store", "/private", "/vary"] {
+        get(addr, path).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+
+    for (path, says) in [("/no-store", "no-store"), ("/private", "private")] {
+        let revalidated = get(addr, path).await;
+        assert!(
+            cache_status(&revalidated).contains("fwd-status=304"),
+            "{path}: {}",
+            cache_status(&revalidated)
+        );
+        assert_eq!(
+            revalidated.body, "body1",
+            "{path}: this client gets the validated body"
+        );
+        assert_eq!(revalidated.headers["cache-control"], says, "{path}");
+        let after = get(addr, path).await;
+        assert!(
+            !cache_status(&after).contains("hit"),
+            "{path}: {}",
+            cache_status(&after)
+        );
+        assert_eq!(o.hits(path), 3, "{path}: the stored copy is gone");
+    }
+
+    let lang = |l: &'static str| [("accept-language", l)];
+    let en = req(addr, http::Method::GET, "/vary", &lang("en")).await;
+    assert!(
+        cache_status(&en).contains("fwd-status=304"),
+        "{}",
+        cache_status(&en)
+    );
+    assert_hit(&req(addr, http::Method::GET, "/vary", &lang("en")).await, "en");
+    let fr = req(addr, http::Method::GET, "/vary", &lang("fr")).await;
+    assert!(!cache_status(&fr).contains("hit"), "{}", cache_status(&fr));
+    assert_eq!(o.hits("/vary"), 3, "fr is not the variant the 304 refreshed");
+}
+
+#[tokio::test]
 async fn vary_keeps_a_variant_per_request_value() {
     let o = Scripted::start().await;
     o.set(

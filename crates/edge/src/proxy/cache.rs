@@ -217,17 +217,7 @@ impl Ctx<'_> {
                 m.not_modified.inc();
                 m.revalidated.inc();
                 log.cache = Some("revalidated");
-                let fresh = refreshed(
-                    &obj,
-                    resp.headers(),
-                    request_time,
-                    now,
-                    &self.key,
-                    self.policy,
-                    seq,
-                );
-                let stored = self.cache.store(&self.key, fresh);
-                let current = stored.unwrap_or(obj);
+                let current = self.refresh(obj, resp.headers(), request_time, now, seq);
                 let mut answer = self.answer_from_object(&current, now, "fwd=stale; fwd-status=304");
                 // A cookie the 304 set for this client but that is not stored still reaches it.
                 if resp.headers().contains_key(header::SET_COOKIE)
@@ -271,6 +261,84 @@ impl Ctx<'_> {
             Err(e) => {
                 m.revalidation_error.inc();
                 Err(e)
+            }
+        }
+    }
+
+    /// The stored object updated by a 304 (merged fields, new freshness, same body), stored in
+    /// its place when it may still be stored; what answers the request either way.
+    fn refresh(
+        &self,
+        obj: Arc<Object>,
+        not_modified: &HeaderMap,
+        request_time: f64,
+        response_time: f64,
+        seq: u64,
+    ) -> Arc<Object> {
+        let mut update = not_modified.clone();
+        hop::remove_hop_by_hop(&mut update, false);
+        let mut headers = conditional::merge(&obj.headers(), &update);
+        let dirs = ResponseDirectives::parse(&headers);
+        // What admission keeps out of a stored copy stays out when a 304 brings it.
+        for field in dirs.private_fields.iter().chain(&dirs.no_cache_fields) {
+            headers.remove(field);
+        }
+        if !outpost_cache::may_store_set_cookie(&headers, &dirs, &self.policy.store) {
+            headers.remove(header::SET_COOKIE);
+        }
+        // The 304's fields may forbid storing the response now (no-store, private) or change
+        // what it varies on: admission's rules apply to the merged response as to a new one.
+        let verdict = storable::check(
+            &Method::GET,
+            &self.headers,
+            &self.directives,
+            obj.status,
+            &headers,
+            &dirs,
+            &self.policy.store,
+        )
+        .and_then(|()| vary_values(&headers, &self.headers).ok_or(NotStored::VaryStar));
+        let freshness = Freshness::compute(
+            request_time,
+            response_time,
+            obj.status,
+            &headers,
+            &dirs,
+            &self.policy.lifetime,
+        );
+        let mut key = self.key.clone();
+        key.extra = obj.extra().map(Into::into);
+        let (vary, not_stored) = match verdict {
+            Ok(vary) => (vary, None),
+            Err(reason) => (obj.vary().into(), Some(reason)),
+        };
+        let revaried = *vary != *obj.vary();
+        let fresh = Object::new(
+            &key,
+            obj.site.clone(),
+            obj.status,
+            headers,
+            obj.body_for_copy(),
+            freshness,
+            vary,
+            seq,
+        );
+        match not_stored {
+            None => {
+                if revaried {
+                    // Stored under other Vary values, the old copy would not be replaced.
+                    self.cache.remove(&self.key, &obj);
+                }
+                self.cache.store(&self.key, fresh).unwrap_or(obj)
+            }
+            Some(reason) => {
+                // The request's own reasons (its no-store, its Authorization) keep this copy
+                // out of the cache but say nothing against the one stored; the response's
+                // reasons now forbid keeping that one too.
+                if !matches!(reason, NotStored::RequestNoStore | NotStored::Authorization) {
+                    self.cache.remove(&self.key, &obj);
+                }
+                Arc::new(fresh)
             }
         }
     }
@@ -471,16 +539,7 @@ impl Ctx<'_> {
             match ctx.fetch_for_cache(Some(&obj), &mut Attempts::default()).await {
                 Ok(resp) if resp.status() == StatusCode::NOT_MODIFIED => {
                     m.not_modified.inc();
-                    let fresh = refreshed(
-                        &obj,
-                        resp.headers(),
-                        request_time,
-                        now_secs(),
-                        &ctx.key,
-                        &policy,
-                        seq,
-                    );
-                    cache.store(&ctx.key, fresh);
+                    ctx.refresh(obj, resp.headers(), request_time, now_secs(), seq);
                     drop(leader);
                 }
                 Ok(resp) if resp.status().is_server_error() => {
@@ -670,49 +729,6 @@ fn cache_status_value(status: &str, ttl: Option<i64>) -> HeaderValue {
 
 fn header_value(text: &str) -> HeaderValue {
     HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("-"))
-}
-
-/// The stored object updated by a 304: merged fields, new freshness, same body.
-fn refreshed(
-    obj: &Object,
-    not_modified: &HeaderMap,
-    request_time: f64,
-    response_time: f64,
-    key: &CacheKey,
-    policy: &SiteCache,
-    seq: u64,
-) -> Object {
-    let mut update = not_modified.clone();
-    hop::remove_hop_by_hop(&mut update, false);
-    let mut headers = conditional::merge(&obj.headers(), &update);
-    let dirs = ResponseDirectives::parse(&headers);
-    // What admission keeps out of a stored copy stays out when a 304 brings it.
-    for field in dirs.private_fields.iter().chain(&dirs.no_cache_fields) {
-        headers.remove(field);
-    }
-    if !outpost_cache::may_store_set_cookie(&headers, &dirs, &policy.store) {
-        headers.remove(header::SET_COOKIE);
-    }
-    let freshness = Freshness::compute(
-        request_time,
-        response_time,
-        obj.status,
-        &headers,
-        &dirs,
-        &policy.lifetime,
-    );
-    let mut key = key.clone();
-    key.extra = obj.extra().map(Into::into);
-    Object::new(
-        &key,
-        obj.site.clone(),
-        obj.status,
-        headers,
-        obj.body_for_copy(),
-        freshness,
-        obj.vary().into(),
-        seq,
-    )
 }
 
 /// Pulls an origin body into a fill and, if it arrives whole and within the size limit,

@@ -6,6 +6,7 @@
 //! marks the URL "pass" for a while so later requests do not queue behind each other
 //! (Varnish's hit-for-miss). A purge ends the sharing of fetches that started before it.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,6 +17,9 @@ use crate::fill::Fill;
 
 /// How long an uncacheable answer keeps a URL out of collapsing.
 pub const PASS_FOR: Duration = Duration::from_secs(60);
+
+/// Pass entries added before the first pass over them for expired ones.
+const PRUNE_AFTER: usize = 4096;
 
 #[derive(Debug, Clone)]
 pub enum Pending {
@@ -32,10 +36,22 @@ struct Slot {
     tx: Arc<watch::Sender<Pending>>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Collapser {
     slots: DashMap<u64, Slot>,
     pass: DashMap<u64, Instant>,
+    pass_for: Duration,
+    /// Pass entries added since expired ones were last dropped, and how many more may be added
+    /// before they are dropped again: as many as were left then, so that the pass over them
+    /// costs O(1) per entry added and the map holds at most about twice the live entries.
+    pass_added: AtomicUsize,
+    prune_after: AtomicUsize,
+}
+
+impl Default for Collapser {
+    fn default() -> Self {
+        Self::with_pass_for(PASS_FOR)
+    }
 }
 
 pub enum Join {
@@ -46,6 +62,16 @@ pub enum Join {
 }
 
 impl Collapser {
+    fn with_pass_for(pass_for: Duration) -> Self {
+        Self {
+            slots: DashMap::default(),
+            pass: DashMap::default(),
+            pass_for,
+            pass_added: AtomicUsize::new(0),
+            prune_after: AtomicUsize::new(PRUNE_AFTER),
+        }
+    }
+
     pub fn join(self: &Arc<Self>, hash: u64, seq: u64) -> Join {
         if let Some(until) = self.pass.get(&hash).map(|u| *u) {
             if until > Instant::now() {
@@ -77,6 +103,21 @@ impl Collapser {
     fn release(&self, hash: u64, tx: &Arc<watch::Sender<Pending>>) {
         self.slots.remove_if(&hash, |_, slot| Arc::ptr_eq(&slot.tx, tx));
     }
+
+    /// Marks a URL "pass", dropping expired entries now and then: `join` drops one only when
+    /// its URL comes back, and URLs that never do (unique query strings) would stay forever.
+    fn remember_pass(&self, hash: u64) {
+        let now = Instant::now();
+        self.pass.insert(hash, now + self.pass_for);
+        let added = self.pass_added.fetch_add(1, Ordering::Relaxed) + 1;
+        let after = self.prune_after.load(Ordering::Relaxed);
+        // Whoever takes the count prunes; the others go on.
+        if added >= after && self.pass_added.swap(0, Ordering::Relaxed) >= after {
+            self.pass.retain(|_, until| *until > now);
+            self.prune_after
+                .store(self.pass.len().max(PRUNE_AFTER), Ordering::Relaxed);
+        }
+    }
 }
 
 /// The request that fetches for everyone waiting on its URL.
@@ -103,7 +144,7 @@ impl Leader {
     /// The answer is not shared; with `remember`, the URL skips collapsing for `PASS_FOR`.
     pub fn pass(mut self, remember: bool) {
         if remember {
-            self.collapser.pass.insert(self.hash, Instant::now() + PASS_FOR);
+            self.collapser.remember_pass(self.hash);
         }
         self.abandon();
     }
@@ -191,6 +232,27 @@ mod tests {
         leader.pass(true);
         assert!(matches!(wait(rx, Duration::from_secs(1)).await, Pending::Pass));
         assert!(matches!(c.join(7, 0), Join::Pass));
+    }
+
+    #[test]
+    fn expired_pass_entries_of_urls_never_requested_again_are_dropped() {
+        let pass_all = |c: &Arc<Collapser>| {
+            for hash in 0..100_000 {
+                let Join::Leader(leader) = c.join(hash, 0) else {
+                    panic!("{hash} is new")
+                };
+                leader.pass(true);
+            }
+        };
+        // Expired as soon as made: every prune empties the map.
+        let c = Arc::new(Collapser::with_pass_for(Duration::ZERO));
+        pass_all(&c);
+        assert!(c.pass.len() < PRUNE_AFTER, "{} entries", c.pass.len());
+        // Live entries all stay.
+        let c = Arc::new(Collapser::default());
+        pass_all(&c);
+        assert_eq!(c.pass.len(), 100_000);
+        assert!(matches!(c.join(0, 0), Join::Pass) && matches!(c.join(99_999, 0), Join::Pass));
     }
 
     #[tokio::test]

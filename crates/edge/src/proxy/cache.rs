@@ -34,6 +34,10 @@ use crate::upstream::OriginBody;
 /// Cache identifier in `Cache-Status` (RFC 9211).
 const CACHE_NAME: &str = "Outpost";
 
+/// The largest magnitude of a structured field Integer (RFC 8941 §3.3.1: 15 digits), which
+/// `ttl=` is: a huge max-age or an invalid Age would otherwise make it an i64 extreme.
+const SF_INTEGER_MAX: i64 = 999_999_999_999_999;
+
 pub(super) struct CacheRequest<'a> {
     pub method: Method,
     pub scheme: &'static str,
@@ -721,6 +725,7 @@ fn cache_status_value(status: &str, ttl: Option<i64>) -> HeaderValue {
     text.extend_from_slice(b"; ");
     text.extend_from_slice(status.as_bytes());
     if let Some(ttl) = ttl {
+        let ttl = ttl.clamp(-SF_INTEGER_MAX, SF_INTEGER_MAX);
         text.extend_from_slice(b"; ttl=");
         text.extend_from_slice(itoa::Buffer::new().format(ttl).as_bytes());
     }
@@ -865,6 +870,32 @@ mod tests {
         assert_eq!(
             cache_status_value("fwd=miss; stored", None),
             "Outpost; fwd=miss; stored"
+        );
+    }
+
+    #[test]
+    fn cache_status_ttl_stays_a_structured_field_integer() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("max-age=99999999999999999999"),
+        );
+        let d = ResponseDirectives::parse(&h);
+        let f = Freshness::compute(0.0, 0.0, StatusCode::OK, &h, &d, &Default::default());
+        assert_eq!(
+            cache_status_value("hit", Some(f.ttl(0.0))),
+            "Outpost; hit; ttl=999999999999999"
+        );
+        h.insert(header::AGE, HeaderValue::from_static("-1"));
+        let f = Freshness::compute(0.0, 0.0, StatusCode::OK, &h, &d, &Default::default());
+        assert_eq!(
+            cache_status_value("hit", Some(f.ttl(0.0))),
+            "Outpost; hit; ttl=-999999999999999",
+            "an invalid Age is infinitely old"
+        );
+        assert_eq!(
+            cache_status_value("hit", Some(999_999_999_999_999)),
+            "Outpost; hit; ttl=999999999999999"
         );
     }
 }

@@ -249,3 +249,54 @@ async fn an_upload_outlasting_the_response_header_timeout_is_not_cut_off() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_off_at_the_pools_request_timeout() {
+    // An origin with a body of a billion bytes, written until the PoP stops taking them; it
+    // reports when the PoP lets go of its connection.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = listener.local_addr().unwrap();
+    let (released_tx, released) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if s.read(&mut byte).await.unwrap_or(0) == 0 {
+                return;
+            }
+            head.push(byte[0]);
+        }
+        let _ = s
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000000000\r\ncache-control: no-store\r\n\r\n")
+            .await;
+        let chunk = vec![b'x'; 64 * 1024];
+        while s.write_all(&chunk).await.is_ok() {}
+        let _ = released_tx.send(());
+    });
+    let dir = TempDir::new("client-stops-reading");
+    let pool = "request_timeout = \"1s\"";
+    let edge = start_edge(
+        &dir,
+        &pop_config("", pool, &[(format!("http://{origin}"), false)]),
+    )
+    .await;
+    let addr = edge.listener_addr("http").unwrap();
+    // Asks, then never reads: once its socket buffers are full, nothing polls the response.
+    let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+    client
+        .write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(6), released)
+        .await
+        .expect("the origin's connection was still held after 6 s")
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_millis(3500),
+        "released after {:?}",
+        started.elapsed()
+    );
+    drop(client);
+}

@@ -47,7 +47,7 @@ impl OutBody {
         Self::Local(None)
     }
 
-    fn is_end_stream(&self) -> bool {
+    pub fn is_end_stream(&self) -> bool {
         match self {
             Self::Origin(b) => b.is_end_stream(),
             Self::Local(b) => b.is_none(),

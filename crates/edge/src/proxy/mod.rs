@@ -59,8 +59,52 @@ pub struct ConnInfo {
     pub client_addr: headers::ClientAddr,
     pub tls: bool,
     pub sni: Option<String>,
-    /// Requests on this connection whose response has not finished; the idle timer waits for 0.
-    pub in_flight: Arc<AtomicUsize>,
+    /// Requests on this connection whose response has not finished.
+    pub in_flight: Arc<InFlight>,
+}
+
+/// The requests a connection is serving: how many (the idle timer waits for none), and the
+/// deadlines of the responses it is streaming. A response whose client stops reading is never
+/// polled again once the socket is full, so its body's own deadline timer never fires; the
+/// connection's tick finds it here instead.
+#[derive(Default)]
+pub struct InFlight {
+    count: AtomicUsize,
+    /// One entry per streaming response (a multiset: equal deadlines are interchangeable).
+    streaming: std::sync::Mutex<Vec<Instant>>,
+}
+
+/// How long a streaming response may outlive its deadline before the connection is closed for
+/// it: one still being polled is cut off at the deadline by its body (an HTTP/2 stream alone),
+/// and is given the time to be.
+const OVERDUE_GRACE: Duration = Duration::from_secs(1);
+
+impl InFlight {
+    pub fn is_busy(&self) -> bool {
+        self.count.load(Ordering::Relaxed) > 0
+    }
+
+    /// Whether a response is still streaming well past its deadline: its client has stopped
+    /// reading, and only closing the connection lets go of it (and of its origin connection).
+    pub fn overdue(&self, now: Instant) -> bool {
+        self.streaming
+            .lock()
+            .is_ok_and(|s| s.iter().any(|&deadline| deadline + OVERDUE_GRACE <= now))
+    }
+
+    fn stream(&self, deadline: Instant) {
+        if let Ok(mut s) = self.streaming.lock() {
+            s.push(deadline);
+        }
+    }
+
+    fn streamed(&self, deadline: Instant) {
+        if let Ok(mut s) = self.streaming.lock() {
+            if let Some(i) = s.iter().position(|&d| d == deadline) {
+                s.swap_remove(i);
+            }
+        }
+    }
 }
 
 pub(crate) async fn handle(
@@ -69,7 +113,7 @@ pub(crate) async fn handle(
 ) -> Result<Response<ResponseBody<RequestLog>>, Infallible> {
     let start = Instant::now();
     let snapshot = conn.shared.snapshot.load_full();
-    conn.in_flight.fetch_add(1, Ordering::Relaxed);
+    conn.in_flight.count.fetch_add(1, Ordering::Relaxed);
     let trace = TraceContext::from_header(req.headers().get(&trace::TRACEPARENT));
     let mut log = RequestLog::new(&conn, &snapshot, &req, trace, start);
     let response = match proxy(&conn, &snapshot, req, trace, &mut log).await {
@@ -100,6 +144,10 @@ pub(crate) async fn handle(
     }
     log.status = parts.status.as_u16();
     let deadline = log.deadline;
+    if let Some(deadline) = deadline.filter(|_| !body.is_end_stream()) {
+        conn.in_flight.stream(deadline);
+        log.streaming = Some(deadline);
+    }
     Ok(Response::from_parts(
         parts,
         ResponseBody::new(body, deadline, log),
@@ -864,7 +912,9 @@ fn is_body_limit(e: &(dyn std::error::Error + 'static)) -> bool {
 pub(crate) struct RequestLog {
     shared: Arc<Shared>,
     snapshot_log: Arc<crate::access_log::AccessLog>,
-    conn_in_flight: Arc<AtomicUsize>,
+    conn_in_flight: Arc<InFlight>,
+    /// The deadline this request's response is registered with while it streams.
+    streaming: Option<Instant>,
     start: Instant,
     deadline: Option<Instant>,
     upstream_done: Option<Instant>,
@@ -905,6 +955,7 @@ impl RequestLog {
             shared: conn.shared.clone(),
             snapshot_log: snapshot.access_log.clone(),
             conn_in_flight: conn.in_flight.clone(),
+            streaming: None,
             start,
             deadline: None,
             upstream_done: None,
@@ -949,7 +1000,10 @@ impl RequestLog {
         if std::mem::replace(&mut self.finished, true) {
             return;
         }
-        self.conn_in_flight.fetch_sub(1, Ordering::Relaxed);
+        if let Some(deadline) = self.streaming {
+            self.conn_in_flight.streamed(deadline);
+        }
+        self.conn_in_flight.count.fetch_sub(1, Ordering::Relaxed);
         let total = self.start.elapsed();
         let bytes_in = self
             .request_bytes

@@ -8,9 +8,8 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::Context;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -225,7 +224,7 @@ async fn drive<I>(
         None => builder,
     };
     let idle = snapshot.timeouts.idle;
-    let in_flight: Arc<AtomicUsize> = conn.in_flight.clone();
+    let in_flight = conn.in_flight.clone();
     let shared = conn.shared.clone();
     let service = service_fn(move |req| proxy::handle(conn.clone(), req));
     let flood_shared = shared.clone();
@@ -251,6 +250,7 @@ async fn drive<I>(
     let mut ticker = pin!(tokio::time::sleep(tick));
     let (housekeeping, housekeeping_waker) = Housekeeping::new();
     let mut closing = false;
+    let mut overdue = false;
     let mut idle_watch = IdleWatch::new(idle, &activity);
     let res = std::future::poll_fn(|cx| {
         if housekeeping.take_due(cx) {
@@ -263,16 +263,27 @@ async fn drive<I>(
                 ticker.as_mut().reset(tokio::time::Instant::now() + tick);
                 // An expired head timer is seen by hyper when the connection is polled below.
                 head_timer.check(std::time::Instant::now());
-                let busy = in_flight.load(Ordering::Relaxed) > 0;
+                let busy = in_flight.is_busy();
                 if !closing && idle_watch.on_tick(tick, &activity, busy) {
                     closing = true;
                     connection.as_mut().graceful_shutdown();
+                }
+                // A response past the pool's request timeout that hyper no longer polls: its
+                // client stopped reading. Only dropping the connection ends it, and lets go of
+                // its origin connection (an HTTP/2 connection's other streams go with it).
+                if busy && in_flight.overdue(tokio::time::Instant::now()) {
+                    overdue = true;
+                    return Poll::Ready(Ok(()));
                 }
             }
         }
         batcher.poll(cx, |cx| connection.as_mut().poll(cx))
     })
     .await;
+    if overdue {
+        tracing::debug!("a response outlived its request timeout unread: connection closed");
+        return;
+    }
     // What hyper's last pass left unsent (an upgrade's 101 on a full socket or in TLS's
     // buffer), bounded: a client that does not read is not waited for.
     if batcher.owes_writes() {

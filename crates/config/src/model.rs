@@ -676,7 +676,7 @@ pub struct PoolConfig {
     pub protocol: UpstreamProtocol,
     #[serde(default = "default_connect_timeout", with = "serde_duration")]
     pub connect_timeout: Duration,
-    /// Time from sending the request to receiving the response head.
+    /// Time from having sent the request (its body included) to receiving the response head.
     #[serde(default = "default_response_header_timeout", with = "serde_duration")]
     pub response_header_timeout: Duration,
     /// Deadline for the whole exchange, body included.

@@ -40,6 +40,11 @@ pub struct EdgeArgs {
     /// Worker threads (default: one per CPU). 1 runs everything on a single thread.
     #[arg(long, env = "OUTPOST_WORKERS")]
     workers: Option<usize>,
+    /// Batch the request heads a worker sends to plain-HTTP/1.1 origins in one io_uring
+    /// submission per pass (single-worker runtime only): auto uses io_uring where the kernel
+    /// allows it, off sends each head by itself.
+    #[arg(long, value_enum, env = "OUTPOST_IO_URING", default_value_t = IoUringFlag::Auto)]
+    io_uring: IoUringFlag,
     /// Operational log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -73,6 +78,12 @@ impl From<ForwardedFlag> for outpost_config::ForwardedHeaders {
     }
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum IoUringFlag {
+    Auto,
+    Off,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum LogFormat {
     Text,
@@ -99,6 +110,15 @@ pub fn run(args: EdgeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if workers <= 1 && args.io_uring == IoUringFlag::Auto {
+        // Installed on this thread, which drives the current-thread runtime below.
+        match outpost_edge::upstream::send_batch::install(&runtime) {
+            Ok(()) => tracing::debug!("origin request heads batched with io_uring"),
+            Err(e) => {
+                tracing::info!(error = %e, "io_uring unavailable: origin request heads are sent one by one")
+            }
+        }
+    }
     let code = runtime.block_on(serve(args));
     // The access log's writer writes its last lines once the runtime (and the log) is gone.
     drop(runtime);

@@ -11,6 +11,7 @@ pub mod health_state;
 pub mod outlier;
 pub mod pool;
 pub mod retry_budget;
+pub mod send_batch;
 
 pub use h1::OriginBody;
 

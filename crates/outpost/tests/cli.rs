@@ -31,35 +31,50 @@ fn config(listen: SocketAddr, admin: SocketAddr, origin: SocketAddr, version: &s
 
 #[test]
 fn quick_start_proxies_every_host_to_the_origin() {
-    let (origin, listen) = (free_addr(), free_addr());
+    let origin = free_addr();
     let _o = spawn(&["origin", "--listen", &origin.to_string(), "--name", "qs-origin"]);
-    let _e = spawn(&[
-        "edge",
-        "--listen",
-        &listen.to_string(),
-        "--origin",
-        &format!("http://{origin}"),
-        "--admin",
-        "off",
-        "--access-log",
-        "off",
-        "--workers",
-        "1",
-    ]);
-    assert!(
-        wait_until(Duration::from_secs(10), || http(
-            listen,
-            "GET",
-            "any.example",
-            "/x",
-            None,
-            None
-        )
-        .is_ok_and(
-            |(s, b)| s == 200 && b.contains("hello from qs-origin: GET /x (Host: any.example)")
-        )),
-        "quick start serves through the origin"
-    );
+    // One worker: with io_uring where the kernel has it (origin heads batched), and without.
+    for io_uring in ["auto", "off"] {
+        let listen = free_addr();
+        let _e = spawn(&[
+            "edge",
+            "--listen",
+            &listen.to_string(),
+            "--origin",
+            &format!("http://{origin}"),
+            "--admin",
+            "off",
+            "--access-log",
+            "off",
+            "--workers",
+            "1",
+            "--io-uring",
+            io_uring,
+        ]);
+        assert!(
+            wait_until(Duration::from_secs(10), || http(
+                listen,
+                "GET",
+                "any.example",
+                "/x",
+                None,
+                None
+            )
+            .is_ok_and(
+                |(s, b)| s == 200 && b.contains("hello from qs-origin: GET /x (Host: any.example)")
+            )),
+            "quick start serves through the origin (--io-uring {io_uring})"
+        );
+        for i in 0..20 {
+            let path = format!("/n{i}");
+            let (status, body) = http(listen, "GET", "any.example", &path, None, None).unwrap();
+            assert_eq!(status, 200);
+            assert!(
+                body.contains(&format!("GET {path} ")),
+                "--io-uring {io_uring}: {body}"
+            );
+        }
+    }
 }
 
 #[test]

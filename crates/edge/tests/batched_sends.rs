@@ -57,6 +57,12 @@ fn concurrent_requests_with_batched_heads_each_get_their_own_response() {
             }
         }
         assert_eq!(origin.hits(), 3 * 48);
+        let (batches, heads) = outpost_edge::upstream::send_batch::stats().unwrap();
+        assert_eq!(heads, 3 * 48, "every head went out in a batch");
+        assert!(
+            batches < heads,
+            "some batches carried several heads ({batches} for {heads})"
+        );
         assert!(
             origin.accepted.load(std::sync::atomic::Ordering::SeqCst) <= 48,
             "the later rounds reused the first round's connections"

@@ -402,7 +402,18 @@ async fn proxy(
         }
     }
     log.from_origin = true;
-    if parts.version != Version::HTTP_2 && !crate::upstream::send_batch::active() {
+    // Bodiless, non-upgrade requests to a plain-HTTP/1.1 origin go inline, their heads in a
+    // batch where this thread batches them.
+    let head_batched = crate::upstream::send_batch::active()
+        && body_empty
+        && !upgrade
+        && !pool.is_http2()
+        && log.origin.as_ref().is_some_and(|(p, i)| {
+            p.origins
+                .get(*i)
+                .is_some_and(|o| o.scheme == http::uri::Scheme::HTTP)
+        });
+    if parts.version != Version::HTTP_2 && !head_batched {
         // An HTTP/1.x client's response is relayed once the tasks that are ready now have run
         // (tokio 1.54 wakes a yielded task after its next I/O poll), so requests that came in
         // meanwhile go to their origins first and an origin finds them together when it next

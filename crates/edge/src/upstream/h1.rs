@@ -276,7 +276,7 @@ async fn open_inline(target: &Target<'_>) -> Result<h1_inline::Io, SendError> {
             .map_err(SendError::Connect)?;
         Ok(h1_inline::Io::Tls(Box::new(stream)))
     } else {
-        Ok(h1_inline::Io::Plain(tcp))
+        Ok(h1_inline::Io::Plain(super::send_batch::BatchedStream::new(tcp)))
     }
 }
 

@@ -83,7 +83,7 @@ impl InlineError {
 
 /// The socket under an origin connection.
 pub enum Io {
-    Plain(TcpStream),
+    Plain(super::send_batch::BatchedStream),
     Tls(Box<TlsStream<TcpStream>>),
 }
 

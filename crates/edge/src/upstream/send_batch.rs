@@ -10,10 +10,11 @@
 //! (`bench/sched.sh` counts them). Sent in one submission, the heads are all in the origin's
 //! sockets before the proxy can be preempted (the kernel does not preempt a task inside a
 //! system call here), so the origin finds the whole batch when it runs. Measured on the 2-CPU
-//! bench VM, 1 KiB pass-through with nginx on the proxy's CPU: preemptions went from ~140 to
-//! ~18 per 1,000 requests, the proxy's system time per request from ~13 to ~10 µs, req/s up
-//! 3-17 % (`bench/results/2026-12-06-passthrough-6-batched-sends.md`). With the origin on
+//! bench VM, 1 KiB pass-through with nginx on the proxy's CPU: preemptions went from ~155 to
+//! ~10 per 1,000 requests, the proxy's system time per request from ~13 to ~10 µs, req/s up
+//! 5-13 % (`bench/results/2026-12-06-passthrough-6-batched-sends.md`). With the origin on
 //! another machine the gain is the system calls saved: one `io_uring_enter` for the batch.
+//! (On a fully preemptible kernel the switch can come inside the submission too.)
 //!
 //! What the end of a pass is: a flusher task, woken when the first head of a batch is held,
 //! yields once (tokio runs a yielded task after its next poll of the I/O driver, so after the
@@ -23,8 +24,9 @@
 //!
 //! Scope: the current-thread runtime (`--workers 1`) only. In the work-stealing runtime a task
 //! can move between threads, and its held head would wait for another thread's flusher.
-//! Where io_uring is not available (an old kernel, `kernel.io_uring_disabled`, a container's
-//! seccomp profile) or `--io-uring off` is set, heads go out one `send` each, as before.
+//! Where io_uring or its send operation is not available (a kernel before 5.6,
+//! `kernel.io_uring_disabled`, a container's seccomp profile, gVisor; `install` probes) or
+//! `--io-uring off` is set, heads go out one `send` each, as before.
 //!
 //! Why by hand: tokio's I/O is readiness-based (epoll) and has no batched submission; the
 //! io_uring runtimes (tokio-uring, glommio, monoio) would replace tokio and hyper under the
@@ -83,8 +85,9 @@ struct Batcher {
     held: Vec<Held>,
     /// The flusher's waker while it waits for a batch to start.
     flusher: Option<Waker>,
-    /// Submissions made, for the tests.
+    /// Submissions made and heads they carried, for the tests.
     submissions: u64,
+    heads: u64,
 }
 
 thread_local! {
@@ -93,15 +96,33 @@ thread_local! {
 }
 
 /// Turns batching on for `runtime`, which must be a current-thread runtime driven from this
-/// thread (`block_on` called here). Fails, changing nothing, where io_uring is unavailable.
+/// thread (`block_on` called here). Fails, changing nothing, where io_uring or its send
+/// operation is unavailable.
 pub fn install(runtime: &tokio::runtime::Runtime) -> io::Result<()> {
+    if runtime.handle().runtime_flavor() != tokio::runtime::RuntimeFlavor::CurrentThread {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "origin heads are batched on a current-thread runtime only",
+        ));
+    }
     let ring = io_uring::IoUring::new(RING_ENTRIES)?;
+    // Rings exist since Linux 5.1, their send operation since 5.6, and sandboxes (gVisor)
+    // implement only some operations: without it every batched send would fail.
+    let mut probe = io_uring::Probe::new();
+    ring.submitter().register_probe(&mut probe)?;
+    if !probe.is_supported(io_uring::opcode::Send::CODE) {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this kernel's io_uring has no send operation",
+        ));
+    }
     BATCHER.with(|b| {
         *b.borrow_mut() = Some(Batcher {
             ring,
             held: Vec::new(),
             flusher: None,
             submissions: 0,
+            heads: 0,
         })
     });
     runtime.spawn(flusher());
@@ -137,30 +158,41 @@ fn flush() {
             .map(|batcher| std::mem::take(&mut batcher.held))
     });
     let Some(batch) = batch else { return };
+    let chunks: Vec<&[Held]> = batch.chunks(RING_ENTRIES as usize).collect();
     let broken = BATCHER.with(|b| {
         let mut b = b.borrow_mut();
         let batcher = b.as_mut()?;
-        for chunk in batch.chunks(RING_ENTRIES as usize) {
+        for (n, chunk) in chunks.iter().enumerate() {
             batcher.submissions += 1;
+            batcher.heads += chunk.len() as u64;
             if let Err(e) = submit(&mut batcher.ring, chunk) {
-                return Some(e);
+                return Some((n, e));
             }
         }
         None
     });
-    if let Some(e) = broken {
-        // The ring's state is unknown: some heads of the batch may be in the kernel. Their
-        // requests fail (their connections are then closed, never reused), their buffers are
-        // kept for any send still in flight, and the ring is dropped with whatever it had not
-        // submitted; this thread sends heads one by one from now on.
+    if let Some((failed, e)) = broken {
+        // The ring's state is unknown: some heads of the failed chunk may be in the kernel.
+        // Their requests fail (their connections are then closed, never reused), and their
+        // buffers are kept for any send still in flight; the ring is dropped with whatever it
+        // had not submitted. Later chunks never reached it: their tasks write their heads
+        // themselves. This thread sends heads one by one from now on.
         tracing::error!(error = %e, "io_uring failed; origin request heads are sent one by one from now on");
         let errno = e.raw_os_error().unwrap_or(libc::EIO);
-        for held in &batch {
-            let mut slot = held.slot.lock();
-            if slot.state == State::Held {
-                slot.state = State::Failed(errno);
+        for (n, chunk) in chunks.iter().enumerate().skip(failed) {
+            for held in chunk.iter() {
+                let mut slot = held.slot.lock();
+                if slot.state == State::Held {
+                    slot.state = if n == failed {
+                        State::Failed(errno)
+                    } else {
+                        State::Sent(0)
+                    };
+                }
+                if n == failed {
+                    std::mem::forget(held.head.clone());
+                }
             }
-            std::mem::forget(held.head.clone());
         }
         BATCHER.with(|b| *b.borrow_mut() = None);
     }
@@ -189,13 +221,15 @@ fn submit(ring: &mut io_uring::IoUring, chunk: &[Held]) -> io::Result<()> {
                 .flags(libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
                 .build()
                 .user_data(i as u64);
-            // SAFETY: the buffer (`held.head`, a `Bytes` this batch holds a reference to) and
-            // the socket (its future borrows the stream and cannot be dropped while `slots[i]`
-            // is locked here) stay valid until the completion is reaped below, before this
-            // function returns; if the ring fails, `flush` keeps the buffers for good and
-            // drops the ring (the kernel holds its own reference to a socket named by a send in
-            // flight). The queue has room: a chunk is at most `RING_ENTRIES` entries and every
-            // submission leaves the queue empty.
+            // SAFETY: the buffer (`held.head`, a `Bytes` this batch holds a reference to) stays
+            // valid until the completion is reaped below, before this function returns (if the
+            // ring fails, `flush` keeps the buffers for good). The descriptor names this head's
+            // socket: its state is still `Held`, so neither the future that held it nor the
+            // `BatchedStream` has been dropped (both cancel under this slot's lock, which is
+            // held here, and the stream's drop runs before its socket closes); the kernel
+            // takes its own reference to the socket when the send is submitted. The queue has
+            // room: a chunk is at most `RING_ENTRIES` entries and every submission leaves the
+            // queue empty.
             #[allow(unsafe_code)]
             let pushed = unsafe { queue.push(&entry) };
             if pushed.is_err() {
@@ -233,12 +267,83 @@ fn record(slots: &mut [MutexGuard<'_, SlotInner>], completion: io_uring::cqueue:
     let result = completion.result();
     slot.state = if result >= 0 {
         State::Sent(result as usize)
-    } else if result == -libc::EAGAIN {
+    } else if matches!(-result, libc::EAGAIN | libc::EINVAL | libc::EOPNOTSUPP) {
+        // Nothing sent (a full socket, or an operation this kernel refuses after all): the
+        // task writes the head itself.
         State::Sent(0)
     } else {
         State::Failed(-result)
     };
     1
+}
+
+/// Batches made on this thread and the heads they carried (None without batching).
+pub fn stats() -> Option<(u64, u64)> {
+    BATCHER.with(|b| b.borrow().as_ref().map(|b| (b.submissions, b.heads)))
+}
+
+/// A plain origin socket whose request heads may go out in a batch. Dropping it cancels a head
+/// still held for it before the socket closes, so a held head never goes to whatever socket
+/// reuses the descriptor, even if the future that held it was leaked rather than dropped.
+pub struct BatchedStream {
+    stream: TcpStream,
+    held: Mutex<Option<Arc<Slot>>>,
+}
+
+impl BatchedStream {
+    pub fn new(stream: TcpStream) -> Self {
+        Self {
+            stream,
+            held: Mutex::new(None),
+        }
+    }
+
+    fn hold(&self, slot: Option<Arc<Slot>>) -> Option<Arc<Slot>> {
+        std::mem::replace(&mut *self.held.lock().unwrap_or_else(|p| p.into_inner()), slot)
+    }
+}
+
+impl Drop for BatchedStream {
+    fn drop(&mut self) {
+        if let Some(slot) = self.hold(None) {
+            cancel(&slot);
+        }
+    }
+}
+
+fn cancel(slot: &Slot) {
+    let mut slot = slot.lock();
+    if slot.state == State::Held {
+        slot.state = State::Cancelled;
+    }
+}
+
+impl tokio::io::AsyncRead for BatchedStream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for BatchedStream {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
 }
 
 /// Whether heads are batched on this thread.
@@ -248,7 +353,7 @@ pub(crate) fn active() -> bool {
 
 /// Writes `head` on `stream` with the batch at the end of this pass. Returns how many bytes
 /// went out; the caller writes the rest (all of it when batching is off on this thread).
-pub(crate) async fn send(stream: &TcpStream, head: &Bytes) -> io::Result<usize> {
+pub(crate) async fn send(stream: &BatchedStream, head: &Bytes) -> io::Result<usize> {
     if !active() {
         return Ok(0);
     }
@@ -261,8 +366,8 @@ pub(crate) async fn send(stream: &TcpStream, head: &Bytes) -> io::Result<usize> 
 }
 
 struct HeldSend<'a> {
-    /// Borrowed for as long as the head may be in a batch: the socket outlives this future.
-    stream: &'a TcpStream,
+    /// Borrowed while the head may be in a batch; the socket's drop cancels it besides.
+    stream: &'a BatchedStream,
     head: &'a Bytes,
     slot: Option<Arc<Slot>>,
 }
@@ -272,17 +377,21 @@ impl std::future::Future for HeldSend<'_> {
 
     fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         if let Some(slot) = &self.slot {
-            let mut slot = slot.lock();
-            return match slot.state {
+            let mut inner = slot.lock();
+            let done = match inner.state {
                 State::Held | State::Cancelled => {
-                    if !slot.waker.will_wake(cx.waker()) {
-                        slot.waker = cx.waker().clone();
+                    if !inner.waker.will_wake(cx.waker()) {
+                        inner.waker = cx.waker().clone();
                     }
-                    Poll::Pending
+                    return Poll::Pending;
                 }
-                State::Sent(n) => Poll::Ready(Ok(n)),
-                State::Failed(errno) => Poll::Ready(Err(io::Error::from_raw_os_error(errno))),
+                State::Sent(n) => Ok(n),
+                State::Failed(errno) => Err(io::Error::from_raw_os_error(errno)),
             };
+            drop(inner);
+            self.stream.hold(None);
+            self.slot = None;
+            return Poll::Ready(done);
         }
         let slot = Arc::new(Slot {
             inner: Mutex::new(SlotInner {
@@ -291,7 +400,7 @@ impl std::future::Future for HeldSend<'_> {
             }),
         });
         let held = Held {
-            fd: self.stream.as_raw_fd(),
+            fd: self.stream.stream.as_raw_fd(),
             head: self.head.clone(),
             slot: slot.clone(),
         };
@@ -306,6 +415,7 @@ impl std::future::Future for HeldSend<'_> {
                 if let Some(flusher) = flusher {
                     flusher.wake();
                 }
+                self.stream.hold(Some(slot.clone()));
                 self.slot = Some(slot);
                 Poll::Pending
             }
@@ -317,11 +427,9 @@ impl std::future::Future for HeldSend<'_> {
 
 impl Drop for HeldSend<'_> {
     fn drop(&mut self) {
-        if let Some(slot) = &self.slot {
-            let mut slot = slot.lock();
-            if slot.state == State::Held {
-                slot.state = State::Cancelled;
-            }
+        if let Some(slot) = self.slot.take() {
+            cancel(&slot);
+            self.stream.hold(None);
         }
     }
 }
@@ -347,33 +455,51 @@ mod tests {
         }
     }
 
-    fn submissions() -> u64 {
-        BATCHER.with(|b| b.borrow().as_ref().map_or(0, |b| b.submissions))
-    }
-
     fn uninstall() {
         BATCHER.with(|b| *b.borrow_mut() = None);
     }
 
-    /// `n` connected pairs: the client sides as tokio streams, the accepted sides as std ones.
-    async fn pairs(n: usize) -> (Vec<TcpStream>, Vec<std::net::TcpStream>) {
+    /// `n` connected pairs: the client sides as origin sockets, the accepted sides as std
+    /// streams that give up reading after `wait`.
+    async fn pairs(n: usize, wait: Duration) -> (Vec<BatchedStream>, Vec<std::net::TcpStream>) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let mut clients = Vec::new();
         let mut servers = Vec::new();
         for _ in 0..n {
-            clients.push(TcpStream::connect(addr).await.unwrap());
+            clients.push(BatchedStream::new(TcpStream::connect(addr).await.unwrap()));
             let (server, _) = listener.accept().unwrap();
-            server.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            server.set_read_timeout(Some(wait)).unwrap();
             servers.push(server);
         }
         (clients, servers)
     }
 
+    /// What arrived on `server` within its read timeout.
+    fn received(server: &mut std::net::TcpStream) -> Vec<u8> {
+        let mut got = Vec::new();
+        let mut buf = [0; 256];
+        loop {
+            match server.read(&mut buf) {
+                Ok(0) => return got,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                    return got
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    /// Polls `future` once, as a task of the runtime would before the flusher has run.
+    fn poll_once<F: std::future::Future>(future: std::pin::Pin<&mut F>) -> Poll<F::Output> {
+        future.poll(&mut Context::from_waker(Waker::noop()))
+    }
+
     #[test]
     fn heads_held_in_one_pass_go_out_together_and_each_arrives_whole() {
         let Some(rt) = runtime_with_batching() else { return };
-        let (clients, mut servers) = rt.block_on(pairs(20));
+        let (clients, mut servers) = rt.block_on(pairs(20, Duration::from_secs(5)));
         let heads: Vec<Bytes> = (0..20)
             .map(|i| Bytes::from(format!("GET /{i} HTTP/1.1\r\nhost: origin\r\n\r\n")))
             .collect();
@@ -400,42 +526,68 @@ mod tests {
             server.read_exact(&mut got).unwrap();
             assert_eq!(got, heads[i]);
         }
-        assert_eq!(submissions(), 1, "the twenty heads went out in one submission");
+        assert_eq!(
+            stats(),
+            Some((1, 20)),
+            "the twenty heads went out in one submission"
+        );
         uninstall();
     }
 
     #[test]
-    fn a_head_whose_request_was_dropped_before_the_batch_is_never_sent() {
+    fn a_head_whose_request_was_dropped_before_its_batch_is_never_sent() {
         let Some(rt) = runtime_with_batching() else { return };
-        let (mut clients, mut servers) = rt.block_on(pairs(2));
-        let kept = clients.pop().unwrap();
-        let dropped = clients.pop().unwrap();
+        let (clients, mut servers) = rt.block_on(pairs(2, Duration::from_millis(300)));
         rt.block_on(async {
-            let head = Bytes::from_static(b"GET /dropped HTTP/1.1\r\n\r\n");
+            let dropped = Bytes::from_static(b"GET /dropped HTTP/1.1\r\n\r\n");
             {
-                let mut held = std::pin::pin!(send(&dropped, &head));
+                let mut held = std::pin::pin!(send(&clients[0], &dropped));
                 // Held: pending until the flusher runs, which it cannot while this task does.
-                let mut cx = Context::from_waker(Waker::noop());
-                assert!(std::future::Future::poll(held.as_mut(), &mut cx).is_pending());
+                assert!(poll_once(held.as_mut()).is_pending());
             }
-            drop(dropped);
-            let head = Bytes::from_static(b"GET /kept HTTP/1.1\r\n\r\n");
-            assert_eq!(send(&kept, &head).await.unwrap(), head.len());
+            // The dropped request's socket stays open through the batch below.
+            let kept = Bytes::from_static(b"GET /kept HTTP/1.1\r\n\r\n");
+            assert_eq!(send(&clients[1], &kept).await.unwrap(), kept.len());
         });
-        let kept_head = b"GET /kept HTTP/1.1\r\n\r\n";
-        let mut got = vec![0; kept_head.len()];
-        servers[1].read_exact(&mut got).unwrap();
-        assert_eq!(&got, kept_head);
-        // The dropped request's connection was closed with nothing written on it.
-        let mut rest = Vec::new();
-        assert_eq!(servers[0].read_to_end(&mut rest).unwrap(), 0);
+        assert_eq!(received(&mut servers[1]), b"GET /kept HTTP/1.1\r\n\r\n");
+        assert_eq!(
+            received(&mut servers[0]),
+            b"",
+            "nothing went out for the dropped request"
+        );
+        assert_eq!(stats(), Some((1, 2)), "both were in the batch; one was cancelled");
+        uninstall();
+    }
+
+    #[test]
+    fn a_head_left_behind_by_a_leaked_future_never_reaches_the_socket_that_reuses_its_descriptor() {
+        let Some(rt) = runtime_with_batching() else { return };
+        let (mut clients, _servers) = rt.block_on(pairs(1, Duration::from_millis(300)));
+        let old = clients.pop().unwrap();
+        let old_fd = old.stream.as_raw_fd();
+        let secret = Bytes::from_static(b"GET /private HTTP/1.1\r\nauthorization: Bearer s3cret\r\n\r\n");
+        rt.block_on(async {
+            let mut held = Box::pin(send(&old, &secret));
+            assert!(poll_once(held.as_mut()).is_pending());
+            // Leaked, not dropped: its own drop never cancels the head.
+            std::mem::forget(held);
+        });
+        drop(old);
+        let (mut fresh, mut fresh_servers) = rt.block_on(pairs(1, Duration::from_millis(300)));
+        assert_eq!(fresh[0].stream.as_raw_fd(), old_fd, "the descriptor was reused");
+        rt.block_on(async {
+            let head = Bytes::from_static(b"GET /next HTTP/1.1\r\n\r\n");
+            assert_eq!(send(&fresh[0], &head).await.unwrap(), head.len());
+        });
+        assert_eq!(received(&mut fresh_servers[0]), b"GET /next HTTP/1.1\r\n\r\n");
+        drop(fresh.pop());
         uninstall();
     }
 
     #[test]
     fn a_worker_that_never_runs_out_of_tasks_still_sends_held_heads() {
         let Some(rt) = runtime_with_batching() else { return };
-        let (clients, mut servers) = rt.block_on(pairs(1));
+        let (clients, mut servers) = rt.block_on(pairs(1, Duration::from_secs(5)));
         let spins = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let spun_when_sent = rt.block_on(async {
             // Always ready again: the worker never finds its queue empty while this runs.
@@ -465,6 +617,18 @@ mod tests {
     }
 
     #[test]
+    fn batching_needs_a_current_thread_runtime() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let refused = install(&rt).unwrap_err();
+        assert_eq!(refused.kind(), io::ErrorKind::Unsupported);
+        assert!(!active());
+    }
+
+    #[test]
     fn without_batching_the_caller_sends_the_head_itself() {
         uninstall();
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -472,7 +636,7 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(async {
-            let (clients, _servers) = pairs(1).await;
+            let (clients, _servers) = pairs(1, Duration::from_secs(1)).await;
             let head = Bytes::from_static(b"GET / HTTP/1.1\r\n\r\n");
             assert_eq!(send(&clients[0], &head).await.unwrap(), 0);
         });

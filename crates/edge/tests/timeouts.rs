@@ -144,13 +144,8 @@ async fn a_response_still_streaming_at_the_pools_request_timeout_is_cut_off() {
     tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    if s.read(&mut byte).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    head.push(byte[0]);
+                if read_head(&mut s).await.is_none() {
+                    return;
                 }
                 let _ = s
                     .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\ncache-control: no-store\r\n\r\n")
@@ -259,13 +254,8 @@ async fn a_client_that_stops_reading_is_cut_off_at_the_pools_request_timeout() {
     let (released_tx, released) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
         let (mut s, _) = listener.accept().await.unwrap();
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            if s.read(&mut byte).await.unwrap_or(0) == 0 {
-                return;
-            }
-            head.push(byte[0]);
+        if read_head(&mut s).await.is_none() {
+            return;
         }
         let _ = s
             .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000000000\r\ncache-control: no-store\r\n\r\n")

@@ -405,23 +405,33 @@ pub async fn websocket_handshake<S>(s: &mut S, host: &str) -> String
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let request = format!(
         "GET /chat HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
     );
     s.write_all(request.as_bytes()).await.unwrap();
     s.flush().await.unwrap();
+    let head = tokio::time::timeout(Duration::from_secs(5), read_head(s))
+        .await
+        .expect("the response head arrives without the client sending more")
+        .expect("the connection stays open until the head has come");
+    String::from_utf8(head).unwrap()
+}
+
+/// Reads a message head (through its blank line) a byte at a time, so nothing after it is
+/// consumed; None if the peer closes first.
+pub async fn read_head<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
-        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut byte))
-            .await
-            .expect("the response head arrives without the client sending more")
-            .unwrap();
+        if s.read(&mut byte).await.unwrap_or(0) == 0 {
+            return None;
+        }
         head.push(byte[0]);
     }
-    String::from_utf8(head).unwrap()
+    Some(head)
 }
 
 /// Writes `message` into an upgraded connection and expects the origin's echo within 5 s.

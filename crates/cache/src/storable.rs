@@ -113,19 +113,11 @@ pub fn check(
         return Err(NotStored::Status);
     }
     let must_understand = res.must_understand;
-    if req.no_store {
-        return Err(NotStored::RequestNoStore);
-    }
     if res.no_store && !must_understand && !policy.cache_everything {
         return Err(NotStored::NoStore);
     }
     if res.private && !policy.cache_everything {
         return Err(NotStored::Private);
-    }
-    if request.contains_key(header::AUTHORIZATION)
-        && !(res.public || res.must_revalidate || res.s_maxage.is_some())
-    {
-        return Err(NotStored::Authorization);
     }
     if response.contains_key(header::SET_COOKIE)
         && !res.private_fields.contains(&header::SET_COOKIE)
@@ -158,6 +150,16 @@ pub fn check(
     // A response with no-cache is stored to be revalidated, even without a lifetime.
     if !has_lifetime && !res.no_cache {
         return Err(NotStored::NoLifetime);
+    }
+    // The request's own reasons come last: a caller that keeps what is stored when only this
+    // request forbids storing (a 304 answering it) must learn when the response forbids it too.
+    if req.no_store {
+        return Err(NotStored::RequestNoStore);
+    }
+    if request.contains_key(header::AUTHORIZATION)
+        && !(res.public || res.must_revalidate || res.s_maxage.is_some())
+    {
+        return Err(NotStored::Authorization);
     }
     Ok(())
 }
@@ -197,6 +199,40 @@ mod tests {
 
     fn run(method: Method, req: &[(&str, &str)], status: u16, res: &[(&str, &str)]) -> Result<(), NotStored> {
         run_with(&StorePolicy::default(), method, req, status, res)
+    }
+
+    #[test]
+    fn the_response_forbidding_storage_is_reported_before_the_request_doing_so() {
+        let no_store = [("cache-control", "no-store")];
+        for res in [
+            [("cache-control", "private, max-age=60")],
+            [("cache-control", "no-store")],
+        ] {
+            let reason = run(Method::GET, &no_store, 200, &res).unwrap_err();
+            assert!(
+                matches!(reason, NotStored::Private | NotStored::NoStore),
+                "{res:?}: {reason:?}"
+            );
+        }
+        let authorized = [("authorization", "Bearer x")];
+        assert_eq!(
+            run(
+                Method::GET,
+                &authorized,
+                200,
+                &[("cache-control", "private, max-age=60")]
+            ),
+            Err(NotStored::Private)
+        );
+        // Only the request forbids it: the request's reason.
+        assert_eq!(
+            run(Method::GET, &no_store, 200, &[("cache-control", "max-age=60")]),
+            Err(NotStored::RequestNoStore)
+        );
+        assert_eq!(
+            run(Method::GET, &authorized, 200, &[("cache-control", "max-age=60")]),
+            Err(NotStored::Authorization)
+        );
     }
 
     #[test]

@@ -161,7 +161,7 @@ impl Conn {
     /// read later, by the returned [`InlineBody`], from this connection.
     pub async fn exchange(
         &mut self,
-        head: &Bytes,
+        head: &[u8],
         method: &Method,
         deadline: tokio::time::Instant,
     ) -> Result<Response<Framing>, InlineError> {
@@ -193,7 +193,7 @@ impl Conn {
 async fn exchange_head(
     io: &mut Io,
     buf: &mut BytesMut,
-    head: &Bytes,
+    head: &[u8],
     method: &Method,
 ) -> Result<Response<Framing>, InlineError> {
     let sent = match io {
@@ -246,7 +246,7 @@ pub fn encode_head(
     target: &str,
     headers: &HeaderMap,
     added: Option<&dyn super::AddedFields>,
-) -> Bytes {
+) -> Vec<u8> {
     let fields: usize = headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
     // The added fields (Host, Via, forwarding fields, traceparent) take about 250 bytes.
     let room = if added.is_some() { 320 } else { 32 };
@@ -277,8 +277,7 @@ pub fn encode_head(
         head.extend_from_slice(b"content-length: 0\r\n");
     }
     head.extend_from_slice(b"\r\n");
-    // Shared, not copied, with a batch of sends (`send_batch`) and with a retry.
-    Bytes::from(head)
+    head
 }
 
 enum Parsed {
@@ -1145,7 +1144,7 @@ mod tests {
         let head = encode_head(&Method::GET, "/p?q=1", &headers, None);
         assert_eq!(
             head,
-            b"GET /p?q=1 HTTP/1.1\r\nhost: www.example.com\r\nx-a: 1\r\nx-a: 2\r\n\r\n"[..]
+            b"GET /p?q=1 HTTP/1.1\r\nhost: www.example.com\r\nx-a: 1\r\nx-a: 2\r\n\r\n".to_vec()
         );
         let post = encode_head(&Method::POST, "/", &HeaderMap::new(), None);
         assert!(post.ends_with(b"content-length: 0\r\n\r\n"));

@@ -353,7 +353,7 @@ pub(crate) fn active() -> bool {
 
 /// Writes `head` on `stream` with the batch at the end of this pass. Returns how many bytes
 /// went out; the caller writes the rest (all of it when batching is off on this thread).
-pub(crate) async fn send(stream: &BatchedStream, head: &Bytes) -> io::Result<usize> {
+pub(crate) async fn send(stream: &BatchedStream, head: &[u8]) -> io::Result<usize> {
     if !active() {
         return Ok(0);
     }
@@ -368,7 +368,7 @@ pub(crate) async fn send(stream: &BatchedStream, head: &Bytes) -> io::Result<usi
 struct HeldSend<'a> {
     /// Borrowed while the head may be in a batch; the socket's drop cancels it besides.
     stream: &'a BatchedStream,
-    head: &'a Bytes,
+    head: &'a [u8],
     slot: Option<Arc<Slot>>,
 }
 
@@ -401,7 +401,9 @@ impl std::future::Future for HeldSend<'_> {
         });
         let held = Held {
             fd: self.stream.stream.as_raw_fd(),
-            head: self.head.clone(),
+            // Owned by the batch: the caller's buffer may be gone before a leaked future's
+            // head is cancelled (by its socket's drop).
+            head: Bytes::copy_from_slice(self.head),
             slot: slot.clone(),
         };
         let queued = BATCHER.with(|b| {

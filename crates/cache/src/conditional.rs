@@ -54,12 +54,16 @@ pub fn validators(stored: &HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
 /// The stored header fields updated from a 304 (or a HEAD response): every field the new
 /// response carries replaces the stored ones of that name, except those that describe the
 /// stored body (its length, framing, encoding, digest and entity tag): a 304 has no body of
-/// its own. The stored Age goes whether or not the update has one: it said how old the
-/// stored response was when it arrived, and freshness now counts from the update, which
-/// without an Age of its own is new (RFC 9111 §4.2.3).
+/// its own. The stored Age and Date go whether or not the update has them: they said how old
+/// the stored response was when it arrived, and freshness now counts from the update, which
+/// without an Age of its own is new (RFC 9111 §4.2.3) and without a Date of its own was made
+/// when it arrived. The caller computes freshness from the merged fields (a missing Date is
+/// then the receipt time, to the sub-second) and dates the result with
+/// [`crate::freshness::stamp_date`] before storing it (RFC 9110 §6.6.1).
 pub fn merge(stored: &HeaderMap, update: &HeaderMap) -> HeaderMap {
     let mut merged = stored.clone();
     merged.remove(header::AGE);
+    merged.remove(header::DATE);
     for name in update.keys() {
         if matches!(
             *name,
@@ -159,5 +163,16 @@ mod tests {
         let stored = h(&[("cache-control", "max-age=10"), ("age", "20")]);
         assert!(!merge(&stored, &h(&[("etag", "\"a\"")])).contains_key("age"));
         assert_eq!(merge(&stored, &h(&[("age", "3")]))["age"], "3");
+    }
+
+    #[test]
+    fn merge_takes_the_date_of_the_update_not_the_stored_one() {
+        let stored = h(&[
+            ("cache-control", "max-age=10"),
+            ("date", "Mon, 01 Jan 2024 00:00:00 GMT"),
+        ]);
+        assert!(!merge(&stored, &h(&[("etag", "\"a\"")])).contains_key("date"));
+        let update = h(&[("date", "Tue, 02 Jan 2024 00:00:00 GMT")]);
+        assert_eq!(merge(&stored, &update)["date"], "Tue, 02 Jan 2024 00:00:00 GMT");
     }
 }

@@ -145,6 +145,24 @@ pub fn heuristically_cacheable(status: StatusCode) -> bool {
     )
 }
 
+/// Adds a Date of `received` (seconds since the epoch) to a response that came without one:
+/// RFC 9110 §6.6.1 asks a recipient with a clock to date such a response when it caches or
+/// forwards it, so a stored copy says when it was made rather than taking the time of each
+/// hit. Call it after computing the response's `Freshness`: the missing Date counts there as
+/// `response_time` to the sub-second, which the whole second written here would round down.
+pub fn stamp_date(headers: &mut HeaderMap, received: f64) {
+    if headers.contains_key(header::DATE) {
+        return;
+    }
+    let Ok(since_epoch) = Duration::try_from_secs_f64(received) else {
+        return;
+    };
+    let text = httpdate::fmt_http_date(UNIX_EPOCH + since_epoch);
+    if let Ok(value) = header::HeaderValue::from_str(&text) {
+        headers.insert(header::DATE, value);
+    }
+}
+
 pub fn header_time(headers: &HeaderMap, name: header::HeaderName) -> Option<f64> {
     let v = headers.get(name)?.to_str().ok()?;
     httpdate::parse_http_date(v.trim()).ok().map(to_secs)
@@ -202,6 +220,17 @@ mod tests {
             &h(&[("cache-control", "max-age=100"), ("date", &date(now - 40.0))]),
         );
         assert_eq!(f.age(now), 40.0);
+    }
+
+    #[test]
+    fn a_response_without_date_is_dated_when_it_arrived_and_one_with_a_date_keeps_it() {
+        let now = 1_700_000_000.5;
+        let mut headers = h(&[("cache-control", "max-age=100")]);
+        stamp_date(&mut headers, now);
+        assert_eq!(headers["date"], date(1_700_000_000.0).as_str());
+        let mut dated = h(&[("date", &date(now - 40.0))]);
+        stamp_date(&mut dated, now);
+        assert_eq!(dated["date"], date(now - 40.0).as_str());
     }
 
     #[test]

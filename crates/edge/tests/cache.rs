@@ -58,6 +58,16 @@ struct Scripted {
 
 impl Scripted {
     async fn start() -> Self {
+        Self::start_dated(true).await
+    }
+
+    /// An origin whose responses carry a Date only where a route sets one (hyper adds one
+    /// to every response otherwise).
+    async fn start_without_date() -> Self {
+        Self::start_dated(false).await
+    }
+
+    async fn start_dated(auto_date: bool) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let me = Self {
             addr: Some(listener.local_addr().unwrap()),
@@ -72,9 +82,10 @@ impl Scripted {
                         let shared = shared.clone();
                         async move { Ok::<_, std::convert::Infallible>(shared.answer(req).await) }
                     });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    builder.http1().auto_date_header(auto_date);
+                    builder.http2().auto_date_header(auto_date);
+                    let _ = builder.serve_connection(TokioIo::new(stream), service).await;
                 });
             }
         });
@@ -440,6 +451,70 @@ async fn a_revalidated_response_is_as_old_as_the_304_not_as_the_stored_response(
     assert_hit(&again, "fresh for 10 s after the 304");
     assert_eq!(again.body, "aged1");
     assert_eq!(o.hits("/aged"), 2);
+}
+
+#[tokio::test]
+async fn a_304_without_date_is_dated_when_it_arrives_not_when_the_stored_response_was() {
+    let o = Scripted::start_without_date().await;
+    let mut r = validated_route("max-age=2", "\"v1\"", "dated{n}");
+    r.headers
+        .push(("date", httpdate::fmt_http_date(std::time::SystemTime::now())));
+    // Neither Date nor Age: the 304 is new, and the cache must date it itself (RFC 9110
+    // §6.6.1), not leave the stored response's Date on the refreshed one.
+    r.headers_304 = Some(vec![
+        ("cache-control", "max-age=2".to_owned()),
+        ("etag", "\"v1\"".to_owned()),
+    ]);
+    o.set("/dated", r);
+    let (_dir, _edge, addr) = pop(&o, "").await;
+    let stored = get(addr, "/dated").await;
+    assert!(
+        cache_status(&stored).contains("stored"),
+        "{}",
+        cache_status(&stored)
+    );
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    let revalidated = get(addr, "/dated").await;
+    assert!(
+        cache_status(&revalidated).contains("fwd-status=304"),
+        "stale after 2.1 s: {}",
+        cache_status(&revalidated)
+    );
+    let before = std::time::SystemTime::now() - Duration::from_secs(2);
+    let again = get(addr, "/dated").await;
+    assert_hit(&again, "fresh for 2 s after the 304");
+    assert_eq!(again.body, "dated1");
+    assert_eq!(o.hits("/dated"), 2);
+    let date = httpdate::parse_http_date(again.headers["date"].to_str().unwrap()).unwrap();
+    assert!(date >= before, "the refreshed response kept the old Date");
+    assert!(
+        again.headers["age"].to_str().unwrap().parse::<u64>().unwrap() <= 1,
+        "{:?}",
+        again.headers["age"]
+    );
+}
+
+#[tokio::test]
+async fn a_response_stored_without_date_keeps_the_date_of_its_arrival() {
+    let o = Scripted::start_without_date().await;
+    o.set("/undated", route(200, &[("cache-control", "max-age=60")], "u{n}"));
+    let (_dir, _edge, addr) = pop(&o, "").await;
+    let stored = get(addr, "/undated").await;
+    assert!(
+        cache_status(&stored).contains("stored"),
+        "{}",
+        cache_status(&stored)
+    );
+    let dated = stored.headers["date"].clone();
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    let hit = get(addr, "/undated").await;
+    assert_hit(&hit, "max-age=60");
+    assert_eq!(
+        hit.headers["date"], dated,
+        "a hit carries the Date the response was stored with, not the time of the hit"
+    );
+    let age: u64 = hit.headers["age"].to_str().unwrap().parse().unwrap();
+    assert!((2..=4).contains(&age), "Age {age}");
 }
 
 #[tokio::test]

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use outpost_cache::collapse::{self, FillDone, Leader};
 use outpost_cache::directives::SURROGATE_CONTROL;
-use outpost_cache::freshness::now_secs;
+use outpost_cache::freshness::{now_secs, stamp_date};
 use outpost_cache::object::vary_values;
 use outpost_cache::reuse::{self, Reuse};
 use outpost_cache::{
@@ -310,6 +310,8 @@ impl Ctx<'_> {
             &dirs,
             &self.policy.lifetime,
         );
+        // A 304 without a Date was made when it arrived (merge dropped the stored one).
+        stamp_date(&mut headers, response_time);
         let mut key = self.key.clone();
         key.extra = obj.extra().map(Into::into);
         let (vary, not_stored) = match verdict {
@@ -467,6 +469,8 @@ impl Ctx<'_> {
             let status = format!("{fwd}; detail={}", NotStored::NoLifetime.as_str());
             return (self.forwarded(parts, body, &status), Delivery::FromOrigin);
         }
+        // A stored copy without a Date would be dated by each hit instead.
+        stamp_date(&mut parts.headers, response_time);
         let max_bytes = self.policy.store.max_object_bytes;
         let fill = Fill::new(
             parts.status,

@@ -290,3 +290,105 @@ async fn a_client_that_stops_reading_is_cut_off_at_the_pools_request_timeout() {
     );
     drop(client);
 }
+
+#[tokio::test]
+async fn an_unread_http2_stream_is_reset_at_the_request_timeout_and_its_connection_lives_on() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    // An origin for two paths: /big, a body of a billion bytes written until the PoP stops
+    // taking them (then it says the PoP let go); /after, answered only once /big was let go,
+    // so that its stream is in flight on the same client connection when /big's ends.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = listener.local_addr().unwrap();
+    let (released_tx, released_rx) = tokio::sync::watch::channel(false);
+    let origin_released = released_rx.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let (released_tx, mut released_rx) = (released_tx.clone(), origin_released.clone());
+            tokio::spawn(async move {
+                while let Some(head) = read_head(&mut s).await {
+                    if head.starts_with(b"GET /big ") {
+                        let _ = s
+                            .write_all(
+                                b"HTTP/1.1 200 OK\r\ncontent-length: 1000000000\r\n\
+                                  cache-control: no-store\r\n\r\n",
+                            )
+                            .await;
+                        let chunk = vec![b'x'; 64 * 1024];
+                        while s.write_all(&chunk).await.is_ok() {}
+                        let _ = released_tx.send(true);
+                        return;
+                    }
+                    let _ = tokio::time::timeout(Duration::from_secs(8), released_rx.wait_for(|r| *r)).await;
+                    let answer =
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncache-control: no-store\r\n\r\nafter";
+                    if s.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let dir = TempDir::new("h2-stream-overdue");
+    // A head timeout of 400 ms makes the h2c connection's tick 100 ms.
+    let edge = start_edge(
+        &dir,
+        &pop_config(
+            "[timeouts]\nheader = \"400ms\"",
+            "request_timeout = \"2s\"",
+            &[(format!("http://{origin}"), false)],
+        ),
+    )
+    .await;
+    let addr = edge.listener_addr("http").unwrap();
+
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let request = |path: &str| {
+        http::Request::builder()
+            .uri(format!("http://x{path}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let started = tokio::time::Instant::now();
+    // Never read: once the stream's flow-control window is spent, nothing polls the response.
+    let big = tokio::time::timeout(Duration::from_secs(5), sender.send_request(request("/big")))
+        .await
+        .expect("the head of /big came within 5 s")
+        .unwrap();
+    assert_eq!(big.status(), http::StatusCode::OK);
+    // Past /big's deadline (2 s), before it is overdue (a second later): this stream is still
+    // within its own request timeout when /big's is ended.
+    tokio::time::sleep_until(started + Duration::from_millis(2200)).await;
+    let after = tokio::time::timeout(Duration::from_secs(6), sender.send_request(request("/after")))
+        .await
+        .expect("/after answered within 6 s")
+        .expect("/after failed: the connection went with the overdue stream");
+    let after = collect(after).await;
+    assert_eq!(after.status, http::StatusCode::OK);
+    assert_eq!(after.body, "after");
+    assert!(
+        *released_rx.borrow(),
+        "/after is answered only once the PoP let go of /big"
+    );
+
+    // The overdue stream alone was ended: what it had buffered, then a reset.
+    let rest = tokio::time::timeout(Duration::from_secs(5), big.into_body().collect())
+        .await
+        .expect("the unread stream was ended");
+    let Err(err) = rest else {
+        panic!("the unread stream ended with its whole body, not a reset");
+    };
+    assert!(format!("{err:?}").contains("CANCEL"), "{err:?}");
+    // And the connection still takes new streams.
+    let again = tokio::time::timeout(Duration::from_secs(5), sender.send_request(request("/again")))
+        .await
+        .expect("answered within 5 s")
+        .expect("a new stream on the same connection");
+    assert_eq!(collect(again).await.body, "after");
+}

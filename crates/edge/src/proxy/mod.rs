@@ -65,18 +65,55 @@ pub struct ConnInfo {
 
 /// The requests a connection is serving: how many (the idle timer waits for none), and the
 /// deadlines of the responses it is streaming. A response whose client stops reading is never
-/// polled again once the socket is full, so its body's own deadline timer never fires; the
-/// connection's tick finds it here instead.
+/// polled again once the socket (or, over HTTP/2, the stream's flow-control window) is full,
+/// so its body's own deadline timer never fires; the connection's tick finds it here instead.
 #[derive(Default)]
 pub struct InFlight {
     count: AtomicUsize,
-    /// One entry per streaming response (a multiset: equal deadlines are interchangeable).
-    streaming: std::sync::Mutex<Vec<Instant>>,
+    /// One entry per streaming response (a multiset: HTTP/1.1 entries with equal deadlines are
+    /// interchangeable).
+    streaming: std::sync::Mutex<Vec<Streaming>>,
 }
 
-/// How long a streaming response may outlive its deadline before the connection is closed for
-/// it: one still being polled is cut off at the deadline by its body (an HTTP/2 stream alone),
-/// and is given the time to be.
+/// A response being streamed: its deadline, and over HTTP/2 the task of its stream.
+#[derive(Clone)]
+pub(crate) struct Streaming {
+    deadline: Instant,
+    stream: Option<Arc<StreamTask>>,
+}
+
+impl PartialEq for Streaming {
+    fn eq(&self, other: &Self) -> bool {
+        self.deadline == other.deadline
+            && match (&self.stream, &other.stream) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            }
+    }
+}
+
+/// The task of one HTTP/2 stream, as the connection's executor spawned it (hyper runs each
+/// stream's request and response in a task of its own; HTTP/1.1 requests run in their
+/// connection's task). Aborting it drops the stream's response, and hyper then resets that
+/// stream alone (RST_STREAM with CANCEL).
+#[derive(Default)]
+pub struct StreamTask(std::sync::OnceLock<tokio::task::AbortHandle>);
+
+impl StreamTask {
+    pub fn set(&self, task: tokio::task::AbortHandle) {
+        let _ = self.0.set(task);
+    }
+}
+
+tokio::task_local! {
+    /// The HTTP/2 stream whose task is running (unset for HTTP/1.1).
+    pub static STREAM_TASK: Arc<StreamTask>;
+}
+
+/// How long a streaming response may outlive its deadline before it is ended for it: one still
+/// being polled is cut off at the deadline by its body (an HTTP/2 stream alone), and is given
+/// the time to be.
 const OVERDUE_GRACE: Duration = Duration::from_secs(1);
 
 impl InFlight {
@@ -84,23 +121,40 @@ impl InFlight {
         self.count.load(Ordering::Relaxed) > 0
     }
 
-    /// Whether a response is still streaming well past its deadline: its client has stopped
-    /// reading, and only closing the connection lets go of it (and of its origin connection).
-    pub fn overdue(&self, now: Instant) -> bool {
-        self.streaming
-            .lock()
-            .is_ok_and(|s| s.iter().any(|&deadline| deadline + OVERDUE_GRACE <= now))
+    /// Ends what is still streaming well past its deadline: its client has stopped reading.
+    /// An HTTP/2 stream is ended alone, by aborting its task (its response, and with it the
+    /// origin's connection, is dropped and the stream reset); the connection's other streams
+    /// go on. True when an HTTP/1.1 response is overdue: only closing the connection ends it
+    /// (as nginx's send_timeout does), and lets go of its origin connection.
+    pub fn end_overdue(&self, now: Instant) -> bool {
+        let mut close = false;
+        let mut abort = Vec::new();
+        if let Ok(s) = self.streaming.lock() {
+            for entry in s.iter().filter(|e| e.deadline + OVERDUE_GRACE <= now) {
+                match &entry.stream {
+                    // Its handle is set as soon as the task is spawned, long before this.
+                    Some(stream) => abort.extend(stream.0.get().cloned()),
+                    None => close = true,
+                }
+            }
+        }
+        // Outside the lock: a stream's end removes its entry. Aborting again on a later tick,
+        // before that, does nothing more.
+        for task in abort {
+            task.abort();
+        }
+        close
     }
 
-    fn stream(&self, deadline: Instant) {
+    fn stream(&self, entry: Streaming) {
         if let Ok(mut s) = self.streaming.lock() {
-            s.push(deadline);
+            s.push(entry);
         }
     }
 
-    fn streamed(&self, deadline: Instant) {
+    fn streamed(&self, entry: &Streaming) {
         if let Ok(mut s) = self.streaming.lock() {
-            if let Some(i) = s.iter().position(|&d| d == deadline) {
+            if let Some(i) = s.iter().position(|e| e == entry) {
                 s.swap_remove(i);
             }
         }
@@ -145,8 +199,12 @@ pub(crate) async fn handle(
     log.status = parts.status.as_u16();
     let deadline = log.deadline;
     if let Some(deadline) = deadline.filter(|_| !body.is_end_stream()) {
-        conn.in_flight.stream(deadline);
-        log.streaming = Some(deadline);
+        let entry = Streaming {
+            deadline,
+            stream: STREAM_TASK.try_with(Arc::clone).ok(),
+        };
+        conn.in_flight.stream(entry.clone());
+        log.streaming = Some(entry);
     }
     Ok(Response::from_parts(
         parts,
@@ -925,8 +983,8 @@ pub(crate) struct RequestLog {
     shared: Arc<Shared>,
     snapshot_log: Arc<crate::access_log::AccessLog>,
     conn_in_flight: Arc<InFlight>,
-    /// The deadline this request's response is registered with while it streams.
-    streaming: Option<Instant>,
+    /// How this request's response is registered with its connection while it streams.
+    streaming: Option<Streaming>,
     start: Instant,
     deadline: Option<Instant>,
     upstream_done: Option<Instant>,
@@ -1012,8 +1070,8 @@ impl RequestLog {
         if std::mem::replace(&mut self.finished, true) {
             return;
         }
-        if let Some(deadline) = self.streaming {
-            self.conn_in_flight.streamed(deadline);
+        if let Some(entry) = self.streaming.take() {
+            self.conn_in_flight.streamed(&entry);
         }
         self.conn_in_flight.count.fetch_sub(1, Ordering::Relaxed);
         let total = self.start.elapsed();

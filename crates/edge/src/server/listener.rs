@@ -269,9 +269,9 @@ async fn drive<I>(
                     connection.as_mut().graceful_shutdown();
                 }
                 // A response past the pool's request timeout that hyper no longer polls: its
-                // client stopped reading. Only dropping the connection ends it, and lets go of
-                // its origin connection (an HTTP/2 connection's other streams go with it).
-                if busy && in_flight.overdue(tokio::time::Instant::now()) {
+                // client stopped reading. An HTTP/2 stream is ended alone; an HTTP/1.1 response
+                // only by dropping the connection, which lets go of its origin connection.
+                if busy && in_flight.end_overdue(tokio::time::Instant::now()) {
                     overdue = true;
                     return Poll::Ready(Ok(()));
                 }
@@ -308,7 +308,9 @@ async fn drive<I>(
 /// Runs what hyper spawns (a task per HTTP/2 stream) as a boxed future. A stream's future holds
 /// the request's whole future, kilobytes, and tokio moves a spawned future by value several
 /// times on its way into the task; boxed first, it is copied once and tokio moves a pointer.
-/// (HTTP/1.1 keeps the request's future inside its connection's task, unboxed.)
+/// (HTTP/1.1 keeps the request's future inside its connection's task, unboxed.) The task runs
+/// with its own abort handle in `proxy::STREAM_TASK`, so that the connection can end one
+/// overdue stream without closing the others (`proxy::InFlight::end_overdue`).
 #[derive(Clone, Copy)]
 struct SpawnBoxed;
 
@@ -318,7 +320,9 @@ where
     F::Output: Send + 'static,
 {
     fn execute(&self, fut: F) {
-        tokio::spawn(Box::pin(fut));
+        let stream = Arc::new(proxy::StreamTask::default());
+        let task = tokio::spawn(proxy::STREAM_TASK.scope(stream.clone(), Box::pin(fut)));
+        stream.set(task.abort_handle());
     }
 }
 

@@ -676,7 +676,8 @@ pub struct PoolConfig {
     pub protocol: UpstreamProtocol,
     #[serde(default = "default_connect_timeout", with = "serde_duration")]
     pub connect_timeout: Duration,
-    /// Time from having sent the request (its body included) to receiving the response head.
+    /// Time from having sent the request (its body included) to receiving the response head;
+    /// also the longest the origin may go without taking any of a request body being sent.
     #[serde(default = "default_response_header_timeout", with = "serde_duration")]
     pub response_header_timeout: Duration,
     /// Deadline for the whole exchange, body included.

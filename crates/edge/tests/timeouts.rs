@@ -392,3 +392,126 @@ async fn an_unread_http2_stream_is_reset_at_the_request_timeout_and_its_connecti
         .expect("a new stream on the same connection");
     assert_eq!(collect(again).await.body, "after");
 }
+
+#[tokio::test]
+async fn an_upload_the_origin_stops_reading_is_the_origins_timeout_not_the_clients() {
+    // An origin that takes the request head, then reads nothing more and never answers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if read_head(&mut s).await.is_some() {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                }
+            });
+        }
+    });
+    let dir = TempDir::new("origin-stops-reading");
+    let pool = "response_header_timeout = \"1s\"\nrequest_timeout = \"8s\"";
+    let edge = start_edge(
+        &dir,
+        &pop_config("", pool, &[(format!("http://{origin}"), false)]),
+    )
+    .await;
+    let addr = edge.listener_addr("http").unwrap();
+
+    // 16 MiB, more than the socket buffers between the PoP and the origin hold: the PoP's
+    // writes to the origin stall while the client could go on sending.
+    const LEN: usize = 16 << 20;
+    let client = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut rd, mut wr) = client.into_split();
+    let uploader = tokio::spawn(async move {
+        let head = format!("POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: {LEN}\r\n\r\n");
+        if wr.write_all(head.as_bytes()).await.is_err() {
+            return;
+        }
+        let chunk = vec![b'u'; 64 * 1024];
+        for _ in 0..LEN / chunk.len() {
+            if wr.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+        // Held open: the PoP answers while it could still read.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    });
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(6), async {
+        let mut buf = [0u8; 4096];
+        while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    uploader.abort();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(
+        read.is_ok(),
+        "no answer within 6 s (request_timeout is 8 s): {text}"
+    );
+    assert!(text.starts_with("HTTP/1.1 504"), "{text}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "answered after {:?}",
+        started.elapsed()
+    );
+    let m = metrics(&edge).await;
+    assert_eq!(
+        metric_value(&m, "outpost_upstream_requests_total", &[("result", "timeout")]),
+        Some(1.0),
+        "the timeout is counted against the origin"
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            "outpost_rejected_requests_total",
+            &[("reason", "client_body_timeout")]
+        )
+        .unwrap_or(0.0),
+        0.0,
+        "and not against the client"
+    );
+}
+
+#[tokio::test]
+async fn an_upload_the_client_stops_sending_is_still_the_clients_timeout() {
+    let origin = Origin::start("o").await;
+    let dir = TempDir::new("client-stops-sending");
+    // The pause limit (timeouts.body, 30 s by default) is out of reach: the request timeout
+    // ends this upload, and the origin was waiting for the client all along.
+    let pool = "response_header_timeout = \"1s\"\nrequest_timeout = \"3s\"";
+    let edge = start_edge(&dir, &pop_config("", pool, &[(origin.url(), false)])).await;
+    let addr = edge.listener_addr("http").unwrap();
+
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n")
+        .await
+        .unwrap();
+    s.write_all(&[b'c'; 1000]).await.unwrap();
+    let started = std::time::Instant::now();
+    let answer = read_to_close(&mut s).await.expect("answered within 5 s");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(2500),
+        "408 before the request timeout, after {:?}",
+        started.elapsed()
+    );
+    let m = metrics(&edge).await;
+    assert_eq!(
+        metric_value(&m, "outpost_upstream_requests_total", &[("result", "timeout")]).unwrap_or(0.0),
+        0.0,
+        "no timeout counted against the origin"
+    );
+    assert_eq!(
+        metric_value(
+            &m,
+            "outpost_rejected_requests_total",
+            &[("reason", "client_body_timeout")]
+        ),
+        Some(1.0)
+    );
+}

@@ -190,10 +190,28 @@ pub struct BodyLimitExceeded(pub u64);
 /// Whether the client has sent its whole request body, and a wake-up for the exchange waiting
 /// on that: the origin's time to answer starts only then (it may need the whole body first),
 /// and the body is polled by the connection's task, not the one waiting for the response.
-#[derive(Default)]
+///
+/// It also tells whose turn it is while the body is on its way: the client's when the writer
+/// to the origin asked for the next piece and the client has not sent it yet, the origin's when
+/// the writer holds a piece it has not been able to hand on (the origin is not reading).
 pub struct BodySent {
     done: std::sync::atomic::AtomicBool,
     notify: tokio::sync::Notify,
+    /// Since when the origin's side holds up the body: nanoseconds after `base`, plus one; 0
+    /// while the writer waits for the client (or is reading the body).
+    origin_turn: std::sync::atomic::AtomicU64,
+    base: Instant,
+}
+
+impl Default for BodySent {
+    fn default() -> Self {
+        Self {
+            done: Default::default(),
+            notify: Default::default(),
+            origin_turn: Default::default(),
+            base: Instant::now(),
+        }
+    }
 }
 
 impl BodySent {
@@ -216,6 +234,47 @@ impl BodySent {
                 return;
             }
             notified.await;
+        }
+    }
+
+    /// The origin's side holds up the body from `at` on: the exchange starts (it has to
+    /// connect and write the head before it asks for the body), or the writer took a piece
+    /// and has not asked for the next one yet.
+    pub fn origin_turn_from(&self, at: Instant) {
+        let nanos = at.saturating_duration_since(self.base).as_nanos();
+        let nanos = u64::try_from(nanos).unwrap_or(u64::MAX - 1) + 1;
+        self.origin_turn
+            .store(nanos, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The writer asked for the next piece: until one comes, the client holds up the body.
+    fn client_turn(&self) {
+        self.origin_turn.store(0, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Since when the origin's side has been holding up the body; None while it waits for the
+    /// client.
+    pub fn origin_turn_since(&self) -> Option<Instant> {
+        match self.origin_turn.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            n => Some(self.base + std::time::Duration::from_nanos(n - 1)),
+        }
+    }
+
+    /// Returns once the origin has held up the body for `limit` in one go (never, once the
+    /// whole body has been sent). Wakes at most once per `limit` to look.
+    pub async fn origin_stalled(&self, limit: std::time::Duration) {
+        loop {
+            if self.is_done() {
+                return std::future::pending().await;
+            }
+            let now = Instant::now();
+            let next = match self.origin_turn_since() {
+                Some(since) if now >= since + limit => return,
+                Some(since) => since + limit,
+                None => now + limit,
+            };
+            tokio::time::sleep_until(next).await;
         }
     }
 }
@@ -346,6 +405,7 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        this.done.client_turn();
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 this.stall = None;
@@ -362,6 +422,9 @@ impl Body for RequestBody {
                 // The codecs stop polling a body that says it has ended: this frame is its last.
                 if this.inner.is_end_stream() {
                     this.done.set();
+                } else {
+                    // The writer has a piece to hand on: the origin's turn until it asks again.
+                    this.done.origin_turn_from(Instant::now());
                 }
                 Poll::Ready(Some(Ok(frame)))
             }

@@ -786,19 +786,32 @@ async fn send(
     let deadline = request_deadline.map_or(header_deadline, |d| d.min(header_deadline));
     // How long the origin had when a timeout fired (for the 504's text).
     let mut allowed = deadline - sent;
+    // A timer of the origin's fired: its timeout, whatever the state of the upload.
+    let mut origin_timer_fired = false;
     let busy = crate::upstream::pool::Busy::enter(&origin.state);
     let result = match request_body_done {
         // An origin may need the whole body before it can answer, so its time to answer starts
         // once the body has been sent (as nginx's proxy_read_timeout and Envoy count it); until
-        // then only the request's deadline bounds the exchange, and a slow upload is for
-        // `timeouts.body` and `body_min_rate` to judge.
+        // then the request's deadline bounds the exchange, a slow upload is for
+        // `timeouts.body` and `body_min_rate` to judge, and an origin that stops taking the
+        // body is judged by `response_header_timeout` too: the writer holding a piece of the
+        // body that the origin has not taken for that long (no progress at all, while the
+        // client may have more ready) is the origin's doing, as a head that long in coming
+        // would be. An origin that reads slowly but steadily is not cut off by it: each piece
+        // it takes starts the wait over (nginx's proxy_send_timeout counts the same way).
         Some(body_sent) if !body_sent.is_done() => {
+            body_sent.origin_turn_from(sent);
             let bound = request_deadline.unwrap_or(sent + pool.config.request_timeout);
             let exchange = pool.send_to(index, req, bound, added, fields_back);
-            // Boxed: only requests with a body carry this timer.
-            let header_timer = Box::pin(async move {
-                body_sent.wait().await;
-                tokio::time::sleep(header_timeout).await;
+            // Boxed: only requests with a body carry these timers.
+            let origin_timer = Box::pin(async move {
+                tokio::select! {
+                    () = async {
+                        body_sent.wait().await;
+                        tokio::time::sleep(header_timeout).await;
+                    } => {}
+                    () = body_sent.origin_stalled(header_timeout) => {}
+                }
             });
             tokio::select! {
                 biased;
@@ -806,8 +819,9 @@ async fn send(
                     allowed = bound - sent;
                     result
                 }
-                () = header_timer => {
+                () = origin_timer => {
                     allowed = header_timeout;
+                    origin_timer_fired = true;
                     Err(SendError::Timeout)
                 }
             }
@@ -850,9 +864,14 @@ async fn send(
                 reason: error_chain(&*e),
             })
         }
-        Err(SendError::Timeout) if request_body_done.is_some_and(|sent| !sent.is_done()) => {
-            // The client never finished sending its body: a slow or stalled upload, not a slow
-            // origin. 408, and no strike against the origin.
+        Err(SendError::Timeout)
+            if !origin_timer_fired
+                && request_body_done
+                    .is_some_and(|sent| !sent.is_done() && sent.origin_turn_since().is_none()) =>
+        {
+            // The request's deadline passed while the body waited for the client: a slow or
+            // stalled upload, not a slow origin. 408, and no strike against the origin. (Had
+            // the origin been holding it up then, the timeout is the origin's, below.)
             Err(ProxyError::ClientBodyTimeout)
         }
         Err(SendError::Timeout) => {

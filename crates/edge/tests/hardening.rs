@@ -307,15 +307,6 @@ const END_HEADERS: u8 = 0x4;
 /// RST_STREAM error code CANCEL, what browsers send when a navigation is abandoned.
 const CANCEL: u32 = 0x8;
 
-/// Appends one frame: 24-bit length, type, flags, 31-bit stream id, payload (RFC 9113 §4.1).
-fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
-    out.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
-    out.push(kind);
-    out.push(flags);
-    out.extend_from_slice(&(stream & 0x7fff_ffff).to_be_bytes());
-    out.extend_from_slice(payload);
-}
-
 /// A complete GET / request as an HPACK header block using only the static table, so every
 /// stream's block is the same bytes and no dynamic-table state has to be tracked:
 /// 0x82 :method GET, 0x86 :scheme http, 0x84 :path /, then :authority (static index 1) as a
@@ -359,7 +350,7 @@ async fn http2_rapid_reset_is_cut_off_with_goaway() {
 
     // h2c with prior knowledge: the preface, then our (empty) SETTINGS.
     let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    frame(&mut out, SETTINGS, 0, 0, &[]);
+    h2_frame(&mut out, SETTINGS, 0, 0, &[]);
     s.write_all(&out).await.unwrap();
 
     // Open and immediately cancel streams 1, 3, 5, ... in batches of 50 HEADERS+RST pairs,
@@ -369,8 +360,8 @@ async fn http2_rapid_reset_is_cut_off_with_goaway() {
         let mut out = Vec::with_capacity(50 * 28);
         for i in 0..50 {
             let stream = 2 * (batch * 50 + i) + 1;
-            frame(&mut out, HEADERS, END_HEADERS | END_STREAM, stream, GET_BLOCK);
-            frame(&mut out, RST_STREAM, 0, stream, &CANCEL.to_be_bytes());
+            h2_frame(&mut out, HEADERS, END_HEADERS | END_STREAM, stream, GET_BLOCK);
+            h2_frame(&mut out, RST_STREAM, 0, stream, &CANCEL.to_be_bytes());
         }
         match tokio::time::timeout(READ_LIMIT, s.write_all(&out)).await {
             Ok(Ok(())) => written += 50,
@@ -526,7 +517,7 @@ const PING: u8 = 0x6;
 async fn h2c_raw(addr: std::net::SocketAddr) -> TcpStream {
     let mut s = TcpStream::connect(addr).await.unwrap();
     let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    frame(&mut out, SETTINGS, 0, 0, &[]);
+    h2_frame(&mut out, SETTINGS, 0, 0, &[]);
     s.write_all(&out).await.unwrap();
     s
 }
@@ -566,11 +557,11 @@ async fn http2_continuation_flood_is_cut_off() {
     let (origin, _dir, _edge, addr) = setup("continuation", "", "").await;
     let mut s = h2c_raw(addr).await;
     let mut out = Vec::new();
-    frame(&mut out, HEADERS, END_STREAM, 1, GET_BLOCK);
+    h2_frame(&mut out, HEADERS, END_STREAM, 1, GET_BLOCK);
     s.write_all(&out).await.unwrap();
     let mut chunk = Vec::new();
     for _ in 0..64 {
-        frame(&mut chunk, CONTINUATION, 0, 1, &[0x40, 0x01, b'a', 0x7f, 0x7f]);
+        h2_frame(&mut chunk, CONTINUATION, 0, 1, &[0x40, 0x01, b'a', 0x7f, 0x7f]);
     }
     let written = flood(&mut s, &chunk, 20_000).await;
     let goaway = await_goaway(&mut s).await;
@@ -620,7 +611,7 @@ async fn http2_settings_flood_is_cut_off() {
     let mut chunk = Vec::new();
     for _ in 0..256 {
         // SETTINGS_MAX_CONCURRENT_STREAMS = 100: a real setting, each needing an ACK.
-        frame(&mut chunk, SETTINGS, 0, 0, &[0x00, 0x03, 0, 0, 0, 100]);
+        h2_frame(&mut chunk, SETTINGS, 0, 0, &[0x00, 0x03, 0, 0, 0, 100]);
     }
     flood_is_cut_off("settings-flood", chunk).await;
 }
@@ -629,7 +620,7 @@ async fn http2_settings_flood_is_cut_off() {
 async fn http2_ping_flood_is_cut_off() {
     let mut chunk = Vec::new();
     for i in 0..256u64 {
-        frame(&mut chunk, PING, 0, 0, &i.to_be_bytes());
+        h2_frame(&mut chunk, PING, 0, 0, &i.to_be_bytes());
     }
     flood_is_cut_off("ping-flood", chunk).await;
 }
@@ -645,7 +636,7 @@ async fn http2_streams_beyond_the_concurrency_limit_are_refused() {
     const POST_BLOCK: &[u8] = &[0x83, 0x86, 0x84, 0x01, 0x01, b'x'];
     let mut out = Vec::new();
     for i in 0..300u32 {
-        frame(&mut out, HEADERS, END_HEADERS, 2 * i + 1, POST_BLOCK);
+        h2_frame(&mut out, HEADERS, END_HEADERS, 2 * i + 1, POST_BLOCK);
     }
     s.write_all(&out).await.unwrap();
     let mut refused = 0;

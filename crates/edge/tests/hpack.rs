@@ -176,14 +176,6 @@ const SETTINGS: u8 = 0x4;
 const END_STREAM: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
 
-fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
-    out.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
-    out.push(kind);
-    out.push(flags);
-    out.extend_from_slice(&stream.to_be_bytes());
-    out.extend_from_slice(payload);
-}
-
 #[tokio::test]
 async fn http2_response_blocks_do_not_depend_on_earlier_ones() {
     // The encoder never adds to the dynamic table, so the same response encodes to the same
@@ -196,15 +188,15 @@ async fn http2_response_blocks_do_not_depend_on_earlier_ones() {
         .await
         .unwrap();
     let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    frame(&mut out, SETTINGS, 0, 0, &[]);
+    h2_frame(&mut out, SETTINGS, 0, 0, &[]);
     // GET /teapot: :method GET, :scheme http, :path literal, :authority literal (static table
     // names only, so the request blocks need no table either).
     let block = [&[0x82, 0x86, 0x04, 7][..], b"/teapot", &[0x01, 1, b'x']].concat();
-    frame(&mut out, HEADERS, END_STREAM | END_HEADERS, 1, &block);
+    h2_frame(&mut out, HEADERS, END_STREAM | END_HEADERS, 1, &block);
     s.write_all(&out).await.unwrap();
     let first = read_headers_block(&mut s, 1).await;
     let mut out = Vec::new();
-    frame(&mut out, HEADERS, END_STREAM | END_HEADERS, 3, &block);
+    h2_frame(&mut out, HEADERS, END_STREAM | END_HEADERS, 3, &block);
     s.write_all(&out).await.unwrap();
     let second = read_headers_block(&mut s, 3).await;
     assert!(first.len() > long_value().len(), "{} bytes", first.len());

@@ -285,6 +285,15 @@ pub async fn h2c_send(addr: SocketAddr, host: &str, method: http::Method, path: 
     collect(sender.send_request(req).await.unwrap()).await
 }
 
+/// Appends one HTTP/2 frame (RFC 9113 §4.1) to `out`, for tests that speak h2 byte by byte.
+pub fn h2_frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
+    out.push(kind);
+    out.push(flags);
+    out.extend_from_slice(&(stream & 0x7fff_ffff).to_be_bytes());
+    out.extend_from_slice(payload);
+}
+
 /// A scratch directory that disappears with the test.
 pub struct TempDir(pub PathBuf);
 

@@ -337,7 +337,7 @@ async fn an_unread_http2_stream_is_reset_at_the_request_timeout_and_its_connecti
         &dir,
         &pop_config(
             "[timeouts]\nheader = \"400ms\"",
-            "request_timeout = \"2s\"",
+            "request_timeout = \"4s\"",
             &[(format!("http://{origin}"), false)],
         ),
     )
@@ -362,9 +362,9 @@ async fn an_unread_http2_stream_is_reset_at_the_request_timeout_and_its_connecti
         .expect("the head of /big came within 5 s")
         .unwrap();
     assert_eq!(big.status(), http::StatusCode::OK);
-    // Past /big's deadline (2 s), before it is overdue (a second later): this stream is still
+    // Past /big's deadline (4 s), before it is overdue (a second later): this stream is still
     // within its own request timeout when /big's is ended.
-    tokio::time::sleep_until(started + Duration::from_millis(2200)).await;
+    tokio::time::sleep_until(started + Duration::from_millis(4400)).await;
     let after = tokio::time::timeout(Duration::from_secs(6), sender.send_request(request("/after")))
         .await
         .expect("/after answered within 6 s")
@@ -394,6 +394,65 @@ async fn an_unread_http2_stream_is_reset_at_the_request_timeout_and_its_connecti
 }
 
 #[tokio::test]
+async fn an_http2_client_that_reads_nothing_at_all_is_disconnected() {
+    // Its streams are ended at their deadline, but then the connection has nothing in flight
+    // and its graceful shutdown cannot finish (the client neither reads the GOAWAY nor answers
+    // the PING): the PoP drops it rather than keep it, and its buffers, for good.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if read_head(&mut s).await.is_some() {
+                    let head = b"HTTP/1.1 200 OK\r\ncontent-length: 1000000000\r\n\r\n";
+                    let _ = s.write_all(head).await;
+                    let chunk = vec![b'x'; 64 * 1024];
+                    while s.write_all(&chunk).await.is_ok() {}
+                }
+            });
+        }
+    });
+    let dir = TempDir::new("h2-reads-nothing");
+    // A head timeout of 400 ms makes the h2c connection's tick 100 ms.
+    let edge = start_edge(
+        &dir,
+        &pop_config(
+            "[timeouts]\nheader = \"400ms\"\nidle = \"1s\"",
+            "request_timeout = \"1s\"",
+            &[(format!("http://{origin}"), false)],
+        ),
+    )
+    .await;
+    let mut s = tokio::net::TcpStream::connect(edge.listener_addr("http").unwrap())
+        .await
+        .unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    h2_frame(&mut out, 0x4, 0, 0, &[]); // SETTINGS
+                                        // GET /big: :method GET, :scheme http, :path literal, :authority "x".
+    let block = [&[0x82, 0x86, 0x04, 4][..], b"/big", &[0x01, 1, b'x']].concat();
+    h2_frame(&mut out, 0x1, 0x1 | 0x4, 1, &block); // HEADERS, END_STREAM | END_HEADERS
+    s.write_all(&out).await.unwrap();
+    // Read nothing while the stream runs past its deadline (1 s), is ended (a second later),
+    // the connection goes idle (1 s) and its shutdown does not finish (at least 1 s).
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    // Then what the kernel holds for us is read quickly, and the connection must have ended.
+    let mut buf = vec![0u8; 1 << 20];
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the connection was still open 16 s after its only request"
+    );
+}
+
+#[tokio::test]
 async fn an_upload_the_origin_stops_reading_is_the_origins_timeout_not_the_clients() {
     // An origin that takes the request head, then reads nothing more and never answers.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -416,11 +475,14 @@ async fn an_upload_the_origin_stops_reading_is_the_origins_timeout_not_the_clien
     .await;
     let addr = edge.listener_addr("http").unwrap();
 
-    // 16 MiB, more than the socket buffers between the PoP and the origin hold: the PoP's
-    // writes to the origin stall while the client could go on sending.
-    const LEN: usize = 16 << 20;
+    // 64 MiB, far more than the socket buffers between client, PoP and origin hold: the PoP's
+    // writes to the origin stall while the client could go on sending (checked below: were
+    // the whole body sent, the 504 could come from the timer that starts after the body).
+    const LEN: usize = 64 << 20;
     let client = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (mut rd, mut wr) = client.into_split();
+    let sent_all = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let uploaded = sent_all.clone();
     let uploader = tokio::spawn(async move {
         let head = format!("POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: {LEN}\r\n\r\n");
         if wr.write_all(head.as_bytes()).await.is_err() {
@@ -432,6 +494,7 @@ async fn an_upload_the_origin_stops_reading_is_the_origins_timeout_not_the_clien
                 return;
             }
         }
+        uploaded.store(true, std::sync::atomic::Ordering::SeqCst);
         // Held open: the PoP answers while it could still read.
         tokio::time::sleep(Duration::from_secs(10)).await;
     });
@@ -454,6 +517,10 @@ async fn an_upload_the_origin_stops_reading_is_the_origins_timeout_not_the_clien
         "no answer within 6 s (request_timeout is 8 s): {text}"
     );
     assert!(text.starts_with("HTTP/1.1 504"), "{text}");
+    assert!(
+        !sent_all.load(std::sync::atomic::Ordering::SeqCst),
+        "the whole body fitted in the socket buffers: the stall was not tested"
+    );
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "answered after {:?}",

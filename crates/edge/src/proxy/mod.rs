@@ -141,6 +141,7 @@ impl InFlight {
         // Outside the lock: a stream's end removes its entry. Aborting again on a later tick,
         // before that, does nothing more.
         for task in abort {
+            tracing::debug!("an HTTP/2 response outlived its request timeout unread: stream reset");
             task.abort();
         }
         close

@@ -250,6 +250,12 @@ async fn drive<I>(
     let mut ticker = pin!(tokio::time::sleep(tick));
     let (housekeeping, housekeeping_waker) = Housekeeping::new();
     let mut closing = false;
+    // When a graceful shutdown began: an idle connection that has not finished it one period
+    // later (at least a second) is dropped. An HTTP/2 shutdown needs the client to read (its
+    // GOAWAY, the frames before it) and to answer a PING; a client that reads nothing at all
+    // would otherwise keep the connection, and its buffers, for as long as it likes.
+    let mut closing_since: Option<tokio::time::Instant> = None;
+    let shutdown_grace = period.max(Duration::from_secs(1));
     let mut overdue = false;
     let mut idle_watch = IdleWatch::new(idle, &activity);
     let res = std::future::poll_fn(|cx| {
@@ -257,6 +263,7 @@ async fn drive<I>(
             let mut hcx = Context::from_waker(&housekeeping_waker);
             if !closing && stopped.as_mut().poll(&mut hcx).is_ready() {
                 closing = true;
+                closing_since = Some(tokio::time::Instant::now());
                 connection.as_mut().graceful_shutdown();
             }
             while ticker.as_mut().poll(&mut hcx).is_ready() {
@@ -266,7 +273,12 @@ async fn drive<I>(
                 let busy = in_flight.is_busy();
                 if !closing && idle_watch.on_tick(tick, &activity, busy) {
                     closing = true;
+                    closing_since = Some(tokio::time::Instant::now());
                     connection.as_mut().graceful_shutdown();
+                }
+                if !busy && closing_since.is_some_and(|since| since.elapsed() >= shutdown_grace) {
+                    tracing::debug!("graceful shutdown not finished by an idle connection: dropped");
+                    return Poll::Ready(Ok(()));
                 }
                 // A response past the pool's request timeout that hyper no longer polls: its
                 // client stopped reading. An HTTP/2 stream is ended alone; an HTTP/1.1 response

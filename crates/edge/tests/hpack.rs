@@ -26,6 +26,10 @@ fn long_value() -> String {
     "v".repeat(300) + "-end"
 }
 
+fn huge_value() -> String {
+    "h".repeat(40 * 1024) + "-end"
+}
+
 /// An origin (HTTP/1.1 and h2c) that answers with awkward header fields and echoes back what
 /// it received: the request's method, path, and its `x-echo-*` fields.
 async fn awkward_origin() -> std::net::SocketAddr {
@@ -49,6 +53,11 @@ async fn awkward_origin() -> std::net::SocketAddr {
                         .header("cache-control", "no-store")
                         .body(Full::new(Bytes::from_static(b"ok")))
                         .unwrap();
+                    if req.uri().path() == "/huge" {
+                        // Past one 16 KiB frame: the block goes out as HEADERS and CONTINUATIONs.
+                        resp.headers_mut()
+                            .insert("x-huge", HeaderValue::from_str(&huge_value()).unwrap());
+                    }
                     for (name, value) in req.headers() {
                         if let Some(rest) = name.as_str().strip_prefix("x-echo-") {
                             let echoed =
@@ -80,7 +89,10 @@ fn assert_awkward_fields(headers: &HeaderMap) {
 
 async fn h2c_connection(addr: std::net::SocketAddr) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
     let tcp = TcpStream::connect(addr).await.unwrap();
-    let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+    // A header list limit above the 40 KiB field of /huge (hyper's default is 16 KiB).
+    let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .max_header_list_size(1 << 20)
+        .handshake(TokioIo::new(tcp))
         .await
         .unwrap();
     tokio::spawn(conn);
@@ -129,6 +141,10 @@ async fn http2_clients_get_every_response_field_intact() {
             ok.headers.get("x-seen-path").unwrap(),
             format!("/r{round}?q=1").as_str()
         );
+        // A block larger than a frame, split over CONTINUATION frames.
+        let huge = request(&mut sender, "GET", "/huge", &[]).await;
+        assert_eq!(huge.headers.get("x-huge").unwrap(), huge_value().as_str());
+        assert_awkward_fields(&huge.headers);
         // A status with no static-table entry travels as a literal.
         let teapot = request(&mut sender, "GET", "/teapot", &[]).await;
         assert_eq!(teapot.status.as_u16(), 418, "round {round}");
@@ -207,6 +223,38 @@ async fn http2_response_blocks_do_not_depend_on_earlier_ones() {
     );
     // :status 418 has no static entry: a literal with the static name :status (index 8).
     assert_eq!(&first[..5], &[0x08, 3, b'4', b'1', b'8']);
+}
+
+#[tokio::test]
+async fn a_smaller_header_table_is_acknowledged_at_the_start_of_the_next_block() {
+    // RFC 7541 §4.2: after the client's SETTINGS_HEADER_TABLE_SIZE lowers the table, the
+    // encoder's next header block starts with a dynamic table size update, even though this
+    // encoder never puts anything in the table.
+    let origin = awkward_origin().await;
+    let dir = TempDir::new("hpack-table-size");
+    let edge = start_edge(&dir, &pop_config("", "", &[(format!("http://{origin}"), false)])).await;
+    let mut s = TcpStream::connect(edge.listener_addr("http").unwrap())
+        .await
+        .unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    // SETTINGS_HEADER_TABLE_SIZE (0x1) = 0.
+    h2_frame(&mut out, SETTINGS, 0, 0, &[0x00, 0x01, 0, 0, 0, 0]);
+    let block = [&[0x82, 0x86, 0x04, 7][..], b"/teapot", &[0x01, 1, b'x']].concat();
+    h2_frame(&mut out, HEADERS, END_STREAM | END_HEADERS, 1, &block);
+    s.write_all(&out).await.unwrap();
+    let first = read_headers_block(&mut s, 1).await;
+    // 001 + 5-bit size 0, then :status 418 as before.
+    assert_eq!(
+        &first[..6],
+        &[0x20, 0x08, 3, b'4', b'1', b'8'],
+        "{:02x?}",
+        &first[..8]
+    );
+    let mut out = Vec::new();
+    h2_frame(&mut out, HEADERS, END_STREAM | END_HEADERS, 3, &block);
+    s.write_all(&out).await.unwrap();
+    let second = read_headers_block(&mut s, 3).await;
+    assert_eq!(&second[..5], &[0x08, 3, b'4', b'1', b'8'], "signalled once");
 }
 
 /// Reads frames until the HEADERS frame of `stream` (END_HEADERS, no padding or priority: what

@@ -677,7 +677,9 @@ pub struct PoolConfig {
     #[serde(default = "default_connect_timeout", with = "serde_duration")]
     pub connect_timeout: Duration,
     /// Time from having sent the request (its body included) to receiving the response head;
-    /// also the longest the origin may go without taking any of a request body being sent.
+    /// also the longest the origin may go without taking any of a request body being sent
+    /// (counted from the start of the attempt, so connecting and waiting for a connection
+    /// are within it for requests with a body, as they are for those without).
     #[serde(default = "default_response_header_timeout", with = "serde_duration")]
     pub response_header_timeout: Duration,
     /// Deadline for the whole exchange, body included.

@@ -151,7 +151,9 @@ pub fn heuristically_cacheable(status: StatusCode) -> bool {
 /// hit. Call it after computing the response's `Freshness`: the missing Date counts there as
 /// `response_time` to the sub-second, which the whole second written here would round down.
 pub fn stamp_date(headers: &mut HeaderMap, received: f64) {
-    if headers.contains_key(header::DATE) {
+    // One that cannot be read counts as missing for freshness too; it is replaced (RFC 9110
+    // §6.6.1 lets a recipient replace an invalid Date).
+    if header_time(headers, header::DATE).is_some() {
         return;
     }
     let Ok(since_epoch) = Duration::try_from_secs_f64(received) else {
@@ -223,7 +225,7 @@ mod tests {
     }
 
     #[test]
-    fn a_response_without_date_is_dated_when_it_arrived_and_one_with_a_date_keeps_it() {
+    fn a_response_without_a_readable_date_is_dated_when_it_arrived_and_one_with_a_date_keeps_it() {
         let now = 1_700_000_000.5;
         let mut headers = h(&[("cache-control", "max-age=100")]);
         stamp_date(&mut headers, now);
@@ -231,6 +233,9 @@ mod tests {
         let mut dated = h(&[("date", &date(now - 40.0))]);
         stamp_date(&mut dated, now);
         assert_eq!(dated["date"], date(now - 40.0).as_str());
+        let mut garbled = h(&[("date", "yesterday")]);
+        stamp_date(&mut garbled, now);
+        assert_eq!(garbled["date"], date(1_700_000_000.0).as_str());
     }
 
     #[test]

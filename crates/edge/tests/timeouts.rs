@@ -139,26 +139,21 @@ async fn a_paused_request_body_gets_408_but_a_slow_steady_one_passes() {
 async fn a_response_still_streaming_at_the_pools_request_timeout_is_cut_off() {
     // An origin that answers its head at once, then drips its 100-byte body, a byte every
     // 100 ms (10 s in all).
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let origin = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                if read_head(&mut s).await.is_none() {
-                    return;
-                }
-                let _ = s
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\ncache-control: no-store\r\n\r\n")
-                    .await;
-                for _ in 0..100 {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    if s.write_all(b"x").await.is_err() {
-                        return;
-                    }
-                }
-            });
+    let origin = raw_origin(|mut s| async move {
+        if read_head(&mut s).await.is_none() {
+            return;
         }
-    });
+        let _ = s
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\ncache-control: no-store\r\n\r\n")
+            .await;
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if s.write_all(b"x").await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
     let dir = TempDir::new("total-timeout");
     // The head comes well within response_header_timeout: only the total bound can end this.
     let pool = "request_timeout = \"1s\"\nresponse_header_timeout = \"30s\"";
@@ -300,37 +295,33 @@ async fn an_unread_http2_stream_is_reset_at_the_request_timeout_and_its_connecti
     // An origin for two paths: /big, a body of a billion bytes written until the PoP stops
     // taking them (then it says the PoP let go); /after, answered only once /big was let go,
     // so that its stream is in flight on the same client connection when /big's ends.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let origin = listener.local_addr().unwrap();
     let (released_tx, released_rx) = tokio::sync::watch::channel(false);
     let origin_released = released_rx.clone();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            let (released_tx, mut released_rx) = (released_tx.clone(), origin_released.clone());
-            tokio::spawn(async move {
-                while let Some(head) = read_head(&mut s).await {
-                    if head.starts_with(b"GET /big ") {
-                        let _ = s
-                            .write_all(
-                                b"HTTP/1.1 200 OK\r\ncontent-length: 1000000000\r\n\
-                                  cache-control: no-store\r\n\r\n",
-                            )
-                            .await;
-                        let chunk = vec![b'x'; 64 * 1024];
-                        while s.write_all(&chunk).await.is_ok() {}
-                        let _ = released_tx.send(true);
-                        return;
-                    }
-                    let _ = tokio::time::timeout(Duration::from_secs(8), released_rx.wait_for(|r| *r)).await;
-                    let answer =
-                        b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncache-control: no-store\r\n\r\nafter";
-                    if s.write_all(answer).await.is_err() {
-                        return;
-                    }
+    let origin = raw_origin(move |mut s| {
+        let (released_tx, mut released_rx) = (released_tx.clone(), origin_released.clone());
+        async move {
+            while let Some(head) = read_head(&mut s).await {
+                if head.starts_with(b"GET /big ") {
+                    let _ = s
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 1000000000\r\n\
+                              cache-control: no-store\r\n\r\n",
+                        )
+                        .await;
+                    let chunk = vec![b'x'; 64 * 1024];
+                    while s.write_all(&chunk).await.is_ok() {}
+                    let _ = released_tx.send(true);
+                    return;
                 }
-            });
+                let _ = tokio::time::timeout(Duration::from_secs(8), released_rx.wait_for(|r| *r)).await;
+                let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncache-control: no-store\r\n\r\nafter";
+                if s.write_all(answer).await.is_err() {
+                    return;
+                }
+            }
         }
-    });
+    })
+    .await;
     let dir = TempDir::new("h2-stream-overdue");
     // A head timeout of 400 ms makes the h2c connection's tick 100 ms.
     let edge = start_edge(
@@ -398,20 +389,15 @@ async fn an_http2_client_that_reads_nothing_at_all_is_disconnected() {
     // Its streams are ended at their deadline, but then the connection has nothing in flight
     // and its graceful shutdown cannot finish (the client neither reads the GOAWAY nor answers
     // the PING): the PoP drops it rather than keep it, and its buffers, for good.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let origin = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                if read_head(&mut s).await.is_some() {
-                    let head = b"HTTP/1.1 200 OK\r\ncontent-length: 1000000000\r\n\r\n";
-                    let _ = s.write_all(head).await;
-                    let chunk = vec![b'x'; 64 * 1024];
-                    while s.write_all(&chunk).await.is_ok() {}
-                }
-            });
+    let origin = raw_origin(|mut s| async move {
+        if read_head(&mut s).await.is_some() {
+            let head = b"HTTP/1.1 200 OK\r\ncontent-length: 1000000000\r\n\r\n";
+            let _ = s.write_all(head).await;
+            let chunk = vec![b'x'; 64 * 1024];
+            while s.write_all(&chunk).await.is_ok() {}
         }
-    });
+    })
+    .await;
     let dir = TempDir::new("h2-reads-nothing");
     // A head timeout of 400 ms makes the h2c connection's tick 100 ms.
     let edge = start_edge(
@@ -455,17 +441,12 @@ async fn an_http2_client_that_reads_nothing_at_all_is_disconnected() {
 #[tokio::test]
 async fn an_upload_the_origin_stops_reading_is_the_origins_timeout_not_the_clients() {
     // An origin that takes the request head, then reads nothing more and never answers.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let origin = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                if read_head(&mut s).await.is_some() {
-                    tokio::time::sleep(Duration::from_secs(30)).await;
-                }
-            });
+    let origin = raw_origin(|mut s| async move {
+        if read_head(&mut s).await.is_some() {
+            tokio::time::sleep(Duration::from_secs(30)).await;
         }
-    });
+    })
+    .await;
     let dir = TempDir::new("origin-stops-reading");
     let pool = "response_header_timeout = \"1s\"\nrequest_timeout = \"8s\"";
     let edge = start_edge(

@@ -285,6 +285,23 @@ pub async fn h2c_send(addr: SocketAddr, host: &str, method: http::Method, path: 
     collect(sender.send_request(req).await.unwrap()).await
 }
 
+/// An origin written byte by byte: listens on an ephemeral loopback port and hands each
+/// connection it accepts to `serve`, in a task of its own. Returns its address.
+pub async fn raw_origin<F, Fut>(serve: F) -> SocketAddr
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(serve(s));
+        }
+    });
+    addr
+}
+
 /// Appends one HTTP/2 frame (RFC 9113 §4.1) to `out`, for tests that speak h2 byte by byte.
 pub fn h2_frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
     out.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);

@@ -17,6 +17,23 @@ async fn edge_with_timeouts(dir: &TempDir, origin: &Origin) -> outpost_edge::Edg
     start_edge(dir, &config).await
 }
 
+/// A PoP in front of a raw origin at `origin`: `top` adds global tables, `pool` keys of the
+/// pool. Returns it with its plain listener.
+async fn pop_before(
+    dir: &TempDir,
+    origin: std::net::SocketAddr,
+    top: &str,
+    pool: &str,
+) -> (outpost_edge::Edge, std::net::SocketAddr) {
+    let edge = start_edge(
+        dir,
+        &pop_config(top, pool, &[(format!("http://{origin}"), false)]),
+    )
+    .await;
+    let addr = edge.listener_addr("http").unwrap();
+    (edge, addr)
+}
+
 #[tokio::test]
 async fn slow_request_heads_are_cut_off() {
     let origin = Origin::start("o").await;
@@ -157,12 +174,7 @@ async fn a_response_still_streaming_at_the_pools_request_timeout_is_cut_off() {
     let dir = TempDir::new("total-timeout");
     // The head comes well within response_header_timeout: only the total bound can end this.
     let pool = "request_timeout = \"1s\"\nresponse_header_timeout = \"30s\"";
-    let edge = start_edge(
-        &dir,
-        &pop_config("", pool, &[(format!("http://{origin}"), false)]),
-    )
-    .await;
-    let addr = edge.listener_addr("http").unwrap();
+    let (_edge, addr) = pop_before(&dir, origin, "", pool).await;
     let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
     client
         .write_all(b"GET /drip HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -261,12 +273,7 @@ async fn a_client_that_stops_reading_is_cut_off_at_the_pools_request_timeout() {
     });
     let dir = TempDir::new("client-stops-reading");
     let pool = "request_timeout = \"1s\"";
-    let edge = start_edge(
-        &dir,
-        &pop_config("", pool, &[(format!("http://{origin}"), false)]),
-    )
-    .await;
-    let addr = edge.listener_addr("http").unwrap();
+    let (_edge, addr) = pop_before(&dir, origin, "", pool).await;
     // Asks, then never reads: once its socket buffers are full, nothing polls the response.
     let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
     client
@@ -324,16 +331,13 @@ async fn an_unread_http2_stream_is_reset_at_the_request_timeout_and_its_connecti
     .await;
     let dir = TempDir::new("h2-stream-overdue");
     // A head timeout of 400 ms makes the h2c connection's tick 100 ms.
-    let edge = start_edge(
+    let (_edge, addr) = pop_before(
         &dir,
-        &pop_config(
-            "[timeouts]\nheader = \"400ms\"",
-            "request_timeout = \"4s\"",
-            &[(format!("http://{origin}"), false)],
-        ),
+        origin,
+        "[timeouts]\nheader = \"400ms\"",
+        "request_timeout = \"4s\"",
     )
     .await;
-    let addr = edge.listener_addr("http").unwrap();
 
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
@@ -400,18 +404,14 @@ async fn an_http2_client_that_reads_nothing_at_all_is_disconnected() {
     .await;
     let dir = TempDir::new("h2-reads-nothing");
     // A head timeout of 400 ms makes the h2c connection's tick 100 ms.
-    let edge = start_edge(
+    let (_edge, addr) = pop_before(
         &dir,
-        &pop_config(
-            "[timeouts]\nheader = \"400ms\"\nidle = \"1s\"",
-            "request_timeout = \"1s\"",
-            &[(format!("http://{origin}"), false)],
-        ),
+        origin,
+        "[timeouts]\nheader = \"400ms\"\nidle = \"1s\"",
+        "request_timeout = \"1s\"",
     )
     .await;
-    let mut s = tokio::net::TcpStream::connect(edge.listener_addr("http").unwrap())
-        .await
-        .unwrap();
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     h2_frame(&mut out, 0x4, 0, 0, &[]); // SETTINGS
                                         // GET /big: :method GET, :scheme http, :path literal, :authority "x".
@@ -449,12 +449,7 @@ async fn an_upload_the_origin_stops_reading_is_the_origins_timeout_not_the_clien
     .await;
     let dir = TempDir::new("origin-stops-reading");
     let pool = "response_header_timeout = \"1s\"\nrequest_timeout = \"8s\"";
-    let edge = start_edge(
-        &dir,
-        &pop_config("", pool, &[(format!("http://{origin}"), false)]),
-    )
-    .await;
-    let addr = edge.listener_addr("http").unwrap();
+    let (edge, addr) = pop_before(&dir, origin, "", pool).await;
 
     // 64 MiB, far more than the socket buffers between client, PoP and origin hold: the PoP's
     // writes to the origin stall while the client could go on sending (checked below: were

@@ -295,7 +295,8 @@ where
                 v.encode(self.buf.get_mut());
                 tracing::trace!("encoded priority; rem={:?}", self.buf.remaining());
                 */
-                unimplemented!();
+                // Outpost patch: h2 never queues a PRIORITY frame to send (upstream left a stub here).
+                unreachable!("h2 never sends PRIORITY frames");
             }
             Frame::Reset(v) => {
                 v.encode(self.buf.get_mut());

@@ -592,7 +592,8 @@ fn decode(data: &[u8]) -> Option<(Meta, HeaderMap, Bytes)> {
         return None;
     }
     let headers = crate::fields::try_decode(block)?;
-    Some((meta, headers, Bytes::copy_from_slice(body)))
+    // Copied out of the file's buffer; a large body into pages of its own (see `pages`).
+    Some((meta, headers, crate::pages::body_from([body], body.len())))
 }
 
 fn known_format(magic: &[u8]) -> bool {

@@ -16,7 +16,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 
@@ -188,11 +188,10 @@ impl Fill {
         // (an origin connection reads 8 KiB and more at a time), and storing the slice would
         // keep that whole buffer alive with the object: 4.4 KB per cached 1 KiB object
         // measured (bench/memory.sh), where the memory budget counts 1 KiB.
-        let mut body = BytesMut::with_capacity(s.buffered as usize);
-        for c in &s.chunks {
-            body.extend_from_slice(c);
-        }
-        Some(body.freeze())
+        // A large body goes into pages of its own, which a plain connection sends without
+        // copying (see `pages`).
+        let parts = s.chunks.iter().map(|c| &c[..]);
+        Some(crate::pages::body_from(parts, s.buffered as usize))
     }
 
     /// Body bytes held in memory now.

@@ -16,6 +16,7 @@ mod journal;
 pub mod key;
 mod memory;
 pub mod object;
+pub mod pages;
 pub mod purge;
 pub mod range;
 pub mod reuse;

@@ -188,6 +188,20 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for H2Guard<I> {
     }
 }
 
+impl<I: super::splice::SpliceOut> super::splice::SpliceOut for H2Guard<I> {
+    fn can_splice(&self) -> bool {
+        self.inner.can_splice()
+    }
+
+    fn poll_splice(
+        &mut self,
+        cx: &mut Context<'_>,
+        pipe: &mut super::splice::Pipe,
+    ) -> Poll<io::Result<usize>> {
+        self.inner.poll_splice(cx, pipe)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

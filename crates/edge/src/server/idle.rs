@@ -101,6 +101,24 @@ impl<T: AsyncRead + Unpin> AsyncRead for IdleIo<T> {
     }
 }
 
+impl<T: super::splice::SpliceOut> super::splice::SpliceOut for IdleIo<T> {
+    fn can_splice(&self) -> bool {
+        self.inner.can_splice()
+    }
+
+    fn poll_splice(
+        &mut self,
+        cx: &mut Context<'_>,
+        pipe: &mut super::splice::Pipe,
+    ) -> Poll<std::io::Result<usize>> {
+        let res = self.inner.poll_splice(cx, pipe);
+        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        res
+    }
+}
+
 impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,

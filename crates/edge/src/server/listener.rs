@@ -201,7 +201,7 @@ async fn drive<I>(
     activity: Activity,
     stop: CancellationToken,
 ) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    I: AsyncRead + AsyncWrite + super::splice::SpliceOut + Unpin + Send + 'static,
 {
     let snapshot = conn.shared.snapshot.load_full();
     let head_timer = HeadTimer::new();

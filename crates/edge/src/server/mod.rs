@@ -7,5 +7,6 @@ pub mod housekeeping;
 pub mod idle;
 pub mod listener;
 pub mod proxy_protocol;
+pub mod splice;
 pub mod tls;
 pub mod write_batch;

@@ -23,6 +23,11 @@
 //!
 //! The buffer is lent from a per-thread spare while a pass writes and given back when the
 //! driver has sent it all, so an idle connection holds no write buffer.
+//!
+//! On a plain HTTP/1.1 connection, a large body stored in pages of its own goes out of a pipe
+//! instead (`super::splice`): copied head, referenced body. Bytes waiting in the pipe come
+//! before bytes waiting in the buffer: a splice starts only when both are empty, and
+//! everything written while the pipe still holds bytes is buffered or waits behind them.
 
 use std::cell::Cell;
 use std::io::{self, IoSlice};
@@ -33,6 +38,7 @@ use std::task::{ready, Context, Poll, Waker};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::h2_guard::H2Guard;
+use super::splice::{self, Pipe, SpliceOut};
 
 /// HTTP/1.1 writes up to this size are copied (a small response's head and body become one
 /// write). A bigger body goes out beside the head in one `writev`, which costs less than the
@@ -71,6 +77,10 @@ struct Batch<I> {
     /// The last task outside the driver's passes (an upgrade's tunnel) that waited on the
     /// transport: woken when the driver goes, which may have taken the transport's wake-up.
     holder: Option<Waker>,
+    /// Lent while bytes of a spliced body wait in it (they go before `pending`).
+    pipe: Option<Pipe>,
+    /// A splice failed on this connection: it writes the usual way from now on.
+    no_splice: bool,
 }
 
 /// The I/O object hyper reads and writes.
@@ -94,6 +104,8 @@ pub fn batched<I>(io: H2Guard<I>) -> (BatchedIo<I>, Batcher<I>) {
         wrote_through: false,
         failed: None,
         holder: None,
+        pipe: None,
+        no_splice: false,
     }));
     (BatchedIo { batch: batch.clone() }, Batcher { batch })
 }
@@ -104,7 +116,7 @@ fn lock<I>(batch: &Mutex<Batch<I>>) -> MutexGuard<'_, Batch<I>> {
     batch.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-impl<I: AsyncWrite + Unpin> Batcher<I> {
+impl<I: AsyncWrite + SpliceOut + Unpin> Batcher<I> {
     /// Polls hyper (`poll`) with flushes deferred, then sends what it wrote and flushes the
     /// transport. A send that would block leaves the rest buffered and the task registered
     /// for writability; hyper is polled again then and the rest goes first.
@@ -148,9 +160,9 @@ impl<I> Drop for Batcher<I> {
     }
 }
 
-impl<I: AsyncWrite + Unpin> Batch<I> {
+impl<I: AsyncWrite + SpliceOut + Unpin> Batch<I> {
     fn has_pending(&self) -> bool {
-        self.sent < self.pending.len()
+        self.sent < self.pending.len() || self.pipe.is_some()
     }
 
     fn copy_max(&self) -> usize {
@@ -166,13 +178,28 @@ impl<I: AsyncWrite + Unpin> Batch<I> {
     fn fail(&mut self, kind: io::ErrorKind, cx: &mut Context<'_>) {
         self.failed = Some(kind);
         self.flush_due = false;
+        self.pipe = None;
         self.release();
         cx.waker().wake_by_ref();
     }
 
-    /// Sends what is buffered; Ready(Ok) once nothing is left.
+    /// Sends what waits in the pipe; Ready(Ok) once it is empty (and given back).
+    fn poll_drain_pipe(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Some(pipe) = &mut self.pipe {
+            while pipe.held() > 0 {
+                ready!(self.io.poll_splice(cx, pipe))?;
+            }
+        }
+        if let Some(pipe) = self.pipe.take() {
+            pipe.release();
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Sends what waits in the pipe, then what is buffered; Ready(Ok) once nothing is left.
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.has_pending() {
+        ready!(self.poll_drain_pipe(cx))?;
+        while self.sent < self.pending.len() {
             let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.pending[self.sent..]))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
@@ -230,6 +257,48 @@ impl<I: AsyncWrite + Unpin> Batch<I> {
         }
     }
 
+    /// The slice of `bufs` to splice, if this connection can and `bufs` has one.
+    fn splice_at(&self, bufs: &[IoSlice<'_>]) -> Option<usize> {
+        if self.no_splice || self.io.speaks_http2() || !self.io.can_splice() {
+            return None;
+        }
+        splice::splice_at(bufs)
+    }
+
+    /// Writes `bufs[..=at]` through a pipe: the head copied, the body by reference (see
+    /// `super::splice`). What the pipe took counts as written; what the socket did not take
+    /// yet waits in the pipe, before anything written later.
+    fn poll_write_spliced(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+        at: usize,
+    ) -> Poll<io::Result<usize>> {
+        ready!(self.poll_send(cx))?;
+        let taken = Pipe::take().and_then(|mut pipe| {
+            let taken = splice::fill(&mut pipe, bufs, at);
+            self.pipe = Some(pipe);
+            taken
+        });
+        let taken = match taken {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::debug!(error = %e, "splicing a body failed; this connection copies from now on");
+                self.no_splice = true;
+                if let Some(pipe) = self.pipe.take() {
+                    pipe.release();
+                }
+                return Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+            }
+        };
+        // As much as the socket takes now; the rest goes when it has room (the driver's
+        // settle, hyper's flush or its next write).
+        if let Poll::Ready(Err(e)) = self.poll_drain_pipe(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Poll::Ready(Ok(taken))
+    }
+
     fn poll_write_vectored(&mut self, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
         self.check_failed()?;
         let total: usize = bufs.iter().map(|b| b.len()).sum();
@@ -242,6 +311,11 @@ impl<I: AsyncWrite + Unpin> Batch<I> {
             }
             self.wrote_through = true;
         }
+        if let Some(at) = self.splice_at(bufs) {
+            return self.poll_write_spliced(cx, bufs, at);
+        }
+        // Nothing goes around bytes waiting in the pipe.
+        ready!(self.poll_drain_pipe(cx))?;
         if pending == 0 {
             return Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
         }
@@ -275,7 +349,7 @@ impl<I: AsyncWrite + Unpin> Batch<I> {
     }
 }
 
-impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for BatchedIo<I> {
+impl<I: AsyncRead + AsyncWrite + SpliceOut + Unpin> AsyncRead for BatchedIo<I> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let mut batch = lock(&self.batch);
         if !batch.deferring && (batch.has_pending() || batch.flush_due) {
@@ -292,7 +366,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for BatchedIo<I> {
     }
 }
 
-impl<I: AsyncWrite + Unpin> BatchedIo<I> {
+impl<I: AsyncWrite + SpliceOut + Unpin> BatchedIo<I> {
     fn write(&self, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
         let mut batch = lock(&self.batch);
         let written = batch.poll_write_vectored(cx, bufs);
@@ -303,7 +377,7 @@ impl<I: AsyncWrite + Unpin> BatchedIo<I> {
     }
 }
 
-impl<I: AsyncWrite + Unpin> AsyncWrite for BatchedIo<I> {
+impl<I: AsyncWrite + SpliceOut + Unpin> AsyncWrite for BatchedIo<I> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         self.write(cx, &[IoSlice::new(buf)])
     }
@@ -378,6 +452,8 @@ mod tests {
             Poll::Ready(Ok(()))
         }
     }
+
+    impl SpliceOut for Wire {}
 
     impl AsyncWrite for Wire {
         fn poll_write(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {

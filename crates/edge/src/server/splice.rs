@@ -10,11 +10,16 @@
 //!
 //! Pipes are kept per thread and lent to a connection only while bytes of a response wait in
 //! one, so the descriptors in use follow the responses being sent, not the connections open.
+//! They are bounded all the same (`max_pipes`: clients that stop reading hold theirs), and a
+//! pipe the kernel would not make large enough (a user past `pipe-user-pages-soft`) is not
+//! used: past either limit a body is copied, as it would be without this module.
 
 use std::cell::RefCell;
 use std::fs::File;
 use std::io::{self, IoSlice, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
 use std::task::{ready, Context, Poll};
 
 use tokio::io::Interest;
@@ -27,11 +32,39 @@ const HEAD_MAX: usize = 16 * 1024;
 /// Pipe capacity asked for: a 256 KiB body and its head in one pass, and up to 1 MiB of a
 /// larger body per pass (the kernel counts a slot per page; the default is 16 slots).
 const PIPE_SIZE: libc::c_int = 1 << 20;
+/// A pipe smaller than this is closed rather than used: a body would take many passes of two
+/// system calls each, where one copy does.
+const PIPE_MIN: libc::c_int = 256 * 1024;
 /// Idle pipes a thread keeps for the next response.
-const POOL_MAX: usize = 16;
+const POOL_MAX: usize = 4;
 
 thread_local! {
     static POOL: RefCell<Vec<Pipe>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Pipes open in the process, pooled or lent.
+static PIPES: AtomicUsize = AtomicUsize::new(0);
+
+/// At most this many pipes: 512, or fewer where their descriptors (two each) would pass an
+/// eighth of the process's descriptor limit, so that slow clients holding pipes cannot starve
+/// `accept`.
+fn max_pipes() -> usize {
+    static MAX: OnceLock<usize> = OnceLock::new();
+    *MAX.get_or_init(|| {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes one rlimit into the struct given.
+        #[allow(unsafe_code)]
+        let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+        let fit = if rc == 0 {
+            (limit.rlim_cur / 16) as usize
+        } else {
+            64
+        };
+        fit.min(512)
+    })
 }
 
 /// A non-blocking pipe, and how many bytes in it are still to be sent.
@@ -43,14 +76,27 @@ pub struct Pipe {
 }
 
 impl Pipe {
-    /// An empty pipe from the thread's pool, or a new one.
-    pub fn take() -> io::Result<Pipe> {
-        match POOL.with_borrow_mut(Vec::pop) {
-            Some(pipe) => Ok(pipe),
-            None => Pipe::new(),
+    /// An empty pipe from the thread's pool, or a new one; None where none may or can be had
+    /// now (the write is copied instead).
+    pub fn take() -> Option<Pipe> {
+        if let Some(pipe) = POOL.with_borrow_mut(Vec::pop) {
+            return Some(pipe);
+        }
+        if PIPES.fetch_add(1, Ordering::Relaxed) >= max_pipes() {
+            PIPES.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        match Pipe::new() {
+            Ok(pipe) => Some(pipe),
+            Err(e) => {
+                PIPES.fetch_sub(1, Ordering::Relaxed);
+                tracing::debug!(error = %e, "no pipe for a large body; copied instead");
+                None
+            }
         }
     }
 
+    /// A new pipe of at least `PIPE_MIN`; the caller has counted it in `PIPES`.
     fn new() -> io::Result<Pipe> {
         let mut fds: [libc::c_int; 2] = [0; 2];
         // SAFETY: pipe2 writes two descriptors into the array, which has room for two.
@@ -62,12 +108,14 @@ impl Pipe {
         // SAFETY: both descriptors were just made by pipe2 and belong to nothing else.
         #[allow(unsafe_code)]
         let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        // Best effort: with the default size a body goes in more passes.
+        // The kernel refuses the size (EPERM) to a user past `pipe-user-pages-soft`, and then
+        // the pipe keeps 2 pages: too small to be worth it.
         // SAFETY: F_SETPIPE_SZ takes an integer and touches no memory of ours.
         #[allow(unsafe_code)]
-        unsafe {
-            libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE)
-        };
+        let size = unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE) };
+        if size < PIPE_MIN {
+            return Err(io::Error::other(format!("pipe size {size}")));
+        }
         Ok(Pipe {
             read,
             write: File::from(write),
@@ -121,6 +169,12 @@ impl Pipe {
     }
 }
 
+impl Drop for Pipe {
+    fn drop(&mut self) {
+        PIPES.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// A transport that can send bytes out of a pipe (a plain TCP socket).
 pub trait SpliceOut {
     fn can_splice(&self) -> bool {
@@ -144,7 +198,8 @@ impl SpliceOut for TcpStream {
             ready!(self.poll_write_ready(cx))?;
             let moved = self.try_io(Interest::WRITABLE, || {
                 // SAFETY: two open descriptors and no offsets (a pipe and a socket are
-                // streams); no memory of ours is passed.
+                // streams); no memory of ours is passed. (splice has no MSG_NOSIGNAL: a closed
+                // peer raises SIGPIPE, which Rust's runtime ignores, and EPIPE is returned.)
                 #[allow(unsafe_code)]
                 let n = unsafe {
                     libc::splice(

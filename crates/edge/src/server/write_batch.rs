@@ -275,11 +275,11 @@ impl<I: AsyncWrite + SpliceOut + Unpin> Batch<I> {
         at: usize,
     ) -> Poll<io::Result<usize>> {
         ready!(self.poll_send(cx))?;
-        let taken = Pipe::take().and_then(|mut pipe| {
-            let taken = splice::fill(&mut pipe, bufs, at);
-            self.pipe = Some(pipe);
-            taken
-        });
+        let Some(mut pipe) = Pipe::take() else {
+            return Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        };
+        let taken = splice::fill(&mut pipe, bufs, at);
+        self.pipe = Some(pipe);
         let taken = match taken {
             Ok(n) => n,
             Err(e) => {
@@ -421,6 +421,7 @@ impl<I: AsyncWrite + SpliceOut + Unpin> AsyncWrite for BatchedIo<I> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
     use std::future::poll_fn;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -762,5 +763,102 @@ mod tests {
             [1, 2],
             "4 KiB: copied behind its head; 16 KiB: a writev of both"
         );
+    }
+
+    /// A plain TCP connection whose sending side takes little before it is full.
+    async fn narrow_connection() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let client = socket.connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        socket2::SockRef::from(&server)
+            .set_send_buffer_size(4096)
+            .unwrap();
+        (server, client)
+    }
+
+    type Plain = crate::server::idle::IdleIo<tokio::net::TcpStream>;
+
+    fn plain(server: tokio::net::TcpStream) -> (BatchedIo<Plain>, Batcher<Plain>) {
+        let io = crate::server::idle::IdleIo::new(server, Default::default(), Vec::new());
+        batched(H2Guard::new(io, Some(false), || {}))
+    }
+
+    /// The kernel sends a spliced body from the cache's pages after the write returned, while
+    /// the body may be evicted and its memory given to other bodies: the client must still get
+    /// the body's bytes, and what is written after it must come after it.
+    #[tokio::test]
+    async fn a_spliced_body_outlives_its_pages_and_keeps_its_place() {
+        let (server, mut client) = narrow_connection().await;
+        let (mut w, _batcher) = plain(server);
+        let pattern: Vec<u8> = (0..512 * 1024 + 17).map(|i| (i * 7 % 251) as u8).collect();
+        let body = outpost_cache::pages::body_from([&pattern[..]], pattern.len());
+        let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", pattern.len());
+        let slices = [IoSlice::new(head.as_bytes()), IoSlice::new(&body)];
+        let n = poll_fn(|cx| Pin::new(&mut w).poll_write_vectored(cx, &slices))
+            .await
+            .unwrap();
+        assert_eq!(n, head.len() + body.len(), "the pipe took head and body at once");
+        let waiting = lock(&w.batch).pipe.as_ref().map_or(0, Pipe::held);
+        assert!(
+            waiting > 0,
+            "the socket did not take it all: the rest waits in the pipe"
+        );
+
+        // Evicted: its pages are unmapped, and other bodies are mapped, perhaps where it was.
+        drop(body);
+        let filler = vec![0xEE_u8; pattern.len()];
+        let others: Vec<Bytes> = (0..8)
+            .map(|_| outpost_cache::pages::body_from([&filler[..]], filler.len()))
+            .collect();
+
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        w.write_all(b"tail").await.unwrap();
+        w.flush().await.unwrap();
+        w.shutdown().await.unwrap();
+        let got = reader.await.unwrap();
+        let mut want = head.into_bytes();
+        want.extend_from_slice(&pattern);
+        want.extend_from_slice(b"tail");
+        assert_eq!(got.len(), want.len());
+        assert!(got == want, "the body arrived intact, in its place");
+        assert!(
+            lock(&w.batch).pipe.is_none(),
+            "the emptied pipe went back to the pool"
+        );
+        drop(others);
+    }
+
+    /// A body on the heap is written the usual way.
+    #[tokio::test]
+    async fn bodies_on_the_heap_are_written_the_usual_way() {
+        let (server, mut client) = narrow_connection().await;
+        let (mut w, _batcher) = plain(server);
+        let heap = vec![1u8; 512 * 1024];
+        let n = poll_fn(|cx| Pin::new(&mut w).poll_write_vectored(cx, &[IoSlice::new(&heap)]))
+            .await
+            .unwrap();
+        assert!(
+            n < heap.len(),
+            "a heap body goes to the socket directly, which takes part"
+        );
+        assert!(lock(&w.batch).pipe.is_none());
+        let mut rest = &heap[n..];
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.unwrap();
+            got.len()
+        });
+        while !rest.is_empty() {
+            let n = AsyncWriteExt::write(&mut w, rest).await.unwrap();
+            rest = &rest[n..];
+        }
+        w.shutdown().await.unwrap();
+        assert_eq!(reader.await.unwrap(), heap.len());
     }
 }

@@ -150,7 +150,8 @@ pub const SURROGATE_CAPABILITY: &str = "outpost=\"Surrogate/1.0\"";
 
 /// `Surrogate-Control` (the Edge Architecture specification): directives addressed to every
 /// surrogate, overridden by those targeted at Outpost's token; directives targeted at other
-/// surrogates, and those Outpost does not act on (`content`), are ignored.
+/// surrogates, and those Outpost does not act on (`content`), are ignored. A PoP acts as a
+/// remote surrogate: `no-store-remote` keeps a response out of it like `no-store`.
 #[derive(Debug, Default)]
 struct Surrogate {
     max_age: Option<u64>,
@@ -193,7 +194,9 @@ fn surrogate_directives(headers: &HeaderMap) -> Option<Surrogate> {
                     &mut d.max_age,
                     seconds(arg.map(|a| a.split('+').next().unwrap_or(a))),
                 ),
-                "no-store" => d.no_store = true,
+                // `no-store-remote` is no-store for surrogates far from the origin; a PoP is
+                // one (it sits close to users, which is why it exists).
+                "no-store" | "no-store-remote" => d.no_store = true,
                 _ => {}
             }
         }
@@ -321,6 +324,18 @@ mod tests {
             "directives targeted at Outpost win over general ones"
         );
         assert_eq!(d.s_maxage, Some(60));
+    }
+
+    #[test]
+    fn no_store_remote_keeps_a_response_out_of_a_pop() {
+        let mut h = headers(&["max-age=3600"]);
+        h.insert("surrogate-control", "no-store-remote".parse().unwrap());
+        assert!(ResponseDirectives::parse(&h).no_store);
+        h.insert("surrogate-control", "no-store-remote;other".parse().unwrap());
+        assert!(
+            !ResponseDirectives::parse(&h).no_store,
+            "addressed to another surrogate"
+        );
     }
 
     #[test]

@@ -388,6 +388,68 @@ async fn an_unread_http2_stream_is_reset_at_the_request_timeout_and_its_connecti
     assert_eq!(collect(again).await.body, "after");
 }
 
+/// Over TLS with h2 chosen by ALPN an idle connection ticks only every quarter idle period
+/// (15 s by default): a stream whose client stops reading must still be ended about a second
+/// after its deadline's grace, and its origin connection let go.
+#[tokio::test]
+async fn an_unread_stream_over_tls_h2_is_ended_soon_after_its_deadline() {
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let (released_tx, mut released_rx) = tokio::sync::watch::channel(false);
+    let origin = raw_origin(move |mut s| {
+        let released_tx = released_tx.clone();
+        async move {
+            if read_head(&mut s).await.is_some() {
+                let head =
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 1000000000\r\ncache-control: no-store\r\n\r\n";
+                let _ = s.write_all(head).await;
+                let chunk = vec![b'x'; 64 * 1024];
+                while s.write_all(&chunk).await.is_ok() {}
+                let _ = released_tx.send(true);
+            }
+        }
+    })
+    .await;
+    let dir = TempDir::new("tls-h2-overdue");
+    let ca = TestCa::new();
+    let (cert, key) = ca.issue(&dir.0, "a", &["a.test"]);
+    let tls = format!(
+        "[[listener]]\nname = \"https\"\naddress = \"127.0.0.1:0\"\ntls = {{ default_certificate = \"a\" }}\n\
+         [[certificate]]\nname = \"a\"\ncert = \"{}\"\nkey = \"{}\"\n",
+        cert.display(),
+        key.display()
+    );
+    let config = pop_config(
+        &tls,
+        "request_timeout = \"2s\"",
+        &[(format!("http://{origin}"), false)],
+    );
+    let edge = start_edge(&dir, &config).await;
+    let addr = edge.listener_addr("https").unwrap();
+
+    let tls = tls_connect(addr, ca.roots(), "a.test", &[b"h2"]).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let request = http::Request::builder()
+        .uri("https://a.test/big")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let big = tokio::time::timeout(Duration::from_secs(5), sender.send_request(request))
+        .await
+        .expect("the head of /big came within 5 s")
+        .unwrap();
+    assert_eq!(big.status(), http::StatusCode::OK);
+    // Never read. Deadline 2 s, grace 1 s, then a tick within a second; the quarter idle
+    // period would be 15 s.
+    let released = tokio::time::timeout(Duration::from_secs(8), released_rx.wait_for(|r| *r)).await;
+    assert!(released.is_ok(), "the overdue stream was not ended within 8 s");
+    drop(big);
+}
+
 #[tokio::test]
 async fn an_http2_client_that_reads_nothing_at_all_is_disconnected() {
     // Its streams are ended at their deadline, but then the connection has nothing in flight

@@ -73,6 +73,8 @@ pub struct InFlight {
     /// One entry per streaming response (a multiset: HTTP/1.1 entries with equal deadlines are
     /// interchangeable).
     streaming: std::sync::Mutex<Vec<Streaming>>,
+    /// Entries added so far: the connection looks at `next_due` again when this moved.
+    added: AtomicUsize,
 }
 
 /// A response being streamed: its deadline, and over HTTP/2 the task of its stream.
@@ -147,10 +149,23 @@ impl InFlight {
         close
     }
 
+    /// When the earliest response still streaming becomes overdue (its deadline plus the
+    /// grace), if one is streaming.
+    pub fn next_due(&self) -> Option<Instant> {
+        let s = self.streaming.lock().ok()?;
+        s.iter().map(|e| e.deadline + OVERDUE_GRACE).min()
+    }
+
+    /// Streaming responses registered so far (see `next_due`).
+    pub fn added(&self) -> usize {
+        self.added.load(Ordering::Relaxed)
+    }
+
     fn stream(&self, entry: Streaming) {
         if let Ok(mut s) = self.streaming.lock() {
             s.push(entry);
         }
+        self.added.fetch_add(1, Ordering::Relaxed);
     }
 
     fn streamed(&self, entry: &Streaming) {

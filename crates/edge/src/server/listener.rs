@@ -188,8 +188,21 @@ async fn serve(
     gauge.dec();
 }
 
-/// The longest tick of a connection with a response streaming (see `drive`).
-const BUSY_TICK: Duration = Duration::from_secs(1);
+/// When a connection's next tick comes: a period after this one, or sooner when a streaming
+/// response becomes overdue before that. One already overdue (an HTTP/2 stream aborted, whose
+/// entry goes when its task is dropped) is looked at again a second later, not at once.
+fn next_tick(
+    now: tokio::time::Instant,
+    tick: Duration,
+    due: Option<tokio::time::Instant>,
+) -> tokio::time::Instant {
+    let next = now + tick;
+    match due {
+        Some(due) if due > now => next.min(due),
+        Some(_) => next.min(now + Duration::from_secs(1)),
+        None => next,
+    }
+}
 
 /// How long a connection's task waits, after hyper is done with it, for the client to take
 /// the bytes hyper's last pass left.
@@ -250,13 +263,12 @@ async fn drive<I>(
         idle.min(snapshot.timeouts.header)
     };
     let tick = (period / 4).max(Duration::from_millis(10));
-    // While a response streams, ticks come at least every second: an overdue one (its client
-    // stopped reading) is ended within about a second of its grace, not a quarter idle period
-    // later (15 s by default on an HTTP/2 connection chosen by ALPN).
-    let busy_tick = tick.min(BUSY_TICK);
     let mut ticker = pin!(tokio::time::sleep(tick));
-    // How long the ticker was last set for: what a tick adds to a quiet connection's silence.
-    let mut ticked = tick;
+    let mut last_tick = tokio::time::Instant::now();
+    // A streaming response that becomes overdue (its client stopped reading) before the next
+    // tick brings that tick forward to the moment it does: it is ended then, not up to a quarter
+    // idle period later (15 s by default on an HTTP/2 connection chosen by ALPN).
+    let mut streams_seen = 0;
     let (housekeeping, housekeeping_waker) = Housekeeping::new();
     let mut closing = false;
     // When a graceful shutdown began: an idle connection that has not finished it one period
@@ -276,12 +288,13 @@ async fn drive<I>(
                 connection.as_mut().graceful_shutdown();
             }
             while ticker.as_mut().poll(&mut hcx).is_ready() {
-                let busy = in_flight.is_busy();
-                let elapsed = ticked;
-                ticked = if busy { busy_tick } else { tick };
-                ticker.as_mut().reset(tokio::time::Instant::now() + ticked);
+                let now = tokio::time::Instant::now();
+                let elapsed = now - last_tick;
+                last_tick = now;
+                ticker.as_mut().reset(next_tick(now, tick, in_flight.next_due()));
                 // An expired head timer is seen by hyper when the connection is polled below.
                 head_timer.check(std::time::Instant::now());
+                let busy = in_flight.is_busy();
                 if !closing && idle_watch.on_tick(elapsed, &activity, busy) {
                     closing = true;
                     closing_since = Some(tokio::time::Instant::now());
@@ -301,13 +314,17 @@ async fn drive<I>(
             }
         }
         let polled = batcher.poll(cx, |cx| connection.as_mut().poll(cx));
-        // A response started streaming since the last tick: the next comes within a second.
-        if polled.is_pending() && ticked > busy_tick && in_flight.is_busy() {
-            ticked = busy_tick;
-            ticker.as_mut().reset(tokio::time::Instant::now() + busy_tick);
-            let _ = ticker
-                .as_mut()
-                .poll(&mut Context::from_waker(&housekeeping_waker));
+        // A response started streaming: the tick comes no later than it could be overdue.
+        if polled.is_pending() && in_flight.added() != streams_seen {
+            streams_seen = in_flight.added();
+            // (Not busy: what started has ended already, within this pass.)
+            let due = in_flight.is_busy().then(|| in_flight.next_due()).flatten();
+            if let Some(due) = due.filter(|due| *due < ticker.deadline()) {
+                ticker.as_mut().reset(due);
+                let _ = ticker
+                    .as_mut()
+                    .poll(&mut Context::from_waker(&housekeeping_waker));
+            }
         }
         polled
     })
@@ -426,5 +443,31 @@ impl Drop for IpSlot<'_> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_next_tick_comes_when_a_streaming_response_becomes_overdue_if_that_is_sooner() {
+        let now = tokio::time::Instant::now();
+        let tick = Duration::from_secs(15);
+        assert_eq!(next_tick(now, tick, None), now + tick, "nothing streaming");
+        let due = now + Duration::from_secs(3);
+        assert_eq!(next_tick(now, tick, Some(due)), due, "overdue in 3 s");
+        let late = now + Duration::from_secs(40);
+        assert_eq!(
+            next_tick(now, tick, Some(late)),
+            now + tick,
+            "overdue after the tick"
+        );
+        let past = now - Duration::from_secs(1);
+        assert_eq!(
+            next_tick(now, tick, Some(past)),
+            now + Duration::from_secs(1),
+            "already overdue (being ended): looked at again a second later, not in a loop"
+        );
     }
 }

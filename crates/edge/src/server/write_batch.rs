@@ -278,19 +278,16 @@ impl<I: AsyncWrite + SpliceOut + Unpin> Batch<I> {
         let Some(mut pipe) = Pipe::take() else {
             return Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
         };
-        let taken = splice::fill(&mut pipe, bufs, at);
-        self.pipe = Some(pipe);
-        let taken = match taken {
+        let taken = match splice::fill(&mut pipe, bufs, at) {
             Ok(n) => n,
             Err(e) => {
                 tracing::debug!(error = %e, "splicing a body failed; this connection copies from now on");
                 self.no_splice = true;
-                if let Some(pipe) = self.pipe.take() {
-                    pipe.release();
-                }
+                pipe.release();
                 return Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
             }
         };
+        self.pipe = Some(pipe);
         // As much as the socket takes now; the rest goes when it has room (the driver's
         // settle, hyper's flush or its next write).
         if let Poll::Ready(Err(e)) = self.poll_drain_pipe(cx) {

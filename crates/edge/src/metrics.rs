@@ -157,12 +157,24 @@ pub struct Metrics {
     pub cache_purges: Family<KindLabels, Counter>,
     pub cache_purge_duration: Histogram,
     pub cache_purge_rules: Gauge,
+    /// Response bytes handed to the kernel by reference from the cache's pages (see
+    /// `server::splice`) instead of copied.
+    pub spliced_bytes: Counter,
+    /// Large stored bodies copied although they could have been spliced, by reason: `no_pipe`
+    /// (the pipe bound or the kernel's pipe limits), `error` (the connection copies from then on).
+    pub splice_fallbacks: Family<RejectLabels, Counter>,
+    /// `splice_fallbacks` by reason, made once: every connection's writer holds them.
+    pub splice_no_pipe: Counter,
+    pub splice_failed: Counter,
 }
 
 impl Metrics {
     pub fn new(pop_id: &str) -> Self {
         let labels = [(Cow::Borrowed("pop"), Cow::Owned(pop_id.to_owned()))];
         let mut registry = Registry::with_prefix_and_labels("outpost", labels.into_iter());
+        let splice_fallbacks: Family<RejectLabels, Counter> = Family::default();
+        let splice_reason = |reason| splice_fallbacks.get_or_create(&RejectLabels { reason }).clone();
+        let (splice_no_pipe, splice_failed) = (splice_reason("no_pipe"), splice_reason("error"));
         let m = Self {
             requests: Family::default(),
             request_duration: Family::new_with_constructor(latency_histogram),
@@ -194,6 +206,10 @@ impl Metrics {
             cache_purges: Family::default(),
             cache_purge_duration: Histogram::new(exponential_buckets(0.000_01, 4.0, 10)),
             cache_purge_rules: Gauge::default(),
+            spliced_bytes: Counter::default(),
+            splice_fallbacks,
+            splice_no_pipe,
+            splice_failed,
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -342,6 +358,16 @@ impl Metrics {
             "cache_purge_rules",
             "Prefix, tag and site purges not yet swept through the store",
             m.cache_purge_rules.clone(),
+        );
+        r.register(
+            "spliced_bytes",
+            "Response bytes sent from the cache's pages by reference (splice), not copied",
+            m.spliced_bytes.clone(),
+        );
+        r.register(
+            "splice_fallbacks",
+            "Large stored bodies copied instead of spliced, by reason (no_pipe, error)",
+            m.splice_fallbacks.clone(),
         );
         Self { registry, ..m }
     }

@@ -1477,7 +1477,7 @@ async fn large_stored_bodies_reach_slow_pipelining_clients_intact() {
     o.set("/big", route(200, &[("cache-control", "max-age=600")], &big));
     o.set("/other", route(200, &[("cache-control", "max-age=600")], &other));
     o.set("/small", route(200, &[("cache-control", "max-age=600")], "small"));
-    let (_dir, _edge, addr) = pop(&o, "").await;
+    let (_dir, edge, addr) = pop(&o, "").await;
     for path in ["/big", "/other", "/small"] {
         get(addr, path).await;
     }
@@ -1512,4 +1512,12 @@ async fn large_stored_bodies_reach_slow_pipelining_clients_intact() {
         assert!(body == want, "response {i} arrived intact and in its place");
     }
     assert!(buf.is_empty(), "nothing more than the four responses");
+    let text = metrics(&edge).await;
+    let spliced = metric_value(&text, "outpost_spliced_bytes_total", &[]).unwrap_or(0.0);
+    assert!(
+        spliced >= (2 * big.len()) as f64,
+        "the metric counts the spliced bodies: {spliced}"
+    );
+    let fallbacks = metric_value(&text, "outpost_splice_fallbacks_total", &[("reason", "no_pipe")]);
+    assert_eq!(fallbacks, Some(0.0), "no body was copied for want of a pipe");
 }

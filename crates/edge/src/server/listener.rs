@@ -248,7 +248,8 @@ async fn drive<I>(
         tracing::info!("HTTP/2 SETTINGS/PING flood: connection closed");
         flood_shared.metrics.reject("h2_control_flood");
     });
-    let (io, batcher) = super::write_batch::batched(io);
+    let splice_counters = super::splice::SpliceCounters::new(&shared.metrics);
+    let (io, batcher) = super::write_batch::batched(io, splice_counters);
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     let mut connection = pin!(connection);
     // `stop` is a child of the PoP's drain token: it fires for a drain too.

@@ -22,8 +22,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::task::{ready, Context, Poll};
 
+use prometheus_client::metrics::counter::Counter;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
+
+use crate::metrics::Metrics;
 
 /// Slices this large or larger that lie in a page body are spliced.
 pub const SPLICE_MIN: usize = 32 * 1024;
@@ -172,6 +175,24 @@ impl Pipe {
 impl Drop for Pipe {
     fn drop(&mut self) {
         PIPES.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What a connection's writer counts (see `Metrics::spliced_bytes`, `splice_fallbacks`).
+#[derive(Clone, Default)]
+pub struct SpliceCounters {
+    pub bytes: Counter,
+    pub no_pipe: Counter,
+    pub failed: Counter,
+}
+
+impl SpliceCounters {
+    pub fn new(metrics: &Metrics) -> Self {
+        Self {
+            bytes: metrics.spliced_bytes.clone(),
+            no_pipe: metrics.splice_no_pipe.clone(),
+            failed: metrics.splice_failed.clone(),
+        }
     }
 }
 

@@ -38,7 +38,7 @@ use std::task::{ready, Context, Poll, Waker};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::h2_guard::H2Guard;
-use super::splice::{self, Pipe, SpliceOut};
+use super::splice::{self, Pipe, SpliceCounters, SpliceOut};
 
 /// HTTP/1.1 writes up to this size are copied (a small response's head and body become one
 /// write). A bigger body goes out beside the head in one `writev`, which costs less than the
@@ -81,6 +81,7 @@ struct Batch<I> {
     pipe: Option<Pipe>,
     /// A splice failed on this connection: it writes the usual way from now on.
     no_splice: bool,
+    counters: SpliceCounters,
 }
 
 /// The I/O object hyper reads and writes.
@@ -94,7 +95,7 @@ pub struct Batcher<I> {
 }
 
 /// Wraps a client connection: hyper gets the first half, the driver the second.
-pub fn batched<I>(io: H2Guard<I>) -> (BatchedIo<I>, Batcher<I>) {
+pub fn batched<I>(io: H2Guard<I>, counters: SpliceCounters) -> (BatchedIo<I>, Batcher<I>) {
     let batch = Arc::new(Mutex::new(Batch {
         io,
         pending: Vec::new(),
@@ -106,6 +107,7 @@ pub fn batched<I>(io: H2Guard<I>) -> (BatchedIo<I>, Batcher<I>) {
         holder: None,
         pipe: None,
         no_splice: false,
+        counters,
     }));
     (BatchedIo { batch: batch.clone() }, Batcher { batch })
 }
@@ -276,6 +278,7 @@ impl<I: AsyncWrite + SpliceOut + Unpin> Batch<I> {
     ) -> Poll<io::Result<usize>> {
         ready!(self.poll_send(cx))?;
         let Some(mut pipe) = Pipe::take() else {
+            self.counters.no_pipe.inc();
             return Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
         };
         let taken = match splice::fill(&mut pipe, bufs, at) {
@@ -283,10 +286,13 @@ impl<I: AsyncWrite + SpliceOut + Unpin> Batch<I> {
             Err(e) => {
                 tracing::debug!(error = %e, "splicing a body failed; this connection copies from now on");
                 self.no_splice = true;
+                self.counters.failed.inc();
                 pipe.release();
                 return Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
             }
         };
+        let head: usize = bufs[..at].iter().map(|b| b.len()).sum();
+        self.counters.bytes.inc_by(taken.saturating_sub(head) as u64);
         self.pipe = Some(pipe);
         // As much as the socket takes now; the rest goes when it has room (the driver's
         // settle, hyper's flush or its next write).
@@ -513,7 +519,7 @@ mod tests {
             to_read: b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(),
             ..Wire::default()
         };
-        let (mut io, batcher) = batched(H2Guard::new(wire, Some(true), || {}));
+        let (mut io, batcher) = batched(H2Guard::new(wire, Some(true), || {}), Default::default());
         let mut preface = [0u8; 24];
         io.read_exact(&mut preface).await.unwrap();
         assert!(lock(&io.batch).io.speaks_http2());
@@ -742,7 +748,7 @@ mod tests {
             to_read: b"GET / HTTP/1.1\r\n".to_vec(),
             ..Wire::default()
         };
-        let (mut io, batcher) = batched(H2Guard::new(wire, None, || {}));
+        let (mut io, batcher) = batched(H2Guard::new(wire, None, || {}), Default::default());
         let mut line = [0u8; 16];
         io.read_exact(&mut line).await.unwrap();
         let head = b"HTTP/1.1 200 OK\r\ncontent-length: ...\r\n\r\n";
@@ -777,9 +783,9 @@ mod tests {
 
     type Plain = crate::server::idle::IdleIo<tokio::net::TcpStream>;
 
-    fn plain(server: tokio::net::TcpStream) -> (BatchedIo<Plain>, Batcher<Plain>) {
+    fn plain(server: tokio::net::TcpStream, counters: SpliceCounters) -> (BatchedIo<Plain>, Batcher<Plain>) {
         let io = crate::server::idle::IdleIo::new(server, Default::default(), Vec::new());
-        batched(H2Guard::new(io, Some(false), || {}))
+        batched(H2Guard::new(io, Some(false), || {}), counters)
     }
 
     /// The kernel sends a spliced body from the cache's pages after the write returned, while
@@ -788,7 +794,8 @@ mod tests {
     #[tokio::test]
     async fn a_spliced_body_outlives_its_pages_and_keeps_its_place() {
         let (server, mut client) = narrow_connection().await;
-        let (mut w, _batcher) = plain(server);
+        let counters = SpliceCounters::default();
+        let (mut w, _batcher) = plain(server, counters.clone());
         let pattern: Vec<u8> = (0..512 * 1024 + 17).map(|i| (i * 7 % 251) as u8).collect();
         let body = outpost_cache::pages::body_from([&pattern[..]], pattern.len());
         let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", pattern.len());
@@ -797,6 +804,11 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(n, head.len() + body.len(), "the pipe took head and body at once");
+        assert_eq!(
+            counters.bytes.get(),
+            body.len() as u64,
+            "the body counts as spliced"
+        );
         let waiting = lock(&w.batch).pipe.as_ref().map_or(0, Pipe::held);
         assert!(
             waiting > 0,
@@ -835,7 +847,8 @@ mod tests {
     #[tokio::test]
     async fn bodies_on_the_heap_are_written_the_usual_way() {
         let (server, mut client) = narrow_connection().await;
-        let (mut w, _batcher) = plain(server);
+        let counters = SpliceCounters::default();
+        let (mut w, _batcher) = plain(server, counters.clone());
         let heap = vec![1u8; 512 * 1024];
         let n = poll_fn(|cx| Pin::new(&mut w).poll_write_vectored(cx, &[IoSlice::new(&heap)]))
             .await
@@ -857,5 +870,6 @@ mod tests {
         }
         w.shutdown().await.unwrap();
         assert_eq!(reader.await.unwrap(), heap.len());
+        assert_eq!(counters.bytes.get(), 0, "nothing spliced");
     }
 }

@@ -262,22 +262,32 @@ pub fn splice_at(bufs: &[IoSlice<'_>]) -> Option<usize> {
     (head <= HEAD_MAX && outpost_cache::pages::is_page_body(&bufs[at])).then_some(at)
 }
 
+/// What `fill` put into a pipe: head bytes copied, body bytes referenced.
+pub struct Filled {
+    pub copied: usize,
+    pub referenced: usize,
+}
+
 /// Puts `bufs[..at]` (copied) and as much of `bufs[at]` (by reference) as fits into an empty
-/// `pipe`: the bytes taken. Err only when nothing was taken.
-pub fn fill(pipe: &mut Pipe, bufs: &[IoSlice<'_>], at: usize) -> io::Result<usize> {
+/// `pipe`. Err only when nothing was taken.
+pub fn fill(pipe: &mut Pipe, bufs: &[IoSlice<'_>], at: usize) -> io::Result<Filled> {
     debug_assert_eq!(pipe.held, 0);
     let head: usize = bufs[..at].iter().map(|b| b.len()).sum();
-    let mut taken = 0;
+    let mut copied = 0;
     if head > 0 {
-        taken = pipe.copy_in(&bufs[..at])?;
-        if taken < head {
-            return Ok(taken);
+        copied = pipe.copy_in(&bufs[..at])?;
+        if copied < head {
+            return Ok(Filled {
+                copied,
+                referenced: 0,
+            });
         }
     }
-    match pipe.reference(&bufs[at]) {
-        Ok(n) => Ok(taken + n),
-        Err(e) if taken == 0 => Err(e),
+    let referenced = match pipe.reference(&bufs[at]) {
+        Ok(n) => n,
+        Err(e) if copied == 0 => return Err(e),
         // The head is in: the body comes again with the next write.
-        Err(_) => Ok(taken),
-    }
+        Err(_) => 0,
+    };
+    Ok(Filled { copied, referenced })
 }

@@ -281,8 +281,8 @@ impl<I: AsyncWrite + SpliceOut + Unpin> Batch<I> {
             self.counters.no_pipe.inc();
             return Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
         };
-        let taken = match splice::fill(&mut pipe, bufs, at) {
-            Ok(n) => n,
+        let filled = match splice::fill(&mut pipe, bufs, at) {
+            Ok(filled) => filled,
             Err(e) => {
                 tracing::debug!(error = %e, "splicing a body failed; this connection copies from now on");
                 self.no_splice = true;
@@ -291,15 +291,14 @@ impl<I: AsyncWrite + SpliceOut + Unpin> Batch<I> {
                 return Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
             }
         };
-        let head: usize = bufs[..at].iter().map(|b| b.len()).sum();
-        self.counters.bytes.inc_by(taken.saturating_sub(head) as u64);
+        self.counters.bytes.inc_by(filled.referenced as u64);
         self.pipe = Some(pipe);
         // As much as the socket takes now; the rest goes when it has room (the driver's
         // settle, hyper's flush or its next write).
         if let Poll::Ready(Err(e)) = self.poll_drain_pipe(cx) {
             return Poll::Ready(Err(e));
         }
-        Poll::Ready(Ok(taken))
+        Poll::Ready(Ok(filled.copied + filled.referenced))
     }
 
     fn poll_write_vectored(&mut self, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {

@@ -17,6 +17,15 @@ async fn edge_with_timeouts(dir: &TempDir, origin: &Origin) -> outpost_edge::Edg
     start_edge(dir, &config).await
 }
 
+/// Answers with the head of a billion-byte response and writes its body until the PoP stops
+/// taking it: it returns when the PoP has let go of the origin connection.
+async fn write_endless_response(s: &mut tokio::net::TcpStream) {
+    let head = b"HTTP/1.1 200 OK\r\ncontent-length: 1000000000\r\ncache-control: no-store\r\n\r\n";
+    let _ = s.write_all(head).await;
+    let chunk = vec![b'x'; 64 * 1024];
+    while s.write_all(&chunk).await.is_ok() {}
+}
+
 /// A PoP in front of a raw origin at `origin`: `top` adds global tables, `pool` keys of the
 /// pool. Returns it with its plain listener.
 async fn pop_before(
@@ -264,11 +273,7 @@ async fn a_client_that_stops_reading_is_cut_off_at_the_pools_request_timeout() {
         if read_head(&mut s).await.is_none() {
             return;
         }
-        let _ = s
-            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000000000\r\ncache-control: no-store\r\n\r\n")
-            .await;
-        let chunk = vec![b'x'; 64 * 1024];
-        while s.write_all(&chunk).await.is_ok() {}
+        write_endless_response(&mut s).await;
         let _ = released_tx.send(());
     });
     let dir = TempDir::new("client-stops-reading");
@@ -309,14 +314,7 @@ async fn an_unread_http2_stream_is_reset_at_the_request_timeout_and_its_connecti
         async move {
             while let Some(head) = read_head(&mut s).await {
                 if head.starts_with(b"GET /big ") {
-                    let _ = s
-                        .write_all(
-                            b"HTTP/1.1 200 OK\r\ncontent-length: 1000000000\r\n\
-                              cache-control: no-store\r\n\r\n",
-                        )
-                        .await;
-                    let chunk = vec![b'x'; 64 * 1024];
-                    while s.write_all(&chunk).await.is_ok() {}
+                    write_endless_response(&mut s).await;
                     let _ = released_tx.send(true);
                     return;
                 }
@@ -402,11 +400,7 @@ async fn an_unread_stream_over_tls_h2_is_ended_soon_after_its_deadline() {
         let released_tx = released_tx.clone();
         async move {
             if read_head(&mut s).await.is_some() {
-                let head =
-                    b"HTTP/1.1 200 OK\r\ncontent-length: 1000000000\r\ncache-control: no-store\r\n\r\n";
-                let _ = s.write_all(head).await;
-                let chunk = vec![b'x'; 64 * 1024];
-                while s.write_all(&chunk).await.is_ok() {}
+                write_endless_response(&mut s).await;
                 let _ = released_tx.send(true);
             }
         }
@@ -457,10 +451,7 @@ async fn an_http2_client_that_reads_nothing_at_all_is_disconnected() {
     // the PING): the PoP drops it rather than keep it, and its buffers, for good.
     let origin = raw_origin(|mut s| async move {
         if read_head(&mut s).await.is_some() {
-            let head = b"HTTP/1.1 200 OK\r\ncontent-length: 1000000000\r\n\r\n";
-            let _ = s.write_all(head).await;
-            let chunk = vec![b'x'; 64 * 1024];
-            while s.write_all(&chunk).await.is_ok() {}
+            write_endless_response(&mut s).await;
         }
     })
     .await;

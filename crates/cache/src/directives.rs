@@ -1,8 +1,12 @@
-//! Cache-Control (RFC 9111 §5.2) parsed once into the few facts a shared cache acts on.
+//! Cache-Control (RFC 9111 §5.2) parsed once into the few facts a shared cache acts on, or,
+//! where the origin addressed CDNs on their own, the targeted fields of RFC 9213
+//! (`CDN-Cache-Control`) in its place.
 //!
 //! Parsing is lenient the way the RFC asks: unknown directives are ignored, a directive that
 //! repeats keeps its first value, and an invalid delta-seconds makes the directive count as
 //! present with the most conservative meaning (a max-age that cannot be read is max-age=0).
+//! Targeted fields are Structured Field dictionaries and are parsed as such (by `sfv`): one
+//! that does not parse is ignored as a whole, as RFC 9213 §2.1 requires.
 
 use http::header::{self, HeaderMap, HeaderName};
 
@@ -27,6 +31,8 @@ pub struct ResponseDirectives {
     pub stale_while_revalidate: Option<u64>,
     pub stale_if_error: Option<u64>,
     pub immutable: bool,
+    /// Read from a targeted field (RFC 9213): Cache-Control and Expires do not apply.
+    pub targeted: bool,
 }
 
 /// The request directives a cache honours when choosing a stored response.
@@ -83,7 +89,14 @@ impl ResponseDirectives {
     /// and lifetime here and Cache-Control's `no-store` and `no-cache` are left to the caches
     /// downstream. `private` stands: it says the response is one user's, which no lifetime
     /// given to surrogates makes shareable.
+    ///
+    /// A targeted field (RFC 9213) on Outpost's target list, present with a valid, non-empty
+    /// value, replaces all of these: Cache-Control, Expires and Surrogate-Control are then
+    /// ignored for this response.
     pub fn parse(headers: &HeaderMap) -> Self {
+        if let Some(d) = targeted_directives(headers) {
+            return d;
+        }
         let mut d = Self::parse_cache_control(headers);
         if let Some(surrogate) = surrogate_directives(headers) {
             d.no_store = surrogate.no_store;
@@ -136,6 +149,111 @@ impl ResponseDirectives {
     pub fn has_explicit_lifetime(&self) -> bool {
         self.s_maxage.is_some() || self.max_age.is_some()
     }
+
+    /// Whether the response's Expires field counts: not when a targeted field governs it.
+    pub fn has_expires(&self, headers: &HeaderMap) -> bool {
+        !self.targeted && headers.contains_key(header::EXPIRES)
+    }
+}
+
+/// RFC 9213's targeted field for Outpost alone: used before `CDN-Cache-Control`, and never
+/// forwarded (like Cloudflare's `Cloudflare-CDN-Cache-Control`).
+pub const OUTPOST_CDN_CACHE_CONTROL: HeaderName = HeaderName::from_static("outpost-cdn-cache-control");
+
+/// RFC 9213's targeted field for every CDN cache: used, and forwarded so that CDN caches
+/// downstream can use it too (§3).
+pub const CDN_CACHE_CONTROL: HeaderName = HeaderName::from_static("cdn-cache-control");
+
+/// Outpost's target list, most specific first (RFC 9213 §2.2).
+const TARGET_LIST: [HeaderName; 2] = [OUTPOST_CDN_CACHE_CONTROL, CDN_CACHE_CONTROL];
+
+/// Fields addressed to this cache alone, removed from what clients receive.
+pub fn is_for_this_cache_only(name: &HeaderName) -> bool {
+    *name == SURROGATE_CONTROL || *name == OUTPOST_CDN_CACHE_CONTROL
+}
+
+/// Removes the fields addressed to this cache alone.
+pub fn strip_for_this_cache_only(headers: &mut HeaderMap) {
+    headers.remove(SURROGATE_CONTROL);
+    headers.remove(OUTPOST_CDN_CACHE_CONTROL);
+}
+
+/// The first field of the target list present with a valid, non-empty Dictionary, read as
+/// cache directives; `None` when there is none and the usual fields govern.
+fn targeted_directives(headers: &HeaderMap) -> Option<ResponseDirectives> {
+    TARGET_LIST.iter().find_map(|name| {
+        let mut lines = headers.get_all(name).iter().peekable();
+        lines.peek()?;
+        // Field lines are one field joined by commas (RFC 9651 §4.2).
+        let mut joined = String::new();
+        for line in lines {
+            let line = line.to_str().ok()?.trim();
+            if line.is_empty() {
+                continue;
+            }
+            if !joined.is_empty() {
+                joined.push_str(", ");
+            }
+            joined.push_str(line);
+        }
+        let dict: sfv::Dictionary = sfv::Parser::new(&joined).parse().ok()?;
+        (!dict.is_empty()).then(|| from_dictionary(&dict))
+    })
+}
+
+/// Cache directives from a Dictionary (RFC 9213 §2.1): a directive without a value is a
+/// Boolean, delta-seconds an Integer, field names a String. A directive set to false (`?0`)
+/// is absent; a lifetime that is not a non-negative Integer counts as 0, like an unreadable
+/// one in Cache-Control, and any other value of the wrong type (an inner list) makes the
+/// directive count in its strictest form (`private=("a")` is `private`).
+fn from_dictionary(dict: &sfv::Dictionary) -> ResponseDirectives {
+    let mut d = ResponseDirectives {
+        targeted: true,
+        ..ResponseDirectives::default()
+    };
+    for (key, entry) in dict {
+        let value = match entry {
+            sfv::ListEntry::Item(item) => Some(&item.bare_item),
+            sfv::ListEntry::InnerList(_) => None,
+        };
+        if value.and_then(sfv::BareItem::as_boolean) == Some(false) {
+            continue;
+        }
+        let secs = || {
+            value
+                .and_then(sfv::BareItem::as_integer)
+                .and_then(|i| u64::try_from(i).ok())
+                .unwrap_or(0)
+        };
+        let names = || {
+            value
+                .and_then(sfv::BareItem::as_string)
+                .map(|s| field_names(s.as_str()))
+                .unwrap_or_default()
+        };
+        match key.as_str() {
+            "max-age" => d.max_age = Some(secs()),
+            "s-maxage" => d.s_maxage = Some(secs()),
+            "no-store" => d.no_store = true,
+            "no-cache" => match names() {
+                fields if !fields.is_empty() => d.no_cache_fields = fields,
+                _ => d.no_cache = true,
+            },
+            "private" => match names() {
+                fields if !fields.is_empty() => d.private_fields = fields,
+                _ => d.private = true,
+            },
+            "public" => d.public = true,
+            "must-revalidate" => d.must_revalidate = true,
+            "proxy-revalidate" => d.proxy_revalidate = true,
+            "must-understand" => d.must_understand = true,
+            "stale-while-revalidate" => d.stale_while_revalidate = Some(secs()),
+            "stale-if-error" => d.stale_if_error = Some(secs()),
+            "immutable" => d.immutable = true,
+            _ => {}
+        }
+    }
+    d
 }
 
 /// The device token Outpost announces in `Surrogate-Capability` and answers to in targeted
@@ -302,6 +420,82 @@ mod tests {
         let d = ResponseDirectives::parse(&headers(&["private=\"x-user\""]));
         assert!(!d.private);
         assert_eq!(d.private_fields, vec!["x-user"]);
+    }
+
+    #[test]
+    fn a_valid_targeted_field_replaces_cache_control_expires_and_surrogate_control() {
+        let mut h = headers(&["no-store, private, max-age=5"]);
+        h.insert(header::EXPIRES, "Thu, 01 Jan 2099 00:00:00 GMT".parse().unwrap());
+        h.insert("surrogate-control", "no-store".parse().unwrap());
+        h.insert(
+            CDN_CACHE_CONTROL,
+            "max-age=600, stale-while-revalidate=30, no-cache=\"set-cookie\", public=?0"
+                .parse()
+                .unwrap(),
+        );
+        let d = ResponseDirectives::parse(&h);
+        assert!(d.targeted);
+        assert!(!d.no_store && !d.private && !d.public, "{d:?}");
+        assert_eq!(d.max_age, Some(600));
+        assert_eq!(d.stale_while_revalidate, Some(30));
+        assert_eq!(d.no_cache_fields, vec!["set-cookie"]);
+        assert!(!d.no_cache);
+        assert!(
+            !d.has_expires(&h),
+            "Expires does not count beside a targeted field"
+        );
+
+        // Outpost's own field comes first; lines of one field are joined.
+        h.append(OUTPOST_CDN_CACHE_CONTROL, "no-cache".parse().unwrap());
+        h.append(
+            OUTPOST_CDN_CACHE_CONTROL,
+            "must-revalidate, max-age=-1".parse().unwrap(),
+        );
+        let d = ResponseDirectives::parse(&h);
+        assert!(d.no_cache && d.must_revalidate);
+        assert_eq!(d.max_age, Some(0), "a negative lifetime counts as 0");
+
+        // Values of the wrong type count in the strictest form; empty lines are skipped.
+        let mut h = HeaderMap::new();
+        h.append(
+            CDN_CACHE_CONTROL,
+            "private=(\"x-a\"), max-age=(60)".parse().unwrap(),
+        );
+        h.append(CDN_CACHE_CONTROL, "".parse().unwrap());
+        h.append(CDN_CACHE_CONTROL, "no-cache=(\"set-cookie\")".parse().unwrap());
+        let d = ResponseDirectives::parse(&h);
+        assert!(d.targeted && d.private && d.no_cache, "{d:?}");
+        assert!(d.private_fields.is_empty() && d.no_cache_fields.is_empty());
+        assert_eq!(d.max_age, Some(0));
+    }
+
+    #[test]
+    fn an_invalid_or_empty_targeted_field_is_ignored() {
+        for value in ["max-age=60, x=\"", "", "max-age=60;", "MAX-AGE=60"] {
+            let mut h = headers(&["max-age=5, private"]);
+            h.insert(CDN_CACHE_CONTROL, value.parse().unwrap());
+            let d = ResponseDirectives::parse(&h);
+            assert!(!d.targeted && d.private, "{value:?}: {d:?}");
+            assert_eq!(d.max_age, Some(5), "{value:?}");
+        }
+        // A valid field that is not first on the list still counts when the first is invalid.
+        let mut h = headers(&["private"]);
+        h.insert(OUTPOST_CDN_CACHE_CONTROL, "max-age=(1".parse().unwrap());
+        h.insert(CDN_CACHE_CONTROL, "max-age=7".parse().unwrap());
+        let d = ResponseDirectives::parse(&h);
+        assert!(d.targeted && !d.private);
+        assert_eq!(d.max_age, Some(7));
+    }
+
+    #[test]
+    fn only_outpost_s_own_fields_are_kept_from_clients() {
+        let mut h = headers(&["max-age=5"]);
+        for name in [SURROGATE_CONTROL, OUTPOST_CDN_CACHE_CONTROL, CDN_CACHE_CONTROL] {
+            h.insert(name, "max-age=60".parse().unwrap());
+        }
+        strip_for_this_cache_only(&mut h);
+        assert!(h.contains_key(CDN_CACHE_CONTROL) && h.contains_key(header::CACHE_CONTROL));
+        assert!(!h.contains_key(SURROGATE_CONTROL) && !h.contains_key(OUTPOST_CDN_CACHE_CONTROL));
     }
 
     #[test]

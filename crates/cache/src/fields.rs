@@ -124,10 +124,10 @@ pub fn decode(block: &[u8]) -> HeaderMap {
     decode_filtered(&Bytes::copy_from_slice(block), |_| true).unwrap_or_default()
 }
 
-/// The stored fields a client sees: Surrogate-Control is addressed to this cache. The values
-/// are slices of `block`.
+/// The stored fields a client sees: Surrogate-Control and Outpost-CDN-Cache-Control are
+/// addressed to this cache. The values are slices of `block`.
 pub fn decode_for_client(block: &Bytes) -> HeaderMap {
-    decode_filtered(block, |name| name != crate::directives::SURROGATE_CONTROL).unwrap_or_default()
+    decode_filtered(block, |name| !crate::directives::is_for_this_cache_only(name)).unwrap_or_default()
 }
 
 /// Every stored field, or None when the buffer is not a valid encoding (a damaged file).

@@ -74,7 +74,7 @@ impl Freshness {
             (s as f64, false)
         } else if let Some(m) = d.max_age {
             (m as f64, false)
-        } else if headers.contains_key(header::EXPIRES) {
+        } else if d.has_expires(headers) {
             // An Expires that cannot be parsed ("0", "-1") means already expired.
             let expires = header_time(headers, header::EXPIRES);
             (expires.map_or(0.0, |e| (e - date).max(0.0)), false)

@@ -41,8 +41,7 @@ impl Default for StorePolicy {
 /// May a stored response keep the Set-Cookie fields it carries? Only when the operator allows
 /// it and the origin, not the site's TTL rules, says the response may be shared.
 pub fn may_store_set_cookie(response: &HeaderMap, res: &ResponseDirectives, policy: &StorePolicy) -> bool {
-    policy.store_set_cookie
-        && (res.has_explicit_lifetime() || res.public || response.contains_key(header::EXPIRES))
+    policy.store_set_cookie && (res.has_explicit_lifetime() || res.public || res.has_expires(response))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,7 +108,7 @@ pub fn check(
     if !(200..600).contains(&status.as_u16()) || (res.must_understand && !known) {
         return Err(NotStored::Status);
     }
-    if !(known || res.has_explicit_lifetime() || response.contains_key(header::EXPIRES)) {
+    if !(known || res.has_explicit_lifetime() || res.has_expires(response)) {
         return Err(NotStored::Status);
     }
     let must_understand = res.must_understand;
@@ -142,7 +141,7 @@ pub fn check(
         }
     }
     let has_lifetime = res.has_explicit_lifetime()
-        || response.contains_key(header::EXPIRES)
+        || res.has_expires(response)
         || heuristically_cacheable(status)
         || res.public
         || policy.cache_everything

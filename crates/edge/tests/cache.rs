@@ -288,6 +288,149 @@ async fn cache_everything_overrides_the_origin_but_never_shares_an_authorized_an
     assert_eq!(anonymous.body, "me3", "an authorized answer was stored");
 }
 
+/// RFC 9213: `CDN-Cache-Control` (and Outpost's own `Outpost-CDN-Cache-Control` before it)
+/// governs the PoP in place of Cache-Control and Expires, which are left to the caches
+/// downstream; a field that is not a valid Structured Field dictionary is ignored.
+#[tokio::test]
+async fn cdn_cache_control_governs_the_pop_and_cache_control_the_browsers() {
+    let o = Scripted::start().await;
+    // Browsers must not store it, the PoP keeps it a minute.
+    o.set(
+        "/cdn-longer",
+        route(
+            200,
+            &[("cache-control", "no-store"), ("cdn-cache-control", "max-age=60")],
+            "a{n}",
+        ),
+    );
+    // Browsers may keep it a minute, the PoP must not store it; nor does an Expires count.
+    let later = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(60));
+    o.set(
+        "/cdn-no-store",
+        route(
+            200,
+            &[
+                ("cache-control", "max-age=60"),
+                ("expires", later.as_str()),
+                ("cdn-cache-control", "no-store"),
+            ],
+            "b{n}",
+        ),
+    );
+    // Outpost's own field comes first on the target list, and stays at the PoP.
+    o.set(
+        "/own-field",
+        route(
+            200,
+            &[
+                ("cdn-cache-control", "no-store"),
+                ("outpost-cdn-cache-control", "max-age=60"),
+            ],
+            "c{n}",
+        ),
+    );
+    // Outpost's own no-store: not stored, and the field is kept from the client all the same.
+    o.set(
+        "/own-no-store",
+        route(
+            200,
+            &[
+                ("cache-control", "max-age=60"),
+                ("outpost-cdn-cache-control", "no-store"),
+            ],
+            "f{n}",
+        ),
+    );
+    // An Expires beside a targeted field does not count: no lifetime, so revalidate each time.
+    o.set(
+        "/expires-ignored",
+        route(
+            200,
+            &[
+                ("expires", later.as_str()),
+                ("cdn-cache-control", "must-revalidate"),
+            ],
+            "g{n}",
+        ),
+    );
+    // Not a Structured Field dictionary (an unterminated string): ignored, Cache-Control rules.
+    o.set(
+        "/invalid",
+        route(
+            200,
+            &[
+                ("cache-control", "no-store"),
+                ("cdn-cache-control", "max-age=60, x=\""),
+            ],
+            "d{n}",
+        ),
+    );
+    // `none` (RFC 9213 §3.1): not empty, so it stands in for Cache-Control's no-store; with
+    // a Last-Modified the PoP gives the response a heuristic lifetime.
+    o.set(
+        "/none",
+        route(
+            200,
+            &[
+                ("cache-control", "no-store"),
+                ("cdn-cache-control", "none"),
+                ("last-modified", "Wed, 01 Jan 2020 00:00:00 GMT"),
+            ],
+            "e{n}",
+        ),
+    );
+    let (_dir, _edge, addr) = pop(&o, "").await;
+
+    for path in ["/cdn-longer", "/own-field", "/none"] {
+        let first = get(addr, path).await;
+        assert!(
+            !first.headers.contains_key("outpost-cdn-cache-control"),
+            "{path}: Outpost's own field is not forwarded on a miss"
+        );
+        let second = get(addr, path).await;
+        assert_hit(&second, path);
+        assert_eq!(second.body, first.body, "{path}");
+        assert_eq!(o.hits(path), 1, "{path}: the origin saw one request");
+    }
+    let hit = get(addr, "/cdn-longer").await;
+    assert_eq!(
+        hit.headers.get("cache-control").unwrap(),
+        "no-store",
+        "Cache-Control reaches the browser as the origin sent it"
+    );
+    assert_eq!(
+        hit.headers.get("cdn-cache-control").unwrap(),
+        "max-age=60",
+        "CDN-Cache-Control is forwarded for CDN caches downstream"
+    );
+    let own = get(addr, "/own-field").await;
+    assert!(
+        !own.headers.contains_key("outpost-cdn-cache-control"),
+        "Outpost's own field is not forwarded"
+    );
+    assert_eq!(own.headers.get("cdn-cache-control").unwrap(), "no-store");
+
+    for path in ["/cdn-no-store", "/invalid", "/own-no-store"] {
+        let a = get(addr, path).await;
+        assert!(!a.headers.contains_key("outpost-cdn-cache-control"), "{path}");
+        assert!(
+            cache_status(&a).contains("detail="),
+            "{path}: {}",
+            cache_status(&a)
+        );
+        get(addr, path).await;
+        assert_eq!(o.hits(path), 2, "{path}: not stored");
+    }
+    get(addr, "/expires-ignored").await;
+    let again = get(addr, "/expires-ignored").await;
+    assert!(!cache_status(&again).contains("hit"), "{}", cache_status(&again));
+    assert_eq!(o.hits("/expires-ignored"), 2, "stale at once: revalidated");
+    // Where the cache takes no part (an unsafe method), the field stays at the PoP too.
+    let post = req(addr, http::Method::POST, "/own-field", &[]).await;
+    assert_eq!(post.status, 200);
+    assert!(!post.headers.contains_key("outpost-cdn-cache-control"));
+}
+
 #[tokio::test]
 async fn what_a_shared_cache_must_not_store_reaches_the_origin_every_time() {
     let o = Scripted::start().await;

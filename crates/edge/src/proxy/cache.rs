@@ -15,7 +15,7 @@ use http_body_util::BodyExt;
 use tokio::time::Instant;
 
 use outpost_cache::collapse::{self, FillDone, Leader};
-use outpost_cache::directives::SURROGATE_CONTROL;
+use outpost_cache::directives::strip_for_this_cache_only;
 use outpost_cache::freshness::{now_secs, stamp_date};
 use outpost_cache::object::vary_values;
 use outpost_cache::reuse::{self, Reuse};
@@ -625,7 +625,7 @@ impl Ctx<'_> {
     ) -> Option<Response<OutBody>> {
         let cache_status = cache_status_value(status, None);
         let mut headers = own.unwrap_or_else(|| fill.headers.clone());
-        headers.remove(SURROGATE_CONTROL);
+        strip_for_this_cache_only(&mut headers);
         if fill.status == StatusCode::OK && conditional::client_has_current(&self.headers, &headers) {
             let mut headers = conditional::not_modified_headers(&headers);
             finish_headers(&mut headers, cache_status, self.snapshot);
@@ -679,7 +679,7 @@ impl Ctx<'_> {
         body: OriginBody,
         status: &str,
     ) -> Response<OutBody> {
-        parts.headers.remove(SURROGATE_CONTROL);
+        strip_for_this_cache_only(&mut parts.headers);
         let cache_status = cache_status_value(status, None);
         finish_headers(&mut parts.headers, cache_status, self.snapshot);
         parts.version = http::Version::HTTP_11;
@@ -713,9 +713,9 @@ fn unreachable(e: &ProxyError) -> bool {
 }
 
 /// The fields every response of the cache phase gets (hits get them from `hit_headers`).
-/// Surrogate-Control, addressed to this cache, is already gone: stored objects decode without
-/// it (`fields::decode_for_client`), and origin and fill responses have it removed where they
-/// enter the response.
+/// Surrogate-Control and Outpost-CDN-Cache-Control, addressed to this cache, are already gone:
+/// stored objects decode without them (`fields::decode_for_client`), and origin and fill
+/// responses have them removed where they enter the response.
 fn finish_headers(headers: &mut HeaderMap, cache_status: HeaderValue, snapshot: &Snapshot) {
     headers.append(CACHE_STATUS.clone(), cache_status);
     headers.append(header::VIA, snapshot.via(http::Version::HTTP_11).clone());

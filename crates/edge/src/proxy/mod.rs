@@ -909,6 +909,9 @@ fn respond(resp: Response<OriginBody>, snapshot: &Snapshot, upgrade_requested: b
             upgrade_requested && parts.status == StatusCode::SWITCHING_PROTOCOLS,
         );
     }
+    // Addressed to the PoP even where the cache takes no part (an unsafe method, a site with
+    // caching off): never for the client.
+    outpost_cache::directives::strip_for_this_cache_only(&mut parts.headers);
     parts
         .headers
         .append(header::VIA, snapshot.via(parts.version).clone());

@@ -908,10 +908,11 @@ fn respond(resp: Response<OriginBody>, snapshot: &Snapshot, upgrade_requested: b
             &mut parts.headers,
             upgrade_requested && parts.status == StatusCode::SWITCHING_PROTOCOLS,
         );
+        // Addressed to the PoP even where the cache takes no part (an unsafe method, a site
+        // with caching off): never for the client. (An inline-parsed head that carries none
+        // of these, nor a connection-specific field, has nothing to strip.)
+        outpost_cache::directives::strip_for_this_cache_only(&mut parts.headers);
     }
-    // Addressed to the PoP even where the cache takes no part (an unsafe method, a site with
-    // caching off): never for the client.
-    outpost_cache::directives::strip_for_this_cache_only(&mut parts.headers);
     parts
         .headers
         .append(header::VIA, snapshot.via(parts.version).clone());

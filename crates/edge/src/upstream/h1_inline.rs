@@ -343,6 +343,10 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Parsed>, Inl
                     InlineError::Parse(format!("field name {:?}", String::from_utf8_lossy(name)))
                 })?;
                 let field = hop_by_hop::classify(&name);
+                // Addressed to the PoP, never for the client: the proxy has something to strip.
+                if outpost_cache::directives::is_for_this_cache_only(&name) {
+                    fields.left_in_map = true;
+                }
                 (name, field)
             }
         };
@@ -425,8 +429,8 @@ fn common_name(raw: &[u8]) -> Option<(HeaderName, Field)> {
 pub struct Framing {
     pub length: Length,
     pub keep_alive: bool,
-    /// The head's field map holds no connection-specific field (see `FramingFields`): the proxy
-    /// need not strip it.
+    /// The head's field map holds no connection-specific field and none addressed to the PoP
+    /// alone (see `FramingFields`): the proxy need not strip it.
     pub hop_by_hop_removed: bool,
 }
 
@@ -442,7 +446,8 @@ struct FramingFields {
     keep_alive: bool,
     /// Transfer-Encoding was present; whether its last coding is chunked.
     transfer_encoding: Option<bool>,
-    /// A connection-specific field stayed in the map.
+    /// A connection-specific field, or one addressed to the PoP alone (Surrogate-Control,
+    /// Outpost-CDN-Cache-Control), stayed in the map.
     left_in_map: bool,
     /// The first Content-Length field, and how many there were.
     content_length: Option<HeaderValue>,
@@ -960,6 +965,25 @@ mod tests {
         assert!(!closing.body().keep_alive, "close wins over keep-alive");
         let names: Vec<&str> = closing.headers().keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["content-length"]);
+    }
+
+    #[test]
+    fn fields_for_the_pop_alone_are_left_for_the_proxy_to_strip() {
+        for field in [
+            "Surrogate-Control: max-age=60",
+            "outpost-cdn-cache-control: no-store",
+        ] {
+            let head = format!("HTTP/1.1 200 OK\r\n{field}\r\ncontent-length: 0\r\n\r\n");
+            let resp = final_head(head.as_bytes());
+            assert!(!resp.body().hop_by_hop_removed, "{field}");
+            assert_eq!(resp.headers().len(), 2, "kept for the cache to read: {field}");
+        }
+        let plain =
+            final_head(b"HTTP/1.1 200 OK\r\nCDN-Cache-Control: max-age=60\r\ncontent-length: 0\r\n\r\n");
+        assert!(
+            plain.body().hop_by_hop_removed,
+            "CDN-Cache-Control is for clients too"
+        );
     }
 
     #[test]

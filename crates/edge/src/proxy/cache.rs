@@ -679,7 +679,10 @@ impl Ctx<'_> {
         body: OriginBody,
         status: &str,
     ) -> Response<OutBody> {
-        strip_for_this_cache_only(&mut parts.headers);
+        // A head the inline parser found clean holds none of them (`hop_by_hop_removed`).
+        if !body.hop_by_hop_removed() {
+            strip_for_this_cache_only(&mut parts.headers);
+        }
         let cache_status = cache_status_value(status, None);
         finish_headers(&mut parts.headers, cache_status, self.snapshot);
         parts.version = http::Version::HTTP_11;
